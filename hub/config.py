@@ -1,0 +1,104 @@
+"""Settings: one pydantic-settings root (prefix ``IAMINE_``) composed of one model per package.
+
+Only this module reads the environment (and an optional ``.env`` file). Domain packages receive
+their own settings model as an argument. Nested models are set with a double underscore, for
+example ``IAMINE_SERVER__PORT=8080``. Every field is documented in ``docs/configuration.md``; a test
+fails when one is missing there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    """Return the per-user data directory (``~/.local/share/iamine`` on Linux)."""
+    return Path(platformdirs.user_data_dir("iamine", appauthor=False))
+
+
+class ServerSettings(BaseModel):
+    """HTTP server: where the hub listens and how much it accepts."""
+
+    host: str = Field("127.0.0.1", description="Interface `iamine serve` binds to.")
+    port: int = Field(8420, ge=1, le=65535, description="TCP port `iamine serve` listens on.")
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body accepted; larger bodies get 413 `request_too_large`.",
+    )
+    log_format: str = Field(
+        "json", pattern="^(json|console)$", description="Log renderer: `json` or `console`."
+    )
+    log_level: str = Field(
+        "info",
+        pattern="^(debug|info|warning|error)$",
+        description="Minimum level of log lines written to stderr.",
+    )
+
+
+class DatabaseSettings(BaseModel):
+    """PostgreSQL connection pool and migrations."""
+
+    pool_min_size: int = Field(1, ge=0, description="Connections the pool keeps open when idle.")
+    pool_max_size: int = Field(10, ge=1, description="Most connections the pool opens at once.")
+    command_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a single SQL statement may run before it is cancelled."
+    )
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds to wait for a new database connection."
+    )
+    auto_migrate: bool = Field(
+        True, description="Apply pending migrations when the hub or a CLI command starts."
+    )
+
+
+class AuthSettings(BaseModel):
+    """Bearer tokens: cache and bookkeeping."""
+
+    token_cache_ttl_s: float = Field(
+        30.0,
+        ge=0,
+        description=(
+            "Seconds a resolved token stays cached in the hub process. A token revoked through the "
+            "API is dropped from the cache at once; one revoked from another process (the CLI) "
+            "stops working within this bound. 0 disables the cache."
+        ),
+    )
+    token_cache_size: int = Field(10_000, ge=0, description="Most tokens kept in the cache.")
+    last_used_flush_s: float = Field(
+        5.0, gt=0, description="Seconds between batched writes of tokens' last-used times."
+    )
+
+
+class Settings(BaseSettings):
+    """Root settings of the hub, read from ``IAMINE_*`` variables and ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IAMINE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description=(
+            "Directory for the embedded database, the admin token file and the hub lock "
+            "(default: the platform's user data directory, e.g. `~/.local/share/iamine`)."
+        ),
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "`postgresql://` URL of a server with the pgvector extension. When unset, an embedded "
+            "PostgreSQL 17 with pgvector runs inside `data_dir`."
+        ),
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -1,0 +1,67 @@
+"""Structured logs (structlog, JSON by default) and Prometheus metrics (one registry per app).
+
+A registry per app, not the global default, keeps several apps in one process (tests) apart and
+lets every later subsystem register its metrics on the app's :class:`Metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from hub.config import ServerSettings
+
+
+def configure_logging(settings: ServerSettings) -> None:
+    """Route structlog and stdlib logging to stderr as JSON (or console) lines."""
+    level = getattr(logging, settings.log_level.upper())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer()
+        if settings.log_format == "json"
+        else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+
+
+class Metrics:
+    """The hub's Prometheus collectors, on a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "iamine_http_requests_total",
+            "HTTP requests by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "iamine_http_request_duration_seconds",
+            "Time to the response's first byte, by method and route template.",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.http_in_flight = Gauge(
+            "iamine_http_requests_in_flight", "HTTP requests being served.", registry=self.registry
+        )
+        self.auth_failures = Counter(
+            "iamine_auth_failures_total",
+            "Rejected bearer tokens by reason code.",
+            ["code"],
+            registry=self.registry,
+        )

@@ -1,0 +1,20 @@
+"""The typed state the lifespan yields: every long-lived resource of a running hub."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hub.auth import TokenResolver
+from hub.config import Settings
+from hub.db import Database
+from hub.observability import Metrics
+
+
+@dataclass
+class HubState:
+    """Long-lived resources, built once in the lifespan and handed to routes through deps."""
+
+    settings: Settings
+    db: Database
+    tokens: TokenResolver
+    metrics: Metrics

@@ -1,0 +1,1 @@
+"""Worker protocol and registry, router, the llama.cpp worker, checker, roles, RED daemon."""

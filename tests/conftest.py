@@ -1,0 +1,122 @@
+"""Shared fixtures: one real PostgreSQL (embedded pgvector) per test run, a fresh database per test.
+
+A template database is migrated once; each test gets ``CREATE DATABASE ... TEMPLATE`` (a file
+copy, milliseconds), so tests never share rows and never mock the database. Set
+``IAMINE_TEST_DATABASE_URL`` to run against another server that has pgvector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from fastapi.testclient import TestClient
+
+from hub.app import create_app
+from hub.config import Settings
+from hub.embedded import EmbeddedPostgres
+from hub.migrations import migrate
+
+TEMPLATE_DB = "iamine_test_template"
+
+
+def database_uri(uri: str, name: str) -> str:
+    """The same server URI with another database name."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+async def _create_template(admin_uri: str) -> None:
+    conn = await asyncpg.connect(admin_uri)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB}")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(database_uri(admin_uri, TEMPLATE_DB))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_admin_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URI of a PostgreSQL server with pgvector for the whole run (embedded unless configured)."""
+    external = os.environ.get("IAMINE_TEST_DATABASE_URL")
+    if external:
+        asyncio.run(_create_template(external))
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    uri = server.start()
+    asyncio.run(_create_template(uri))
+    yield uri
+    server.stop()
+
+
+async def _run_admin(admin_uri: str, sql: str) -> None:
+    conn = await asyncpg.connect(admin_uri)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def database_url(pg_admin_uri: str) -> Iterator[str]:
+    """A fresh, fully migrated database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    asyncio.run(_run_admin(pg_admin_uri, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+    yield database_uri(pg_admin_uri, name)
+    asyncio.run(_run_admin(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_uri: str) -> Iterator[str]:
+    """A fresh database with no schema at all, dropped afterwards."""
+    name = f"e_{uuid.uuid4().hex[:16]}"
+    asyncio.run(_run_admin(pg_admin_uri, f"CREATE DATABASE {name}"))
+    yield database_uri(pg_admin_uri, name)
+    asyncio.run(_run_admin(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """Hub settings on the test's database and a private data directory."""
+    return Settings(data_dir=tmp_path / "data", database_url=database_url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A running hub (lifespan entered) behind Starlette's test client."""
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin_token(client: TestClient, settings: Settings) -> str:
+    """The pool admin token the hub issued at start."""
+    return (settings.data_dir / "admin-token").read_text().strip()
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """One plain connection to the test's database."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run async tests on asyncio (asyncpg and uvicorn need it)."""
+    return "asyncio"
