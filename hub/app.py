@@ -16,14 +16,17 @@ from fastapi import FastAPI
 
 from hub.admin_token import ensure_admin_token, token_file
 from hub.auth import TokenResolver
+from hub.bookkeeping import BackgroundWriter
 from hub.config import Settings
 from hub.db import open_database
 from hub.embedded import DataDirLock
 from hub.errors import install_error_handlers
+from hub.local_worker import issue_local_worker_token, run_local_worker
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
-from hub.routes import admin, health, tokens
+from hub.routes import admin, chat, health, tokens, workers
 from hub.state import HubState
+from inference.registry import WorkerRegistry
 
 log = structlog.get_logger()
 
@@ -41,12 +44,28 @@ def _lifespan(settings: Settings, metrics: Metrics) -> Any:
             if issued is not None:
                 log.info("admin_token_issued", file=str(token_file(settings.data_dir)))
             resolver = TokenResolver(db.pool, settings.auth)
-            state = HubState(settings=settings, db=db, tokens=resolver, metrics=metrics)
+            registry = WorkerRegistry(settings.inference)
+            writer = BackgroundWriter(db.pool)
+            metrics.watch(registry, writer)
+            state = HubState(
+                settings=settings,
+                db=db,
+                tokens=resolver,
+                metrics=metrics,
+                workers=registry,
+                writer=writer,
+            )
             async with anyio.create_task_group() as loops:
                 loops.start_soon(resolver.run_flusher)
+                loops.start_soon(writer.run)
+                if settings.inference.local_worker:
+                    async with db.pool.acquire() as conn:
+                        token = await issue_local_worker_token(conn)
+                    loops.start_soon(run_local_worker, settings, token)
                 log.info("hub_started", embedded_db=db.embedded is not None)
                 yield {"hub": state}
                 loops.cancel_scope.cancel()
+            await writer.drain()
             await resolver.flush_last_used()
             log.info("hub_stopped")
 
@@ -66,6 +85,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tokens.router)
     app.include_router(admin.router)
+    app.include_router(chat.router)
+    app.include_router(workers.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -14,6 +14,8 @@ import platformdirs
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.settings import InferenceSettings
+
 
 def default_data_dir() -> Path:
     """Return the per-user data directory (``~/.local/share/iamine`` on Linux)."""
@@ -102,3 +104,4 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)

@@ -65,6 +65,28 @@ class NotFoundError(HubError):
     code = "not_found"
 
 
+class ModelNotFoundError(NotFoundError):
+    """No connected worker serves the requested model."""
+
+    code = "model_not_found"
+
+
+class PoolBusyError(HubError):
+    """Every worker serving the model stayed busy for the whole wait; retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "pool_busy"
+
+
+class UpstreamFailedError(HubError):
+    """The worker failed the job and no other worker could take it."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "worker_failed"
+
+
 class ConflictError(HubError):
     """The request conflicts with existing state (a duplicate name, say)."""
 
@@ -140,6 +162,8 @@ def _param_from_location(loc: tuple[Any, ...]) -> str | None:
 async def _hub_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HubError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if exc.status_code == 429:
+        headers = {"Retry-After": "5"}
     if exc.status_code >= 500:
         log.error("hub_error", code=exc.code, error=exc.message)
     return error_response(

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hub.config import ServerSettings
+
+if TYPE_CHECKING:
+    from hub.bookkeeping import BackgroundWriter
+    from inference.registry import WorkerRegistry
 
 
 def configure_logging(settings: ServerSettings) -> None:
@@ -59,9 +64,28 @@ class Metrics:
         self.http_in_flight = Gauge(
             "iamine_http_requests_in_flight", "HTTP requests being served.", registry=self.registry
         )
+        self.workers_connected = Gauge(
+            "iamine_workers_connected", "Workers connected to this hub.", registry=self.registry
+        )
+        self.worker_slots_free = Gauge(
+            "iamine_worker_slots_free", "Free job slots across workers.", registry=self.registry
+        )
+        self.bookkeeping_pending = Gauge(
+            "iamine_bookkeeping_pending",
+            "Background writes not yet applied.",
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "iamine_auth_failures_total",
             "Rejected bearer tokens by reason code.",
             ["code"],
             registry=self.registry,
         )
+
+    def watch(self, registry: WorkerRegistry, writer: BackgroundWriter) -> None:
+        """Read live gauges from the worker registry and the background writer at scrape time."""
+        self.workers_connected.set_function(lambda: len(registry.workers))
+        self.worker_slots_free.set_function(
+            lambda: sum(max(w.free_slots, 0) for w in registry.workers.values())
+        )
+        self.bookkeeping_pending.set_function(lambda: writer.pending)

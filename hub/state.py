@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub.auth import TokenResolver
+from hub.bookkeeping import BackgroundWriter
 from hub.config import Settings
 from hub.db import Database
 from hub.observability import Metrics
+from inference.registry import WorkerRegistry
 
 
 @dataclass
@@ -18,3 +20,5 @@ class HubState:
     db: Database
     tokens: TokenResolver
     metrics: Metrics
+    workers: WorkerRegistry
+    writer: BackgroundWriter

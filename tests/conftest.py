@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from hub.app import create_app
 from hub.config import Settings
 from hub.embedded import EmbeddedPostgres
 from hub.migrations import migrate
+from inference.settings import InferenceSettings
 
 TEMPLATE_DB = "iamine_test_template"
 
@@ -47,18 +50,24 @@ async def _create_template(admin_uri: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URI of a PostgreSQL server with pgvector for the whole run (embedded unless configured)."""
+def pg_admin_uri() -> Iterator[str]:
+    """URI of a PostgreSQL server with pgvector for the whole run (embedded unless configured).
+
+    Its data lives in a private temporary directory, not pytest's ``tmp_path_factory``: pytest
+    prunes old base directories, which would pull the data from under a concurrent run's server.
+    """
     external = os.environ.get("IAMINE_TEST_DATABASE_URL")
     if external:
         asyncio.run(_create_template(external))
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    data_dir = Path(tempfile.mkdtemp(prefix="iamine-test-"))
+    server = EmbeddedPostgres(data_dir)
     uri = server.start()
     asyncio.run(_create_template(uri))
     yield uri
     server.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def _run_admin(admin_uri: str, sql: str) -> None:
@@ -90,7 +99,11 @@ def empty_database_url(pg_admin_uri: str) -> Iterator[str]:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     """Hub settings on the test's database and a private data directory."""
-    return Settings(data_dir=tmp_path / "data", database_url=database_url)
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        inference=InferenceSettings(local_worker=False),
+    )
 
 
 @pytest.fixture

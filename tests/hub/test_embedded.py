@@ -13,10 +13,15 @@ from hub.app import create_app
 from hub.cli import app as cli_app
 from hub.config import Settings
 from hub.embedded import DataDirInUseError, DataDirLock
+from inference.settings import InferenceSettings
 
 
 def test_the_embedded_server_starts_serves_and_stops_with_the_hub(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=None,
+        inference=InferenceSettings(local_worker=False),
+    )
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").json()["status"] == "ready"
         embedded = client.app_state["hub"].db.embedded
@@ -27,7 +32,11 @@ def test_the_embedded_server_starts_serves_and_stops_with_the_hub(tmp_path: Path
 
 
 def test_a_second_owner_of_the_data_dir_is_refused(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "data", database_url=None)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=None,
+        inference=InferenceSettings(local_worker=False),
+    )
     with TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200
         with pytest.raises(DataDirInUseError, match="already serving"):

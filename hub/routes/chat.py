@@ -1,0 +1,169 @@
+"""The OpenAI-compatible API: ``/v1/models`` and ``/v1/chat/completions`` (JSON or SSE)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+
+from hub.deps import State, UserPrincipal
+from hub.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    PoolBusyError,
+    UpstreamFailedError,
+    error_body,
+)
+from hub.openai_schema import (
+    Answer,
+    ChatCompletionRequest,
+    NamedToolChoice,
+    chunk_body,
+    completion_body,
+    completion_id,
+    usage_body,
+)
+from hub.state import HubState
+from inference.dispatch import JobFailed, NoWorkerAvailable, Started, run_job
+from inference.protocol import Chunk, Done, Job
+from memory.conversations import (
+    is_valid_conversation_id,
+    new_conversation_id,
+    record_exchange,
+)
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+CONVERSATION_HEADER = "X-Conversation-Id"
+
+
+@router.get("/models")
+async def list_models(state: State, _: UserPrincipal) -> dict[str, Any]:
+    """Models served by connected workers, in OpenAI's list shape, with worker counts."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "id": m.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "iamine-pool",
+                "context_length": m.context_size,
+                "supports_tools": m.supports_tools,
+                "workers": m.workers,
+                "free_slots": m.free_slots,
+            }
+            for m in state.workers.models()
+        ],
+    }
+
+
+def _conversation_id(request: Request, body: ChatCompletionRequest) -> str:
+    given = request.headers.get(CONVERSATION_HEADER) or (body.metadata or {}).get("conversation_id")
+    if given is None:
+        return new_conversation_id()
+    if not is_valid_conversation_id(given):
+        raise InvalidRequestError(
+            "Conversation ids are 1-128 letters, digits and . _ : -.", param="conversation_id"
+        )
+    return given
+
+
+def _job(body: ChatCompletionRequest, deadline_s: float) -> Job:
+    tool_choice = body.tool_choice
+    return Job(
+        job_id=uuid.uuid4().hex,
+        model=body.model,
+        messages=[m.model_dump(exclude_none=True) for m in body.messages],
+        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
+        tool_choice=tool_choice.model_dump()
+        if isinstance(tool_choice, NamedToolChoice)
+        else tool_choice,
+        params=body.sampling(),
+        deadline_s=deadline_s,
+    )
+
+
+def _record(state: HubState, user_id: uuid.UUID | None, conversation_id: str) -> None:
+    if user_id is None:
+        return
+    at = datetime.now(UTC)
+    state.writer.submit(
+        "conversation",
+        lambda conn: record_exchange(conn, user_id, conversation_id, at),
+    )
+
+
+@router.post("/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, state: State, principal: UserPrincipal
+) -> JSONResponse | EventSourceResponse:
+    """Answer a chat on a pool worker, as JSON or as an SSE stream of chunks."""
+    conversation_id = _conversation_id(request, body)
+    registry = state.workers
+    if not registry.serves(body.model):
+        raise ModelNotFoundError(
+            f"The model '{body.model}' is not served by this pool. GET /v1/models lists them.",
+            param="model",
+        )
+    job = _job(body, registry.settings.job_deadline_s)
+    headers = {CONVERSATION_HEADER: conversation_id}
+    events = run_job(registry, job, needs_tools=body.wants_tools())
+    try:
+        started = await anext(events)
+    except NoWorkerAvailable as exc:
+        raise PoolBusyError(exc.message) from exc
+    except JobFailed as exc:
+        raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
+    assert isinstance(started, Started)
+    headers["X-Iamine-Worker"] = started.worker_id
+    _record(state, principal.user_id, conversation_id)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return EventSourceResponse(
+            _sse(events, body.model, include_usage), headers=headers, ping=15
+        )
+    answer = Answer()
+    done: Done | None = None
+    try:
+        async for event in events:
+            if isinstance(event, Chunk):
+                answer.add(event.delta)
+            elif isinstance(event, Done):
+                done = event
+    except JobFailed as exc:
+        raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
+    assert done is not None
+    return JSONResponse(completion_body(completion_id(), body.model, answer, done), headers=headers)
+
+
+async def _sse(
+    events: AsyncIterator[Started | Chunk | Done], model: str, include_usage: bool
+) -> AsyncIterator[dict[str, str]]:
+    cid, created = completion_id(), int(time.time())
+    role = chunk_body(cid, created, model, {"role": "assistant", "content": ""})
+    yield {"data": json.dumps(role)}
+    try:
+        async for event in events:
+            if isinstance(event, Started):
+                continue
+            if isinstance(event, Chunk):
+                delta = event.delta.model_dump(exclude_none=True)
+                yield {"data": json.dumps(chunk_body(cid, created, model, delta))}
+            else:
+                final = chunk_body(cid, created, model, {}, finish_reason=event.finish_reason)
+                yield {"data": json.dumps(final)}
+                if include_usage:
+                    usage = chunk_body(cid, created, model, None, usage=usage_body(event))
+                    yield {"data": json.dumps(usage)}
+    except JobFailed as exc:
+        message = f"The worker failed: {exc.message} ({exc.code})."
+        yield {"data": json.dumps(error_body(message, "server_error", "worker_failed"))}
+    yield {"data": "[DONE]"}

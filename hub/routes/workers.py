@@ -1,0 +1,62 @@
+"""The worker endpoint: ``/v1/workers/ws`` (protocol v1, see docs/worker-protocol.md)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from hub.auth import Principal
+from hub.errors import AuthenticationError
+from hub.state import HubState
+from inference.protocol import ErrorCode, InferenceError
+from inference.session import LinkClosed, serve_worker_link
+
+router = APIRouter(tags=["workers"])
+
+
+class _WebSocketLink:
+    """Adapts a Starlette WebSocket to the inference package's link transport."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._ws = websocket
+
+    async def receive_text(self) -> str:
+        message = await self._ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise LinkClosed
+        text: str | None = message.get("text")
+        if text is None:
+            data: bytes = message.get("bytes") or b""
+            return data.decode("utf-8", errors="replace")
+        return text
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send_text(text)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            raise LinkClosed from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._ws.application_state != WebSocketState.DISCONNECTED:
+            await self._ws.close(code, reason)
+
+
+@router.websocket("/v1/workers/ws")
+async def worker_link(websocket: WebSocket) -> None:
+    """Accept a worker; it authenticates in its ``hello`` with a ``worker``-scope token."""
+    state: HubState = websocket.state.hub
+    await websocket.accept()
+
+    async def authenticate(token: str) -> UUID | None:
+        try:
+            principal: Principal = await state.tokens.resolve(token)
+        except AuthenticationError as exc:
+            state.metrics.auth_failures.labels(exc.code).inc()
+            raise InferenceError(ErrorCode.INVALID_TOKEN, exc.message) from None
+        if "worker" not in principal.scopes:
+            raise InferenceError(ErrorCode.INVALID_TOKEN, "This token lacks the 'worker' scope.")
+        return principal.user_id
+
+    await serve_worker_link(_WebSocketLink(websocket), state.workers, authenticate)

@@ -1,0 +1,231 @@
+"""The hub's side of one worker link: hello → welcome, heartbeats, frame dispatch, clean removal.
+
+Transport-agnostic: the hub adapts its WebSocket to :class:`LinkTransport`, so this module never
+imports a web framework. A malformed or unexpected frame gets an ``error`` frame back and a log
+line; only a flood of them (``max_bad_frames``) or silence (``heartbeat_misses`` intervals) ends
+the link. Whatever ends it, the worker is removed and its jobs fail over cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+from uuid import UUID
+
+import anyio
+import structlog
+
+from inference.protocol import (
+    PROTOCOL_VERSION,
+    Chunk,
+    Done,
+    Error,
+    ErrorCode,
+    Frame,
+    Heartbeat,
+    Hello,
+    InferenceError,
+    Leave,
+    ProtocolError,
+    Welcome,
+    encode,
+    parse_frame,
+)
+from inference.registry import WorkerLink, WorkerRegistry
+from inference.settings import InferenceSettings
+
+log = structlog.get_logger()
+
+Authenticate = Callable[[str], Awaitable[UUID | None]]
+
+
+class LinkClosed(Exception):
+    """The transport is closed (the worker disconnected)."""
+
+
+class LinkTransport(Protocol):
+    """What a worker link needs from its connection."""
+
+    async def receive_text(self) -> str:
+        """Next text message; raises :class:`LinkClosed` when the peer is gone."""
+        ...
+
+    async def send_text(self, text: str) -> None:
+        """Send one text message; raises :class:`LinkClosed` when the peer is gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection."""
+        ...
+
+
+class _Sender:
+    """Serialises sends on one transport (frames come from several tasks)."""
+
+    def __init__(self, transport: LinkTransport) -> None:
+        self._transport = transport
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, frame: Frame) -> None:
+        async with self._lock:
+            try:
+                await self._transport.send_text(encode(frame))
+            except LinkClosed as exc:
+                raise RuntimeError("worker link closed") from exc
+
+
+async def _receive_hello(transport: LinkTransport, settings: InferenceSettings) -> Hello:
+    try:
+        async with asyncio.timeout(settings.hello_timeout_s):
+            frame = parse_frame(await transport.receive_text())
+    except TimeoutError:
+        raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, "no hello in time") from None
+    if not isinstance(frame, Hello):
+        raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, f"expected hello, got {frame.type}")
+    if frame.protocol != PROTOCOL_VERSION:
+        raise ProtocolError(
+            ErrorCode.UNSUPPORTED_PROTOCOL,
+            f"this hub speaks protocol {PROTOCOL_VERSION}, the worker {frame.protocol}",
+        )
+    return frame
+
+
+async def serve_worker_link(
+    transport: LinkTransport,
+    registry: WorkerRegistry,
+    authenticate: Authenticate,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run one worker link until it ends; never raises for anything the worker sends."""
+    settings = registry.settings
+    send = _Sender(transport)
+    try:
+        hello = await _receive_hello(transport, settings)
+        owner = await authenticate(hello.token)
+    except InferenceError as exc:
+        log.warning("worker_refused", code=exc.code, error=exc.message)
+        await _send_quietly(send, Error(code=exc.code, message=exc.message))
+        await transport.close(1008, exc.code)
+        return
+    except LinkClosed:
+        return
+    link = WorkerLink(
+        id=registry.new_worker_id(),
+        name=hello.worker_name,
+        owner_id=owner,
+        models={m.id: m for m in hello.models},
+        hardware=hello.hardware,
+        slots=hello.slots,
+        send=send,
+    )
+    await send(
+        Welcome(
+            worker_id=link.id,
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            protocol=PROTOCOL_VERSION,
+        )
+    )
+    await registry.add(link)
+    reason = "closed"
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_heartbeats, link, send, settings, clock, tasks.cancel_scope)
+            reason = await _read_frames(transport, link, registry, send, clock)
+            tasks.cancel_scope.cancel()
+    finally:
+        if link.last_seen + settings.heartbeat_interval_s * settings.heartbeat_misses < clock():
+            reason = "heartbeat_timeout"
+        await registry.remove(link.id, reason)
+        await _close_quietly(transport, reason)
+
+
+async def _read_frames(
+    transport: LinkTransport,
+    link: WorkerLink,
+    registry: WorkerRegistry,
+    send: _Sender,
+    clock: Callable[[], float],
+) -> str:
+    bad_frames = 0
+    while True:
+        try:
+            text = await transport.receive_text()
+        except LinkClosed:
+            return "disconnected"
+        link.last_seen = clock()
+        try:
+            frame = parse_frame(text)
+            problem = await _handle(frame, link, registry)
+        except ProtocolError as exc:
+            problem = Error(code=exc.code, message=exc.message)
+        if problem == "leave":
+            return "left"
+        if isinstance(problem, Error):
+            bad_frames += 1
+            log.warning(
+                "worker_bad_frame", worker=link.id, code=problem.code, error=problem.message
+            )
+            await _send_quietly(send, problem)
+            if bad_frames >= registry.settings.max_bad_frames:
+                return "too_many_bad_frames"
+
+
+async def _handle(frame: Frame, link: WorkerLink, registry: WorkerRegistry) -> Error | str | None:
+    if isinstance(frame, Heartbeat):
+        return None
+    if isinstance(frame, Leave):
+        log.info("worker_leaving", worker=link.id, reason=frame.reason)
+        return "leave"
+    if isinstance(frame, Chunk | Done | Error):
+        if frame.job_id is None:
+            assert isinstance(frame, Error)
+            log.warning(
+                "worker_reported_error", worker=link.id, code=frame.code, error=frame.message
+            )
+            return None
+        if await registry.deliver(link, frame):
+            return None
+        if isinstance(frame, Error) and frame.code == ErrorCode.CANCELLED:
+            return None  # the answer to our own cancel, after we let the job go
+        return Error(
+            job_id=frame.job_id,
+            code=ErrorCode.UNEXPECTED_FRAME,
+            message=f"no job {frame.job_id!r} is running on this worker",
+        )
+    return Error(
+        code=ErrorCode.UNEXPECTED_FRAME, message=f"a worker may not send {frame.type!r} frames"
+    )
+
+
+async def _heartbeats(
+    link: WorkerLink,
+    send: _Sender,
+    settings: InferenceSettings,
+    clock: Callable[[], float],
+    scope: anyio.CancelScope,
+) -> None:
+    silence_limit = settings.heartbeat_interval_s * settings.heartbeat_misses
+    while True:
+        await asyncio.sleep(settings.heartbeat_interval_s)
+        if clock() - link.last_seen > silence_limit:
+            log.warning("worker_silent", worker=link.id, seconds=round(clock() - link.last_seen))
+            scope.cancel()
+            return
+        try:
+            await send(Heartbeat(ts=time.time()))
+        except RuntimeError:
+            scope.cancel()
+            return
+
+
+async def _send_quietly(send: _Sender, frame: Frame) -> None:
+    with contextlib.suppress(RuntimeError):
+        await send(frame)
+
+
+async def _close_quietly(transport: LinkTransport, reason: str) -> None:
+    with contextlib.suppress(LinkClosed, RuntimeError, OSError):
+        await transport.close(1000, reason[:120])

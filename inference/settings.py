@@ -1,0 +1,49 @@
+"""Settings of the inference package: the ``IAMINE_INFERENCE__*`` group of the hub's settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+class InferenceSettings(BaseModel):
+    """Worker links, job limits and the hub's local worker."""
+
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0, description="Seconds between heartbeats, both ways, on a worker link."
+    )
+    heartbeat_misses: int = Field(
+        3, ge=1, description="Missed heartbeat intervals after which a silent worker is dropped."
+    )
+    hello_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a new worker link has to send its `hello`."
+    )
+    max_bad_frames: int = Field(
+        20, ge=1, description="Malformed or unexpected frames a worker may send before it is cut."
+    )
+    job_deadline_s: float = Field(
+        300.0, gt=0, description="Seconds a job may run on a worker before it is cancelled."
+    )
+    first_token_timeout_s: float = Field(
+        120.0, gt=0, description="Seconds to wait for a worker's first frame of a job."
+    )
+    slot_wait_s: float = Field(
+        30.0, ge=0, description="Seconds a request waits for a free worker slot for its model."
+    )
+    job_attempts: int = Field(
+        2, ge=1, description="Workers tried for a job that fails before producing any output."
+    )
+    local_worker: bool = Field(
+        True, description="`iamine serve` starts a worker process on the local model."
+    )
+    local_worker_model: Path | None = Field(
+        None, description="GGUF file for the local worker (default: the bundled SmolLM2-135M)."
+    )
+    local_worker_slots: int = Field(1, ge=1, description="Parallel jobs of the local worker.")
+    local_worker_threads: int | None = Field(
+        None, ge=1, description="CPU threads of the local worker's llama.cpp (default: all cores)."
+    )
+    local_worker_context: int = Field(
+        4096, ge=256, description="Context size (tokens) the local worker loads its model with."
+    )
