@@ -9,6 +9,7 @@ waits on a dead worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,8 +46,15 @@ class WorkerLink:
 
     @property
     def free_slots(self) -> int:
-        """Slots not taken by a running job."""
+        """Slots not taken by a running job (a cancelled job holds its slot until acknowledged)."""
         return self.slots - len(self.jobs)
+
+    def reap_cancelled(self, older_than: float) -> None:
+        """Give up on cancelled jobs whose worker never acknowledged the cancel."""
+        for job_id, handle in list(self.jobs.items()):
+            if handle.cancelled_at is not None and handle.cancelled_at < older_than:
+                del self.jobs[job_id]
+                handle.finished = True
 
 
 @dataclass(eq=False)
@@ -57,6 +65,7 @@ class JobHandle:
     worker: WorkerLink
     frames: asyncio.Queue[JobFrame] = field(default_factory=asyncio.Queue)
     finished: bool = False
+    cancelled_at: float | None = None
 
     async def stream(
         self, first_timeout_s: float, idle_timeout_s: float
@@ -158,6 +167,9 @@ class WorkerRegistry:
 
     def eligible(self, model: str, needs_tools: bool, avoid: set[str]) -> list[WorkerLink]:
         """Workers that can take this job now, most free slots first."""
+        grace_start = time.monotonic() - self.settings.cancel_grace_s
+        for link in self.workers.values():
+            link.reap_cancelled(grace_start)
         found = [
             link
             for link in self.workers.values()
@@ -185,11 +197,11 @@ class WorkerRegistry:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.serves(job.model):
                     return None
-                try:
-                    async with asyncio.timeout(remaining):
+                # Wake at least once per cancel grace period: an unacknowledged cancel frees its
+                # slot by time, not by a notification.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, self.settings.cancel_grace_s)):
                         await self._slot_freed.wait()
-                except TimeoutError:
-                    return None
         try:
             await link.send(job)
         except (OSError, RuntimeError) as exc:
@@ -206,13 +218,21 @@ class WorkerRegistry:
         await self._notify()
 
     async def cancel(self, handle: JobHandle) -> None:
-        """Tell the worker to stop the job and release its slot."""
-        if not handle.finished and handle.worker.id in self.workers:
-            try:
-                await handle.worker.send(Cancel(job_id=handle.job.job_id))
-            except (OSError, RuntimeError) as exc:
-                log.info("cancel_not_sent", worker=handle.worker.id, error=str(exc))
-        await self.finish(handle)
+        """Tell the worker to stop the job; its slot frees when the worker acknowledges.
+
+        A worker that never acknowledges gets its slot back after ``cancel_grace_s``.
+        """
+        if handle.finished or handle.cancelled_at is not None:
+            return
+        if handle.worker.id not in self.workers:
+            await self.finish(handle)
+            return
+        handle.cancelled_at = time.monotonic()
+        try:
+            await handle.worker.send(Cancel(job_id=handle.job.job_id))
+        except (OSError, RuntimeError) as exc:
+            log.info("cancel_not_sent", worker=handle.worker.id, error=str(exc))
+            await self.finish(handle)
 
     async def deliver(self, link: WorkerLink, frame: JobFrame) -> bool:
         """Route a worker's job frame to its job; False when the job is not running there."""
@@ -220,6 +240,10 @@ class WorkerRegistry:
         handle = link.jobs.get(frame.job_id)
         if handle is None:
             return False
+        if handle.cancelled_at is not None:
+            if isinstance(frame, Done | Error):
+                await self.finish(handle)
+            return True
         if isinstance(frame, Done) and frame.model != handle.job.model:
             link.excluded = MODEL_MISMATCH
             log.warning(

@@ -31,6 +31,9 @@ class InferenceSettings(BaseModel):
     slot_wait_s: float = Field(
         30.0, ge=0, description="Seconds a request waits for a free worker slot for its model."
     )
+    cancel_grace_s: float = Field(
+        10.0, gt=0, description="Seconds a cancelled job keeps its slot while the worker stops it."
+    )
     job_attempts: int = Field(
         2, ge=1, description="Workers tried for a job that fails before producing any output."
     )

@@ -40,7 +40,10 @@ class _WebSocketLink:
 
     async def close(self, code: int, reason: str) -> None:
         if self._ws.application_state != WebSocketState.DISCONNECTED:
-            await self._ws.close(code, reason)
+            try:
+                await self._ws.close(code, reason)
+            except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+                raise LinkClosed from exc
 
 
 @router.websocket("/v1/workers/ws")

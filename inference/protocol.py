@@ -1,0 +1,248 @@
+"""Worker protocol v1: every frame exchanged between the hub and a worker over one WebSocket.
+
+Frames are JSON text messages discriminated by their ``type`` field. Unknown *fields* are
+ignored so that a peer may add optional data without a version bump; unknown *types* and
+invalid fields are errors. ``docs/worker-protocol.md`` is the prose contract for this module.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+PROTOCOL_VERSION = 1
+
+Hardware = Literal["gpu", "cpu"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable codes carried by ``error`` frames (and by ``InferenceError.code``)."""
+
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_TYPE = "unknown_type"
+    INVALID_FRAME = "invalid_frame"
+    UNEXPECTED_FRAME = "unexpected_frame"
+    INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    UNKNOWN_MODEL = "unknown_model"
+    SLOTS_FULL = "slots_full"
+    DUPLICATE_JOB = "duplicate_job"
+    CANCELLED = "cancelled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    TOOLS_UNSUPPORTED = "tools_unsupported"
+    INVALID_REQUEST = "invalid_request"
+    UPSTREAM_ERROR = "upstream_error"
+    MODEL_MISSING = "model_missing"
+    ENGINE_ERROR = "engine_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class InferenceError(Exception):
+    """Base of the inference package's errors; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProtocolError(InferenceError):
+    """A frame that is not valid protocol v1 (bad JSON, unknown type, invalid fields)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ModelInfo(_Model):
+    """One model a worker serves."""
+
+    id: str = Field(min_length=1)
+    context_size: int = Field(gt=0)
+    supports_tools: bool = False
+
+
+class SamplingParams(_Model):
+    """Sampling parameters of a job; ``None`` means the engine's default."""
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: list[str] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class FunctionDelta(_Model):
+    """A piece of a function call: the name comes once, the arguments in pieces."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(_Model):
+    """A piece of one tool call; ``index`` keeps parallel calls apart."""
+
+    index: int = Field(ge=0)
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDelta = FunctionDelta()
+
+
+class Delta(_Model):
+    """What a chunk adds to the answer: text, tool-call pieces, or both."""
+
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class Usage(_Model):
+    """Token counts of one job; ``estimated`` is true when they are not the model's own counts."""
+
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    estimated: bool = False
+
+
+class Hello(_Model):
+    """Worker → hub, first frame: who the worker is and what it serves."""
+
+    type: Literal["hello"] = "hello"
+    protocol: int = Field(ge=1)
+    token: str = Field(min_length=1, repr=False)
+    worker_name: str = Field(min_length=1)
+    models: list[ModelInfo]
+    hardware: Hardware
+    slots: int = Field(ge=1)
+    version: str
+
+
+class Welcome(_Model):
+    """Hub → worker, answer to ``hello``: the worker's id and the heartbeat interval."""
+
+    type: Literal["welcome"] = "welcome"
+    worker_id: str = Field(min_length=1)
+    heartbeat_interval_s: float = Field(gt=0)
+    protocol: int = Field(ge=1)
+
+
+class Heartbeat(_Model):
+    """Both ways, every heartbeat interval: the sender's wall clock in Unix seconds."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    ts: float
+
+
+class Job(_Model):
+    """Hub → worker: one chat completion to run; ``deadline_s`` counts from receipt."""
+
+    type: Literal["job"] = "job"
+    job_id: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    params: SamplingParams = SamplingParams()
+    deadline_s: float = Field(gt=0)
+
+    @field_validator("messages")
+    @classmethod
+    def _messages_have_roles(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for position, message in enumerate(messages):
+            if not isinstance(message.get("role"), str):
+                raise ValueError(f"message {position} has no string 'role'")
+        return messages
+
+
+class Chunk(_Model):
+    """Worker → hub: one streamed piece of a job's answer."""
+
+    type: Literal["chunk"] = "chunk"
+    job_id: str = Field(min_length=1)
+    delta: Delta
+
+
+class Done(_Model):
+    """Worker → hub: the job finished; the last frame of a successful job."""
+
+    type: Literal["done"] = "done"
+    job_id: str = Field(min_length=1)
+    finish_reason: FinishReason
+    usage: Usage
+    model: str
+
+
+class Error(_Model):
+    """Both ways: a failure; with ``job_id`` it ends that job, without it concerns the link."""
+
+    type: Literal["error"] = "error"
+    job_id: str | None = None
+    code: str = Field(min_length=1)
+    message: str
+
+
+class Cancel(_Model):
+    """Hub → worker: stop a job; the worker answers with an ``error`` coded ``cancelled``."""
+
+    type: Literal["cancel"] = "cancel"
+    job_id: str = Field(min_length=1)
+
+
+class Leave(_Model):
+    """Worker → hub, last frame: the worker is going away; its in-flight jobs go elsewhere."""
+
+    type: Literal["leave"] = "leave"
+    reason: str
+
+
+Frame = Annotated[
+    Hello | Welcome | Heartbeat | Job | Chunk | Done | Error | Cancel | Leave,
+    Field(discriminator="type"),
+]
+FRAME_TYPES: frozenset[str] = frozenset(
+    {"hello", "welcome", "heartbeat", "job", "chunk", "done", "error", "cancel", "leave"}
+)
+_FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
+
+
+def parse_frame(text: str | bytes) -> Frame:
+    """Parse one WebSocket message into a frame, raising ``ProtocolError`` on anything invalid."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED_JSON, f"frame is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.MALFORMED_JSON, "frame must be a JSON object")
+    frame_type = data.get("type")
+    if not isinstance(frame_type, str):
+        raise ProtocolError(ErrorCode.INVALID_FRAME, "frame has no string 'type' field")
+    if frame_type not in FRAME_TYPES:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame_type!r}")
+    try:
+        return _FRAME_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_FRAME, _describe(frame_type, exc)) from exc
+
+
+def encode(frame: Frame) -> str:
+    """Serialise a frame to the JSON text sent on the wire (unset optional fields omitted)."""
+    return frame.model_dump_json(exclude_none=True)
+
+
+def _describe(frame_type: str, exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'][1:]) or '(frame)'}: {error['msg']}"
+        for error in exc.errors(include_url=False)
+    )
+    return f"invalid {frame_type!r} frame: {problems}"

@@ -1,0 +1,284 @@
+"""An engine that fronts an OpenAI-compatible server (llama-server, Ollama, vLLM) over HTTP.
+
+Jobs are forwarded to ``{base_url}/v1/chat/completions`` with ``stream: true`` and the server's
+Server-Sent Events are turned back into engine events. Tool calls pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import structlog
+from pydantic import ValidationError
+
+from inference.engine import EngineError, EngineEvent, Finish
+from inference.protocol import (
+    Delta,
+    ErrorCode,
+    FinishReason,
+    Job,
+    ModelInfo,
+    ToolCallDelta,
+    Usage,
+)
+
+log = structlog.get_logger(__name__)
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+}
+# Upstreams that report no usage get an estimate of one token per this many characters.
+_CHARS_PER_TOKEN = 4
+
+
+class UpstreamEngine:
+    """Fronts an OpenAI-compatible server; use as ``async with`` so it learns the models served."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+        context_size: int = 4096,
+        supports_tools: bool = True,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        root = base_url.rstrip("/")
+        self.base_url = root.removesuffix("/v1")
+        self._model = model
+        self._context_size = context_size
+        self._supports_tools = supports_tools
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(timeout=self._timeout)
+        self._models: list[ModelInfo] = []
+
+    async def __aenter__(self) -> Self:
+        await self.refresh_models()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this engine created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def models(self) -> list[ModelInfo]:
+        """The models learnt by the last ``refresh_models``."""
+        return list(self._models)
+
+    async def refresh_models(self) -> list[ModelInfo]:
+        """Ask the upstream's ``/v1/models`` what it serves (only ``model``, if one was given)."""
+        try:
+            response = await self._client.get(
+                f"{self.base_url}/v1/models", headers=self._headers, timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise EngineError(ErrorCode.UPSTREAM_ERROR, f"upstream unreachable: {exc!r}") from exc
+        if response.status_code >= 400:
+            raise _status_error(response.status_code, response.text)
+        try:
+            entries = [entry for entry in response.json()["data"] if isinstance(entry, dict)]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EngineError(ErrorCode.UPSTREAM_ERROR, "upstream /v1/models is malformed") from exc
+        models = [self._model_info(entry) for entry in entries if isinstance(entry.get("id"), str)]
+        if self._model is not None:
+            models = [info for info in models if info.id == self._model]
+            if not models:
+                message = f"upstream does not serve {self._model!r}"
+                raise EngineError(ErrorCode.UNKNOWN_MODEL, message)
+        self._models = models
+        return self.models()
+
+    async def generate(self, job: Job) -> AsyncGenerator[EngineEvent, None]:
+        """Stream the upstream's answer to ``job``; closing the iterator closes the request."""
+        if job.tools and not self._supports_tools:
+            raise EngineError(ErrorCode.TOOLS_UNSUPPORTED, "this upstream takes no tools")
+        answer = _Answer(model=job.model)
+        try:
+            async with self._client.stream(
+                "POST",
+                f"{self.base_url}/v1/chat/completions",
+                json=_request_body(job),
+                headers=self._headers,
+                timeout=self._timeout,
+            ) as response:
+                if response.status_code >= 400:
+                    body = (await response.aread()).decode(errors="replace")
+                    raise _status_error(response.status_code, body)
+                async with aclosing(_sse_data(response)) as events:
+                    async for data in events:
+                        if data == "[DONE]":
+                            break
+                        for delta in answer.take(_decode_chunk(data)):
+                            yield delta
+        except httpx.HTTPError as exc:
+            raise EngineError(ErrorCode.UPSTREAM_ERROR, f"upstream failed: {exc!r}") from exc
+        yield answer.finish(job)
+
+    def _model_info(self, entry: dict[str, Any]) -> ModelInfo:
+        meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        sizes = (
+            entry.get("max_model_len"),  # vLLM
+            entry.get("context_length"),
+            (meta or {}).get("n_ctx_train"),  # llama-server
+        )
+        context = next((size for size in sizes if isinstance(size, int) and size > 0), None)
+        return ModelInfo(
+            id=entry["id"],
+            context_size=context or self._context_size,
+            supports_tools=self._supports_tools,
+        )
+
+
+class _Answer:
+    """What has streamed so far: enough to name the finish reason and the usage at the end."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.characters = 0
+        self.saw_tool_calls = False
+
+    def take(self, chunk: dict[str, Any]) -> list[Delta]:
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        if isinstance(chunk.get("model"), str) and chunk["model"]:
+            self.model = chunk["model"]
+        deltas: list[Delta] = []
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue
+            self.reason = choice.get("finish_reason") or self.reason
+            delta = _delta(choice.get("delta") or {})
+            if delta is not None:
+                self.characters += len(delta.content or "")
+                for call in delta.tool_calls or []:
+                    self.characters += len(call.function.arguments or "")
+                    self.saw_tool_calls = True
+                deltas.append(delta)
+        return deltas
+
+    def finish(self, job: Job) -> Finish:
+        reason = _FINISH_REASONS.get(self.reason or "")
+        if reason is None:
+            reason = "tool_calls" if self.saw_tool_calls else "stop"
+        return Finish(finish_reason=reason, usage=self._usage(job), model=self.model)
+
+    def _usage(self, job: Job) -> Usage:
+        if self.usage is not None:
+            try:
+                prompt = int(self.usage["prompt_tokens"])
+                completion = int(self.usage["completion_tokens"])
+                return Usage(
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                    total_tokens=prompt + completion,
+                )
+            except (KeyError, TypeError, ValueError, ValidationError):
+                log.warning("upstream_usage_malformed", usage=self.usage)
+        prompt_characters = len(json.dumps(job.messages)) + len(json.dumps(job.tools or []))
+        prompt = math.ceil(prompt_characters / _CHARS_PER_TOKEN)
+        completion = math.ceil(self.characters / _CHARS_PER_TOKEN)
+        log.info("upstream_usage_estimated", job_id=job.job_id)
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            estimated=True,
+        )
+
+
+def _request_body(job: Job) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": job.model,
+        "messages": job.messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **job.params.model_dump(exclude_none=True),
+    }
+    if job.tools:
+        body["tools"] = job.tools
+        if job.tool_choice is not None:
+            body["tool_choice"] = job.tool_choice
+    return body
+
+
+async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
+    """Yield the ``data`` of each Server-Sent Event (multi-line data joined by newlines)."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)
+
+
+def _decode_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise EngineError(ErrorCode.UPSTREAM_ERROR, "upstream sent a non-JSON event") from exc
+    if not isinstance(chunk, dict):
+        raise EngineError(ErrorCode.UPSTREAM_ERROR, "upstream sent a non-object event")
+    if "error" in chunk:
+        raise EngineError(ErrorCode.UPSTREAM_ERROR, f"upstream error: {chunk['error']}")
+    return chunk
+
+
+def _delta(raw: dict[str, Any]) -> Delta | None:
+    calls = raw.get("tool_calls") or []
+    content = raw.get("content") or None
+    if not calls and content is None:
+        return None
+    try:
+        tool_calls = [
+            ToolCallDelta.model_validate({**call, "index": _index(call, position)})
+            for position, call in enumerate(calls)
+        ]
+        return Delta(content=content, tool_calls=tool_calls or None)
+    except ValidationError as exc:
+        raise EngineError(ErrorCode.UPSTREAM_ERROR, f"upstream sent a bad delta: {exc}") from exc
+
+
+def _index(call: object, position: int) -> object:
+    """The call's ``index``; Ollama sends none, so its place in the list stands in."""
+    index = call.get("index") if isinstance(call, dict) else None
+    return position if index is None else index
+
+
+def _status_error(status: int, body: str) -> EngineError:
+    """Name an upstream HTTP error, keeping an OpenAI-shaped ``error.code`` we know."""
+    try:
+        upstream_code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        upstream_code = None
+    code = ErrorCode.UPSTREAM_ERROR
+    if upstream_code == ErrorCode.CONTEXT_LENGTH_EXCEEDED:
+        code = ErrorCode.CONTEXT_LENGTH_EXCEEDED
+    return EngineError(code, f"upstream answered {status}: {body[:500]}")

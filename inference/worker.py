@@ -1,0 +1,361 @@
+"""The worker side of protocol v1: connect out to the hub, run its jobs on an engine, reconnect.
+
+``run_worker`` keeps one WebSocket to ``{hub_url}/v1/workers/ws``: ``hello`` → ``welcome``,
+heartbeats both ways, up to ``slots`` jobs at once, ``leave`` when cancelled. A lost link is
+retried with exponential backoff and full jitter; a refused token is fatal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import random
+import time
+from contextlib import aclosing
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from inference.engine import Engine, EngineError, Finish
+from inference.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    Chunk,
+    Done,
+    Error,
+    ErrorCode,
+    Frame,
+    Hardware,
+    Heartbeat,
+    Hello,
+    InferenceError,
+    Job,
+    Leave,
+    ProtocolError,
+    Welcome,
+    encode,
+    parse_frame,
+)
+
+log = structlog.get_logger(__name__)
+
+WORKERS_WS_PATH = "/v1/workers/ws"
+FATAL_CODES: frozenset[str] = frozenset({ErrorCode.INVALID_TOKEN, ErrorCode.UNSUPPORTED_PROTOCOL})
+_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+
+
+class WorkerError(InferenceError):
+    """The hub refused this worker for good (bad token, other protocol): retrying cannot help."""
+
+
+class _LinkLost(Exception):
+    """The connection to the hub is gone or unusable; the worker reconnects."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Options:
+    slots: int
+    handshake_timeout_s: float
+    send_timeout_s: float
+    missed_heartbeats: int
+    leave_timeout_s: float
+
+
+def detect_hardware() -> Hardware:
+    """Say ``gpu`` when llama.cpp was built with GPU offload, else ``cpu``."""
+    try:
+        llama_cpp = importlib.import_module("llama_cpp")
+    except ImportError:
+        return "cpu"
+    return "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+
+
+def worker_version() -> str:
+    """The installed iamine-hub version, sent in ``hello``."""
+    try:
+        return importlib.metadata.version("iamine-hub")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def workers_ws_url(hub_url: str) -> str:
+    """Turn a hub URL (http, https, ws or wss) into its worker WebSocket URL."""
+    parts = urlsplit(hub_url)
+    scheme = _SCHEMES.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not a hub URL: {hub_url!r} (expected http(s):// or ws(s)://host)")
+    path = parts.path.rstrip("/")
+    if not path.endswith(WORKERS_WS_PATH):
+        path += WORKERS_WS_PATH
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+def backoff_delay(attempt: int, *, initial_s: float, cap_s: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, initial·2^attempt)]."""
+    return rng.uniform(0, min(cap_s, initial_s * 2 ** min(attempt, 32)))
+
+
+async def run_worker(
+    hub_url: str,
+    token: str,
+    engine: Engine,
+    *,
+    worker_name: str,
+    hardware: Hardware,
+    slots: int = 1,
+    version: str | None = None,
+    connect_timeout_s: float = 10.0,
+    handshake_timeout_s: float = 10.0,
+    send_timeout_s: float = 10.0,
+    missed_heartbeats: int = 3,
+    leave_timeout_s: float = 2.0,
+    backoff_initial_s: float = 1.0,
+    backoff_max_s: float = 60.0,
+    max_frame_bytes: int = 16 * 2**20,
+    rng: random.Random | None = None,
+) -> None:
+    """Serve the hub's jobs until cancelled, then say ``leave``; raise ``WorkerError`` if refused.
+
+    Every timeout is a parameter (the hub's settings supply them). Reconnects never stop on their
+    own: only cancellation or a fatal refusal (``invalid_token``, ``unsupported_protocol``) ends it.
+    """
+    url = workers_ws_url(hub_url)
+    options = _Options(
+        slots=slots,
+        handshake_timeout_s=handshake_timeout_s,
+        send_timeout_s=send_timeout_s,
+        missed_heartbeats=missed_heartbeats,
+        leave_timeout_s=leave_timeout_s,
+    )
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        session: _Session | None = None
+        reason = "the session ended"
+        try:
+            async with connect(
+                url,
+                open_timeout=connect_timeout_s,
+                close_timeout=leave_timeout_s,
+                ping_interval=None,  # liveness is the protocol's own heartbeat
+                max_size=max_frame_bytes,
+            ) as websocket:
+                hello = Hello(
+                    protocol=PROTOCOL_VERSION,
+                    token=token,
+                    worker_name=worker_name,
+                    models=engine.models(),
+                    hardware=hardware,
+                    slots=slots,
+                    version=version or worker_version(),
+                )
+                session = _Session(websocket, engine, options)
+                await session.run(hello)
+        except (OSError, TimeoutError, WebSocketException, ProtocolError, _LinkLost) as exc:
+            reason = repr(exc)
+        if session is not None and session.welcomed:
+            attempt = 0
+        delay = backoff_delay(attempt, initial_s=backoff_initial_s, cap_s=backoff_max_s, rng=rng)
+        log.warning("hub_link_lost", url=url, error=reason, retry_in_s=round(delay, 3))
+        attempt += 1
+        await anyio.sleep(delay)
+
+
+@dataclass
+class _RunningJob:
+    job: Job
+    scope: anyio.CancelScope
+
+
+class _Session:
+    """One connection's life: handshake, heartbeats, jobs; it ends by raising why."""
+
+    def __init__(self, websocket: ClientConnection, engine: Engine, options: _Options) -> None:
+        self._websocket = websocket
+        self._engine = engine
+        self._options = options
+        self._send_lock = anyio.Lock()
+        self._jobs: dict[str, _RunningJob] = {}
+        self._task_group: TaskGroup | None = None
+        self._failure: BaseException | None = None
+        self.welcomed = False
+
+    async def run(self, hello: Hello) -> None:
+        try:
+            await self._send(hello)
+            welcome = await self._handshake()
+            self.welcomed = True
+            log.info("worker_welcomed", worker_id=welcome.worker_id, slots=self._options.slots)
+            silence_s = welcome.heartbeat_interval_s * self._options.missed_heartbeats
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                task_group.start_soon(self._send_heartbeats, welcome.heartbeat_interval_s)
+                try:
+                    await self._receive(silence_s)
+                except (_LinkLost, WorkerError, WebSocketException, OSError) as exc:
+                    self._fail(exc)
+        except anyio.get_cancelled_exc_class():
+            await self._leave("shutdown")
+            raise
+        if self._failure is not None:
+            raise self._failure
+
+    async def _handshake(self) -> Welcome:
+        with anyio.fail_after(self._options.handshake_timeout_s):
+            while True:
+                frame = parse_frame(await self._websocket.recv())
+                if isinstance(frame, Welcome):
+                    if frame.protocol != PROTOCOL_VERSION:
+                        message = f"hub speaks protocol {frame.protocol}, not {PROTOCOL_VERSION}"
+                        raise WorkerError(ErrorCode.UNSUPPORTED_PROTOCOL, message)
+                    return frame
+                if isinstance(frame, Error):
+                    _raise_if_fatal(frame)
+                    raise _LinkLost(f"hub refused the hello: {frame.code}: {frame.message}")
+                if not isinstance(frame, Heartbeat):
+                    raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, f"{frame.type} before welcome")
+
+    async def _receive(self, silence_s: float) -> None:
+        while True:
+            try:
+                with anyio.fail_after(silence_s):
+                    text = await self._websocket.recv()
+            except TimeoutError:
+                raise _LinkLost(f"hub silent for {silence_s:g} s") from None
+            try:
+                frame = parse_frame(text)
+            except ProtocolError as exc:
+                log.warning("hub_frame_invalid", code=exc.code, error=exc.message)
+                await self._send(Error(code=exc.code, message=exc.message))
+                continue
+            await self._handle(frame)
+
+    async def _handle(self, frame: Frame) -> None:
+        if isinstance(frame, Job):
+            await self._start(frame)
+        elif isinstance(frame, Cancel):
+            running = self._jobs.get(frame.job_id)
+            if running is not None:
+                running.scope.cancel()
+        elif isinstance(frame, Error):
+            _raise_if_fatal(frame)
+            log.warning("hub_error", job_id=frame.job_id, code=frame.code, error=frame.message)
+        elif not isinstance(frame, Heartbeat):
+            message = f"a worker does not accept {frame.type!r} frames"
+            await self._send(Error(code=ErrorCode.UNEXPECTED_FRAME, message=message))
+
+    async def _start(self, job: Job) -> None:
+        refusal: tuple[ErrorCode, str] | None = None
+        if job.job_id in self._jobs:
+            refusal = (ErrorCode.DUPLICATE_JOB, "a job with this id is already running")
+        elif len(self._jobs) >= self._options.slots:
+            refusal = (ErrorCode.SLOTS_FULL, f"all {self._options.slots} slots are busy")
+        elif job.model not in {model.id for model in self._engine.models()}:
+            refusal = (ErrorCode.UNKNOWN_MODEL, f"this worker does not serve {job.model!r}")
+        if refusal is not None:
+            await self._send(Error(job_id=job.job_id, code=refusal[0], message=refusal[1]))
+            return
+        running = _RunningJob(job=job, scope=anyio.CancelScope())
+        self._jobs[job.job_id] = running
+        log.info("job_started", job_id=job.job_id, model=job.model, running=len(self._jobs))
+        assert self._task_group is not None
+        self._task_group.start_soon(self._run_job, running)
+
+    async def _run_job(self, running: _RunningJob) -> None:
+        """Top-level handler of one job: whatever happens, the hub hears how it ended."""
+        job = running.job
+        try:
+            outcome = await self._stream(running)
+        except _LinkLost:
+            return
+        except TimeoutError:
+            message = f"not done within {job.deadline_s:g} s"
+            outcome = Error(job_id=job.job_id, code=ErrorCode.DEADLINE_EXCEEDED, message=message)
+        except EngineError as exc:
+            outcome = Error(job_id=job.job_id, code=exc.code, message=exc.message)
+        except Exception:
+            log.exception("job_failed", job_id=job.job_id)
+            message = "the worker failed on this job"
+            outcome = Error(job_id=job.job_id, code=ErrorCode.INTERNAL_ERROR, message=message)
+        finally:
+            # Free the slot before the final frame: the hub may send the next job at once.
+            self._jobs.pop(job.job_id, None)
+        log.info("job_ended", job_id=job.job_id, outcome=_describe(outcome))
+        try:
+            await self._send(outcome)
+        except _LinkLost:
+            return
+
+    async def _stream(self, running: _RunningJob) -> Done | Error:
+        """Relay the engine's events as chunks; return the job's final frame."""
+        job = running.job
+        done: Done | None = None
+        with running.scope, anyio.fail_after(job.deadline_s):
+            async with aclosing(self._engine.generate(job)) as events:
+                async for event in events:
+                    if isinstance(event, Finish):
+                        done = Done(
+                            job_id=job.job_id,
+                            finish_reason=event.finish_reason,
+                            usage=event.usage,
+                            model=event.model,
+                        )
+                    else:
+                        await self._send(Chunk(job_id=job.job_id, delta=event))
+        if running.scope.cancelled_caught:
+            return Error(job_id=job.job_id, code=ErrorCode.CANCELLED, message="cancelled")
+        if done is None:
+            message = "the engine ended without finishing"
+            return Error(job_id=job.job_id, code=ErrorCode.ENGINE_ERROR, message=message)
+        return done
+
+    async def _send_heartbeats(self, interval_s: float) -> None:
+        while True:
+            await anyio.sleep(interval_s)
+            try:
+                await self._send(Heartbeat(ts=time.time()))
+            except _LinkLost:
+                return
+
+    async def _send(self, frame: Frame) -> None:
+        """Send one frame; a failure to send ends the session."""
+        try:
+            with anyio.fail_after(self._options.send_timeout_s):
+                async with self._send_lock:
+                    await self._websocket.send(encode(frame))
+        except (TimeoutError, WebSocketException, OSError) as exc:
+            self._fail(exc)
+            raise _LinkLost(f"could not send {frame.type}: {exc!r}") from exc
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
+
+    async def _leave(self, reason: str) -> None:
+        """Say goodbye and close, shielded: this runs while the worker is being cancelled."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._options.leave_timeout_s):
+            try:
+                await self._websocket.send(encode(Leave(reason=reason)))
+                await self._websocket.close(code=1001, reason="worker leaving")
+            except (WebSocketException, OSError) as exc:
+                log.info("leave_not_sent", error=repr(exc))
+
+
+def _raise_if_fatal(frame: Error) -> None:
+    if frame.code in FATAL_CODES:
+        if frame.code == ErrorCode.INVALID_TOKEN:
+            message = f"the hub refused the worker token ({frame.message}); check the token"
+        else:
+            message = f"the hub refused this worker: {frame.message}"
+        raise WorkerError(frame.code, message)
+
+
+def _describe(outcome: Done | Error) -> str:
+    return outcome.finish_reason if isinstance(outcome, Done) else outcome.code

@@ -1,0 +1,157 @@
+"""A live hub (uvicorn on a free port, in a thread) and a real worker process on the bundled model.
+
+Module-scoped: a test module shares one hub and one worker, so the model loads once per module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from hub import accounts
+from hub.app import create_app
+from hub.config import Settings
+from inference.settings import InferenceSettings
+from tests.conftest import TEMPLATE_DB, database_uri
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class LiveHub:
+    """A hub serving HTTP on 127.0.0.1 with a user, a worker token and the admin token."""
+
+    url: str
+    database_url: str
+    user_token: str
+    worker_token: str
+    admin_token: str
+    settings: Settings
+
+    @property
+    def ws_url(self) -> str:
+        """The worker endpoint."""
+        return self.url.replace("http://", "ws://") + "/v1/workers/ws"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _prepare(admin_uri: str, name: str) -> tuple[str, str, str]:
+    admin = await asyncpg.connect(admin_uri)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(database_uri(admin_uri, name))
+    try:
+        user = await accounts.create_user(conn, "alice")
+        user_token = await accounts.create_token(conn, user_id=user.id, scopes=("user",))
+        owner = await accounts.create_user(conn, "volunteer")
+        worker_token = await accounts.create_token(conn, user_id=owner.id, scopes=("worker",))
+        return database_uri(admin_uri, name), user_token.token, worker_token.token
+    finally:
+        await conn.close()
+
+
+async def _drop(admin_uri: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_uri)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+def live_hub(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHub]:
+    """Run a hub for the module on its own database; stop it afterwards."""
+    name = f"live_{uuid.uuid4().hex[:12]}"
+    url, user_token, worker_token = asyncio.run(_prepare(pg_admin_uri, name))
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("hub"),
+        database_url=url,
+        inference=InferenceSettings(
+            local_worker=False, heartbeat_interval_s=1, slot_wait_s=5, first_token_timeout_s=30
+        ),
+    )
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the hub failed to start"
+        assert time.monotonic() < deadline, "the hub did not start in 30 s"
+        time.sleep(0.05)
+    admin_token = (settings.data_dir / "admin-token").read_text().strip()
+    yield LiveHub(f"http://127.0.0.1:{port}", url, user_token, worker_token, admin_token, settings)
+    server.should_exit = True
+    thread.join(timeout=30)
+    asyncio.run(_drop(pg_admin_uri, name))
+
+
+def wait_for_model(hub: LiveHub, model: str, present: bool = True, timeout_s: float = 60) -> None:
+    """Poll ``/v1/models`` until the model is (or is no longer) listed; bounded."""
+    deadline = time.monotonic() + timeout_s
+    headers = {"Authorization": f"Bearer {hub.user_token}"}
+    while time.monotonic() < deadline:
+        data = httpx.get(f"{hub.url}/v1/models", headers=headers, timeout=5).json()["data"]
+        if any(m["id"] == model for m in data) == present:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"model {model!r} {'never appeared' if present else 'stayed listed'}")
+
+
+@pytest.fixture(scope="module")
+def real_worker(live_hub: LiveHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A real `iamine worker` process serving the bundled model to the live hub."""
+    log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "hub",
+                "worker",
+                "--hub",
+                live_hub.url,
+                "--name",
+                "real",
+                "--threads",
+                "2",
+            ],
+            env={**os.environ, "IAMINE_WORKER_TOKEN": live_hub.worker_token},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_model(live_hub, BUNDLED_MODEL)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,274 @@
+"""UpstreamEngine against a real in-test OpenAI-compatible server (uvicorn on a random port)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from inference.engine import EngineError, EngineEvent, Finish
+from inference.protocol import Delta, ErrorCode, Job, ModelInfo, SamplingParams
+from inference.upstream import UpstreamEngine
+
+MODELS = {
+    "object": "list",
+    "data": [
+        {"id": "stub-model", "object": "model", "max_model_len": 8192},
+        {"id": "llama-server-model", "object": "model", "meta": {"n_ctx_train": 2048}},
+        {"id": "plain-model", "object": "model"},
+    ],
+}
+
+
+def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    return {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "stub-model",
+        "choices": [choice],
+    }
+
+
+def usage_chunk(prompt: int, completion: int) -> dict[str, Any]:
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+    return {"id": "c1", "model": "stub-model", "choices": [], "usage": usage}
+
+
+def tool_piece(index: int, **fields: Any) -> dict[str, Any]:
+    return chunk({"tool_calls": [{"index": index, **fields}]})
+
+
+SCRIPTS: dict[str, list[dict[str, Any]]] = {
+    "text": [
+        chunk({"role": "assistant", "content": ""}),
+        chunk({"content": "Hello"}),
+        chunk({"content": " world"}),
+        chunk({}, "stop"),
+        usage_chunk(12, 2),
+    ],
+    "tools": [
+        tool_piece(0, id="call_a", type="function", function={"name": "get_weather"}),
+        tool_piece(1, id="call_b", type="function", function={"name": "get_time"}),
+        tool_piece(0, function={"arguments": '{"city": '}),
+        tool_piece(1, function={"arguments": '{"zone": "CET"}'}),
+        tool_piece(0, function={"arguments": '"Paris"}'}),
+        chunk({}, "tool_calls"),
+        usage_chunk(40, 20),
+    ],
+    "no-usage": [chunk({"content": "abcdefgh"}), chunk({}, "stop")],
+}
+
+
+class StubUpstream:
+    """A scripted OpenAI-compatible server; the last user message picks the script."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.authorization: list[str | None] = []
+        self.base_url = ""
+        self.stream_closed = anyio.Event()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self.models),
+                Route("/v1/chat/completions", self.completions, methods=["POST"]),
+            ]
+        )
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(MODELS)
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append(body)
+        self.authorization.append(request.headers.get("authorization"))
+        script = body["messages"][-1]["content"]
+        if script == "fail":
+            return JSONResponse({"error": {"message": "boom", "code": None}}, status_code=500)
+        if script == "too-long":
+            error = {"message": "too long", "code": "context_length_exceeded"}
+            return JSONResponse({"error": error}, status_code=400)
+
+        async def events() -> AsyncIterator[str]:
+            if script == "endless":
+                try:
+                    yield f"data: {json.dumps(chunk({'content': 'and on'}))}\n\n"
+                    await anyio.sleep_forever()
+                finally:
+                    self.stream_closed.set()
+            for event in SCRIPTS[script]:
+                yield f"data: {json.dumps(event)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[StubUpstream]:
+    """The stub served by uvicorn on a socket bound before the server starts (no start-up race)."""
+    stub = StubUpstream()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    stub.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(stub.app, log_level="warning", lifespan="off"))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve, [sock])
+        yield stub
+        server.should_exit = True
+    sock.close()
+
+
+def make_job(script: str, **fields: Any) -> Job:
+    return Job(
+        job_id="job-1",
+        model="stub-model",
+        messages=[{"role": "user", "content": script}],
+        params=SamplingParams(max_tokens=32, temperature=0.5),
+        deadline_s=30,
+        **fields,
+    )
+
+
+async def collect(engine: UpstreamEngine, job: Job) -> list[EngineEvent]:
+    with anyio.fail_after(10):
+        return [event async for event in engine.generate(job)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
+async def test_models_come_from_v1_models_with_or_without_v1_in_the_base_url(
+    upstream: StubUpstream, suffix: str
+) -> None:
+    with anyio.fail_after(10):
+        async with UpstreamEngine(upstream.base_url + suffix, model="stub-model") as engine:
+            assert engine.models() == [
+                ModelInfo(id="stub-model", context_size=8192, supports_tools=True)
+            ]
+
+
+@pytest.mark.anyio
+async def test_without_a_model_every_upstream_model_is_served_with_its_context_size(
+    upstream: StubUpstream,
+) -> None:
+    with anyio.fail_after(10):
+        async with UpstreamEngine(upstream.base_url, context_size=1024) as engine:
+            sizes = {model.id: model.context_size for model in engine.models()}
+    assert sizes == {"stub-model": 8192, "llama-server-model": 2048, "plain-model": 1024}
+
+
+@pytest.mark.anyio
+async def test_a_model_the_upstream_does_not_list_is_refused(upstream: StubUpstream) -> None:
+    with pytest.raises(EngineError) as caught, anyio.fail_after(10):
+        async with UpstreamEngine(upstream.base_url, model="absent"):
+            pass
+    assert caught.value.code == ErrorCode.UNKNOWN_MODEL
+
+
+@pytest.mark.anyio
+async def test_text_streams_as_deltas_and_usage_comes_from_the_upstream(
+    upstream: StubUpstream,
+) -> None:
+    async with UpstreamEngine(upstream.base_url, api_key="up-key", model="stub-model") as engine:
+        events = await collect(engine, make_job("text"))
+
+    *pieces, finish = events
+    assert pieces == [Delta(content="Hello"), Delta(content=" world")]
+    assert isinstance(finish, Finish)
+    assert finish.finish_reason == "stop"
+    assert (finish.usage.prompt_tokens, finish.usage.completion_tokens) == (12, 2)
+    assert finish.usage.total_tokens == 14
+    assert not finish.usage.estimated
+    assert finish.model == "stub-model"
+    [request] = upstream.requests
+    assert request["stream"] is True
+    assert request["stream_options"] == {"include_usage": True}
+    assert (request["model"], request["max_tokens"], request["temperature"]) == (
+        "stub-model",
+        32,
+        0.5,
+    )
+    assert "tools" not in request
+    assert upstream.authorization == ["Bearer up-key"]
+
+
+@pytest.mark.anyio
+async def test_parallel_tool_calls_pass_through_with_their_indexes(
+    upstream: StubUpstream,
+) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        events = await collect(engine, make_job("tools", tools=tools, tool_choice="auto"))
+
+    calls = [
+        call for event in events if isinstance(event, Delta) for call in event.tool_calls or []
+    ]
+    arguments: dict[int, str] = {}
+    for call in calls:
+        arguments[call.index] = arguments.get(call.index, "") + (call.function.arguments or "")
+    assert json.loads(arguments[0]) == {"city": "Paris"}
+    assert json.loads(arguments[1]) == {"zone": "CET"}
+    heads = {call.index: (call.id, call.function.name) for call in calls if call.id}
+    assert heads == {0: ("call_a", "get_weather"), 1: ("call_b", "get_time")}
+    finish = events[-1]
+    assert isinstance(finish, Finish)
+    assert finish.finish_reason == "tool_calls"
+    assert upstream.requests[0]["tools"] == tools
+    assert upstream.requests[0]["tool_choice"] == "auto"
+
+
+@pytest.mark.anyio
+async def test_closing_the_stream_closes_the_upstream_request(upstream: StubUpstream) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        with anyio.fail_after(10):
+            async with aclosing(engine.generate(make_job("endless"))) as events:
+                assert await anext(events) == Delta(content="and on")
+            await upstream.stream_closed.wait()
+
+
+@pytest.mark.anyio
+async def test_missing_upstream_usage_is_estimated_and_marked(upstream: StubUpstream) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        events = await collect(engine, make_job("no-usage"))
+
+    finish = events[-1]
+    assert isinstance(finish, Finish)
+    assert finish.usage.estimated
+    assert finish.usage.completion_tokens == 2  # eight characters at four per token
+    assert finish.usage.prompt_tokens > 0
+    assert finish.usage.total_tokens == finish.usage.prompt_tokens + 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [("fail", ErrorCode.UPSTREAM_ERROR), ("too-long", ErrorCode.CONTEXT_LENGTH_EXCEEDED)],
+)
+async def test_upstream_http_errors_become_engine_errors(
+    upstream: StubUpstream, script: str, code: str
+) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        with pytest.raises(EngineError) as caught:
+            await collect(engine, make_job(script))
+    assert caught.value.code == code
+
+
+@pytest.mark.anyio
+async def test_an_unreachable_upstream_is_an_upstream_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    with pytest.raises(EngineError) as caught, anyio.fail_after(10):
+        async with UpstreamEngine(f"http://127.0.0.1:{closed_port}"):
+            pass
+    assert caught.value.code == ErrorCode.UPSTREAM_ERROR
