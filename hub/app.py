@@ -6,6 +6,7 @@ background loops) and yields them as typed state; nothing is built at import tim
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -24,11 +25,55 @@ from hub.errors import install_error_handlers
 from hub.local_worker import issue_local_worker_token, run_local_worker
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
-from hub.routes import admin, chat, health, tokens, workers
+from hub.routes import admin, chat, conversations, health, memory, pool, tokens, workers
 from hub.state import HubState
-from inference.registry import WorkerRegistry
+from inference.dispatch import JobFailed, run_job
+from inference.exclusions import Exclusion, record_exclusion
+from inference.pool_config import load_pool_config
+from inference.protocol import Chunk, Job, SamplingParams
+from inference.registry import ExclusionSink, WorkerLink, WorkerRegistry
+from memory.compaction import Compactor, Summariser, SummaryUnavailable, summary_prompt
+from memory.settings import MemorySettings
 
 log = structlog.get_logger()
+
+
+def pool_summariser(registry: WorkerRegistry, settings: MemorySettings) -> Summariser:
+    """Compaction's summariser: one job on a pool worker serving ``compaction_model``."""
+
+    async def summarise(messages: list[dict[str, Any]]) -> str:
+        if not registry.serves(settings.compaction_model):
+            raise SummaryUnavailable(f"no worker serves {settings.compaction_model!r}")
+        job = Job(
+            job_id=uuid.uuid4().hex,
+            model=settings.compaction_model,
+            messages=summary_prompt(messages),
+            params=SamplingParams(max_tokens=settings.compaction_summary_tokens, temperature=0.2),
+            deadline_s=registry.settings.job_deadline_s,
+        )
+        parts: list[str] = []
+        try:
+            async for event in run_job(registry, job, needs_tools=False):
+                if isinstance(event, Chunk) and event.delta.content:
+                    parts.append(event.delta.content)
+        except JobFailed as exc:
+            raise SummaryUnavailable(exc.message) from exc
+        if not "".join(parts).strip():
+            raise SummaryUnavailable("the model wrote an empty summary")
+        return "".join(parts)
+
+    return summarise
+
+
+def exclusion_recorder(writer: BackgroundWriter, metrics: Metrics) -> ExclusionSink:
+    """Record each worker exclusion in the database (off the request path) and count it."""
+
+    def record(link: WorkerLink, reason: str, detail: str) -> None:
+        metrics.exclusions.labels(reason).inc()
+        exclusion = Exclusion(link.id, link.name, link.owner_id, reason, detail)
+        writer.submit("worker_exclusion", lambda conn: record_exclusion(conn, exclusion))
+
+    return record
 
 
 def _lifespan(settings: Settings, metrics: Metrics) -> Any:
@@ -41,11 +86,17 @@ def _lifespan(settings: Settings, metrics: Metrics) -> Any:
             db = await stack.enter_async_context(open_database(settings))
             async with db.pool.acquire() as conn:
                 issued = await ensure_admin_token(conn, settings.data_dir)
+                pool_config = await load_pool_config(conn)
             if issued is not None:
                 log.info("admin_token_issued", file=str(token_file(settings.data_dir)))
             resolver = TokenResolver(db.pool, settings.auth)
-            registry = WorkerRegistry(settings.inference)
             writer = BackgroundWriter(db.pool)
+            registry = WorkerRegistry(
+                settings.inference, pool_config, on_exclusion=exclusion_recorder(writer, metrics)
+            )
+            compactor = Compactor(
+                db.pool, settings.memory, pool_summariser(registry, settings.memory)
+            )
             metrics.watch(registry, writer)
             state = HubState(
                 settings=settings,
@@ -54,10 +105,12 @@ def _lifespan(settings: Settings, metrics: Metrics) -> Any:
                 metrics=metrics,
                 workers=registry,
                 writer=writer,
+                compactor=compactor,
             )
             async with anyio.create_task_group() as loops:
                 loops.start_soon(resolver.run_flusher)
                 loops.start_soon(writer.run)
+                loops.start_soon(compactor.run)
                 if settings.inference.local_worker:
                     async with db.pool.acquire() as conn:
                         token = await issue_local_worker_token(conn)
@@ -85,8 +138,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tokens.router)
     app.include_router(admin.router)
+    app.include_router(pool.router)
     app.include_router(chat.router)
     app.include_router(workers.router)
+    app.include_router(conversations.router)
+    app.include_router(memory.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

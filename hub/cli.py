@@ -24,6 +24,8 @@ from hub.embedded import DataDirLock
 from hub.errors import HubError
 from hub.migrations import load_migrations, migrate, migration_status
 from hub.observability import configure_logging
+from memory import keys
+from memory.l1 import purge_expired_l1
 
 app = typer.Typer(
     name="iamine",
@@ -35,10 +37,12 @@ db_app = typer.Typer(help="Database schema: apply and inspect migrations.", no_a
 users_app = typer.Typer(help="Pool members: create, list, disable.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Bearer tokens: issue, list, revoke.", no_args_is_help=True)
 admin_app = typer.Typer(help="The pool's admin token: show or rotate.", no_args_is_help=True)
+memory_app = typer.Typer(help="Conversation memory: L1 retention.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(admin_app, name="admin-token")
+app.add_typer(memory_app, name="memory")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -252,17 +256,20 @@ def tokens_create(
     lifetime = parse_duration(expires) if expires else None
 
     async def work() -> None:
-        async with cli_connection(settings) as conn:
+        async with cli_connection(settings) as conn, conn.transaction():
             owner = await accounts.get_user(conn, user)
+            scopes = tuple(scope or ["user"])
             issued = await accounts.create_token(
                 conn,
                 user_id=owner.id,
-                scopes=tuple(scope or ["user"]),
+                scopes=scopes,
                 name=name,
                 expires_at=datetime.now(UTC) + lifetime if lifetime else None,
             )
+            memory = await keys.issue_key(conn, owner.id, issued.record.id, issued.token, scopes)
         console.print(f"Token for [bold]{user}[/] (shown once, keep it safe):")
         console.print(issued.token, soft_wrap=True, highlight=False)
+        _explain_memory(user, memory)
 
     run_async(work)
 
@@ -432,3 +439,41 @@ def _run_until_signal(work: Awaitable[None]) -> None:
             await task
 
     asyncio.run(main())
+
+
+_MEMORY_NOTES = {
+    keys.KeyIssue.NEW_KEY: "It holds {user}'s new memory key.",
+    keys.KeyIssue.NEW_KEY_OLD_MEMORY_UNREADABLE: (
+        "[bold yellow]warning:[/] no live token of {user} held their memory key, so this token "
+        "starts a NEW key. The memory stored under the old key stays unreadable for good: the "
+        "pool never holds keys, so losing every token loses the memory (the price of zero "
+        "knowledge)."
+    ),
+    keys.KeyIssue.LOCKED: (
+        "[bold yellow]note:[/] this token has [bold]no memory access[/]: {user} has other tokens "
+        "holding their memory key, which the admin cannot copy. {user} should create tokens with "
+        "POST /v1/tokens from a token with memory, or link this one with POST /v1/memory/link."
+    ),
+}
+
+
+def _explain_memory(user: str, issue: keys.KeyIssue) -> None:
+    """Say what a token the CLI issued can do with its user's encrypted memory."""
+    note = _MEMORY_NOTES.get(issue)
+    if note is not None:
+        err_console.print(note.format(user=user))
+
+
+@memory_app.command("purge-l1")
+def memory_purge_l1(data_dir: DataDirOption = None) -> None:
+    """Delete every L1 (raw, plaintext) message past its TTL."""
+    settings = load_settings(data_dir)
+
+    async def work() -> int:
+        async with cli_connection(settings) as conn:
+            return await purge_expired_l1(
+                conn, datetime.now(UTC), batch=settings.memory.l1_purge_batch
+            )
+
+    purged = run_async(work)
+    console.print(f"Purged {purged} expired L1 message(s).")

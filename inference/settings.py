@@ -23,13 +23,16 @@ class InferenceSettings(BaseModel):
         20, ge=1, description="Malformed or unexpected frames a worker may send before it is cut."
     )
     job_deadline_s: float = Field(
-        300.0, gt=0, description="Seconds a job may run on a worker before it is cancelled."
+        300.0, gt=0, description="Seconds a job may run on a worker (sent to it with the job)."
+    )
+    stall_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds of silence mid-answer after which a worker is stalled."
+    )
+    failovers: int = Field(
+        2, ge=0, description="Times an answer may move to another worker after output began."
     )
     first_token_timeout_s: float = Field(
         120.0, gt=0, description="Seconds to wait for a worker's first frame of a job."
-    )
-    slot_wait_s: float = Field(
-        30.0, ge=0, description="Seconds a request waits for a free worker slot for its model."
     )
     cancel_grace_s: float = Field(
         10.0, gt=0, description="Seconds a cancelled job keeps its slot while the worker stops it."

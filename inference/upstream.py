@@ -2,6 +2,8 @@
 
 Jobs are forwarded to ``{base_url}/v1/chat/completions`` with ``stream: true`` and the server's
 Server-Sent Events are turned back into engine events. Tool calls pass through unchanged.
+A failover job's ``assistant_prefix`` is sent as a trailing assistant message for the server to
+continue (llama-server does by default, vLLM when asked with ``continue_final_message``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
-from inference.engine import EngineError, EngineEvent, Finish
+from inference.engine import EngineError, EngineEvent, Finish, check_continuable
 from inference.protocol import (
     Delta,
     ErrorCode,
@@ -114,7 +116,8 @@ class UpstreamEngine:
         """Stream the upstream's answer to ``job``; closing the iterator closes the request."""
         if job.tools and not self._supports_tools:
             raise EngineError(ErrorCode.TOOLS_UNSUPPORTED, "this upstream takes no tools")
-        answer = _Answer(model=job.model)
+        check_continuable(job)
+        answer = _Answer(model=job.model, prefix=job.assistant_prefix or "")
         try:
             async with self._client.stream(
                 "POST",
@@ -134,6 +137,8 @@ class UpstreamEngine:
                             yield delta
         except httpx.HTTPError as exc:
             raise EngineError(ErrorCode.UPSTREAM_ERROR, f"upstream failed: {exc!r}") from exc
+        for delta in answer.flush():
+            yield delta
         yield answer.finish(job)
 
     def _model_info(self, entry: dict[str, Any]) -> ModelInfo:
@@ -154,12 +159,13 @@ class UpstreamEngine:
 class _Answer:
     """What has streamed so far: enough to name the finish reason and the usage at the end."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, prefix: str = "") -> None:
         self.model = model
         self.reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.characters = 0
         self.saw_tool_calls = False
+        self._echo = _EchoFilter(prefix)
 
     def take(self, chunk: dict[str, Any]) -> list[Delta]:
         if isinstance(chunk.get("usage"), dict):
@@ -172,13 +178,24 @@ class _Answer:
                 continue
             self.reason = choice.get("finish_reason") or self.reason
             delta = _delta(choice.get("delta") or {})
-            if delta is not None:
-                self.characters += len(delta.content or "")
-                for call in delta.tool_calls or []:
-                    self.characters += len(call.function.arguments or "")
-                    self.saw_tool_calls = True
-                deltas.append(delta)
+            if delta is not None and delta.content:
+                content = self._echo.feed(delta.content) or None
+                delta = Delta(content=content, tool_calls=delta.tool_calls)
+            if delta is not None and (delta.content or delta.tool_calls):
+                deltas.append(self._count(delta))
         return deltas
+
+    def flush(self) -> list[Delta]:
+        """What the echo filter still holds when the stream ends: the start of a continuation."""
+        held = self._echo.flush()
+        return [self._count(Delta(content=held))] if held else []
+
+    def _count(self, delta: Delta) -> Delta:
+        self.characters += len(delta.content or "")
+        for call in delta.tool_calls or []:
+            self.characters += len(call.function.arguments or "")
+            self.saw_tool_calls = True
+        return delta
 
     def finish(self, job: Job) -> Finish:
         reason = _FINISH_REASONS.get(self.reason or "")
@@ -198,7 +215,7 @@ class _Answer:
                 )
             except (KeyError, TypeError, ValueError, ValidationError):
                 log.warning("upstream_usage_malformed", usage=self.usage)
-        prompt_characters = len(json.dumps(job.messages)) + len(json.dumps(job.tools or []))
+        prompt_characters = len(json.dumps(_messages(job))) + len(json.dumps(job.tools or []))
         prompt = math.ceil(prompt_characters / _CHARS_PER_TOKEN)
         completion = math.ceil(self.characters / _CHARS_PER_TOKEN)
         log.info("upstream_usage_estimated", job_id=job.job_id)
@@ -210,14 +227,56 @@ class _Answer:
         )
 
 
+class _EchoFilter:
+    """Drops the failover prefix when an upstream repeats it before continuing it.
+
+    A server that continues a trailing assistant message streams only what follows it; one that
+    echoes the message first would show the client the prefix twice. Text that could still be
+    that echo is held until it is known to be one (dropped) or not (released).
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._held: str | None = "" if prefix else None  # None once decided
+
+    def feed(self, text: str) -> str:
+        if self._held is None:
+            return text
+        held = self._held + text
+        if held.startswith(self._prefix):
+            self._held = None
+            return held[len(self._prefix) :]
+        if self._prefix.startswith(held):
+            self._held = held
+            return ""
+        self._held = None
+        return held
+
+    def flush(self) -> str:
+        held, self._held = self._held or "", None
+        return held
+
+
+def _messages(job: Job) -> list[dict[str, Any]]:
+    """The job's messages, with a failover prefix as the trailing assistant message to continue."""
+    if not job.assistant_prefix:
+        return job.messages
+    return [*job.messages, {"role": "assistant", "content": job.assistant_prefix}]
+
+
 def _request_body(job: Job) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": job.model,
-        "messages": job.messages,
+        "messages": _messages(job),
         "stream": True,
         "stream_options": {"include_usage": True},
         **job.params.model_dump(exclude_none=True),
     }
+    if job.assistant_prefix:
+        # vLLM continues the final message only when asked to (so does llama-server when asked;
+        # by default it prefills anyway); servers that know neither field usually ignore it.
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
     if job.tools:
         body["tools"] = job.tools
         if job.tool_choice is not None:

@@ -8,7 +8,9 @@ from fastapi import APIRouter
 
 from hub import accounts
 from hub.deps import AdminPrincipal, State
-from hub.schemas import IssuedTokenOut, TokenCreate, TokenOut, UserCreate, UserOut
+from hub.routes.tokens import IssuedTokenMemoryOut
+from hub.schemas import TokenCreate, TokenOut, UserCreate, UserOut
+from memory.keys import issue_key
 
 router = APIRouter(prefix="/admin/api", tags=["admin"])
 
@@ -40,15 +42,24 @@ async def disable_user(name: str, state: State, _: AdminPrincipal) -> UserOut:
 @router.post("/users/{name}/tokens", status_code=201)
 async def create_user_token(
     name: str, body: TokenCreate, state: State, _: AdminPrincipal
-) -> IssuedTokenOut:
-    """Issue a token for a user; its text is in the response, once."""
-    async with state.db.pool.acquire() as conn:
+) -> IssuedTokenMemoryOut:
+    """Issue a token for a user; its text is in the response, once.
+
+    The admin holds no user's memory key, so the token gets a new key when no live token of
+    the user has one (`memory` says whether older memory became unreadable), and is otherwise
+    `locked` until one of the user's tokens links it.
+    """
+    async with state.db.pool.acquire() as conn, conn.transaction():
         user = await accounts.get_user(conn, name)
+        scopes = tuple(body.scopes)
         issued = await accounts.create_token(
             conn,
             user_id=user.id,
-            scopes=tuple(body.scopes),
+            scopes=scopes,
             name=body.name,
             expires_at=body.expires_at(datetime.now(UTC)),
         )
-    return IssuedTokenOut(token=issued.token, **TokenOut.of(issued.record).model_dump())
+        memory = await issue_key(conn, user.id, issued.record.id, issued.token, scopes)
+    return IssuedTokenMemoryOut(
+        token=issued.token, memory=memory, **TokenOut.of(issued.record).model_dump()
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,11 +13,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from hub.deps import State, UserPrincipal
+from hub.auth import Principal
+from hub.deps import State, UserPrincipal, bearer_token
 from hub.errors import (
     InvalidRequestError,
     ModelNotFoundError,
-    PoolBusyError,
     UpstreamFailedError,
     error_body,
 )
@@ -30,9 +30,10 @@ from hub.openai_schema import (
     completion_id,
     usage_body,
 )
+from hub.routes.memory import remember_exchange
 from hub.state import HubState
-from inference.dispatch import JobFailed, NoWorkerAvailable, Started, run_job
-from inference.protocol import Chunk, Done, Job
+from inference.dispatch import Degraded, JobEvent, JobFailed, Started, run_job
+from inference.protocol import Chunk, Delta, Done, Job, Usage
 from memory.conversations import (
     is_valid_conversation_id,
     new_conversation_id,
@@ -42,6 +43,10 @@ from memory.conversations import (
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 CONVERSATION_HEADER = "X-Conversation-Id"
+ROUTE_HEADER = "X-Iamine-Route"
+SERVED_HEADER = "X-Iamine-Served-Model"
+WORKER_HEADER = "X-Iamine-Worker"
+QUEUE_HEADER = "X-Iamine-Queue-Ms"
 
 
 @router.get("/models")
@@ -91,14 +96,42 @@ def _job(body: ChatCompletionRequest, deadline_s: float) -> Job:
     )
 
 
-def _record(state: HubState, user_id: uuid.UUID | None, conversation_id: str) -> None:
-    if user_id is None:
-        return
-    at = datetime.now(UTC)
-    state.writer.submit(
-        "conversation",
-        lambda conn: record_exchange(conn, user_id, conversation_id, at),
-    )
+async def _record(
+    state: HubState,
+    request: Request,
+    principal: Principal,
+    conversation_id: str,
+    body: ChatCompletionRequest,
+    events: AsyncIterator[JobEvent],
+) -> AsyncIterator[JobEvent]:
+    """Relay the job's events; book the exchange, and once answered hand it to L1 and L2."""
+    user_id = principal.user_id
+    if user_id is not None:
+        at = datetime.now(UTC)
+        state.writer.submit(
+            "conversation",
+            lambda conn: record_exchange(conn, user_id, conversation_id, at),
+        )
+    answer = Answer()
+    try:
+        async for event in events:
+            if isinstance(event, Chunk):
+                answer.add(event.delta)
+            elif isinstance(event, Done):
+                remember_exchange(
+                    state,
+                    principal,
+                    bearer_token(request),
+                    conversation_id,
+                    [m.model_dump(exclude_none=True) for m in body.messages],
+                    answer.message(),
+                    now=datetime.now(UTC),
+                )
+            yield event
+    finally:
+        # A client that leaves closes this stream; closing the job's stream cancels the job.
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
 
 
 @router.post("/chat/completions", response_model=None)
@@ -108,23 +141,27 @@ async def chat_completions(
     """Answer a chat on a pool worker, as JSON or as an SSE stream of chunks."""
     conversation_id = _conversation_id(request, body)
     registry = state.workers
-    if not registry.serves(body.model):
+    if not (registry.serves(body.model) or registry.config.knows(body.model)):
         raise ModelNotFoundError(
             f"The model '{body.model}' is not served by this pool. GET /v1/models lists them.",
             param="model",
         )
     job = _job(body, registry.settings.job_deadline_s)
-    headers = {CONVERSATION_HEADER: conversation_id}
-    events = run_job(registry, job, needs_tools=body.wants_tools())
+    user = str(principal.user_id)
+    events: AsyncIterator[JobEvent] = run_job(
+        registry, job, needs_tools=body.wants_tools(), user=user
+    )
     try:
-        started = await anext(events)
-    except NoWorkerAvailable as exc:
-        raise PoolBusyError(exc.message) from exc
+        first = await anext(events)
     except JobFailed as exc:
         raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
-    assert isinstance(started, Started)
-    headers["X-Iamine-Worker"] = started.worker_id
-    _record(state, principal.user_id, conversation_id)
+    headers = {CONVERSATION_HEADER: conversation_id, **_route_headers(first, body.model)}
+    state.metrics.routes.labels(headers[ROUTE_HEADER]).inc()
+    state.metrics.queue_wait.observe(int(headers[QUEUE_HEADER]) / 1000)
+    if isinstance(first, Degraded):
+        events = _degraded_answer(job, first)
+    else:
+        events = _record(state, request, principal, conversation_id, body, events)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventSourceResponse(
@@ -144,15 +181,43 @@ async def chat_completions(
     return JSONResponse(completion_body(completion_id(), body.model, answer, done), headers=headers)
 
 
+def _route_headers(first: JobEvent, asked: str) -> dict[str, str]:
+    """``X-Iamine-*`` headers saying where the answer comes from and how it got there."""
+    if isinstance(first, Degraded):
+        return {ROUTE_HEADER: "degraded", SERVED_HEADER: asked, QUEUE_HEADER: str(first.queue_ms)}
+    assert isinstance(first, Started)
+    return {
+        ROUTE_HEADER: first.route,
+        SERVED_HEADER: first.served_model,
+        WORKER_HEADER: first.worker_id,
+        QUEUE_HEADER: str(first.queue_ms),
+    }
+
+
+async def _degraded_answer(job: Job, degraded: Degraded) -> AsyncIterator[JobEvent]:
+    """A clearly marked answer for when nothing in the pool could serve the request."""
+    text = (
+        f"[iamine: degraded answer] The pool could not serve '{job.model}' right now "
+        f"({degraded.reason}). Nothing was generated; please retry shortly."
+    )
+    yield Chunk(job_id=job.job_id, delta=Delta(content=text))
+    yield Done(
+        job_id=job.job_id,
+        finish_reason="stop",
+        model=job.model,
+        usage=Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0),
+    )
+
+
 async def _sse(
-    events: AsyncIterator[Started | Chunk | Done], model: str, include_usage: bool
+    events: AsyncIterator[JobEvent], model: str, include_usage: bool
 ) -> AsyncIterator[dict[str, str]]:
     cid, created = completion_id(), int(time.time())
     role = chunk_body(cid, created, model, {"role": "assistant", "content": ""})
     yield {"data": json.dumps(role)}
     try:
         async for event in events:
-            if isinstance(event, Started):
+            if isinstance(event, Started | Degraded):
                 continue
             if isinstance(event, Chunk):
                 delta = event.delta.model_dump(exclude_none=True)

@@ -44,4 +44,5 @@ async def readyz(state: State) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(state: State) -> Response:
     """Prometheus metrics of this hub process."""
+    state.metrics.collect_workers()
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,13 +5,27 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from fastapi import APIRouter
+from pydantic import Field
 
 from hub import accounts
-from hub.deps import State, UserPrincipal
+from hub.deps import State, UserCallerDep, UserPrincipal
 from hub.errors import PermissionDeniedError
 from hub.schemas import IssuedTokenOut, TokenCreate, TokenOut
+from memory.keys import KeyIssue, extend_key
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
+
+
+class IssuedTokenMemoryOut(IssuedTokenOut):
+    """A freshly issued token and what it can do with its user's (encrypted) memory."""
+
+    memory: KeyIssue = Field(
+        description=(
+            "`linked`: opens the same memory as the issuing token; `new_key`: the user's first "
+            "memory key; `new_key_old_memory_unreadable`: a fresh key, older memory is lost; "
+            "`locked`: no memory access until linked; `none`: not a user-scope token."
+        )
+    )
 
 
 @router.get("")
@@ -24,26 +38,42 @@ async def list_own_tokens(state: State, principal: UserPrincipal) -> dict[str, o
 
 @router.post("", status_code=201)
 async def create_own_token(
-    body: TokenCreate, state: State, principal: UserPrincipal
-) -> IssuedTokenOut:
-    """Issue another token for the caller, with at most the caller's scopes."""
+    body: TokenCreate, state: State, caller: UserCallerDep
+) -> IssuedTokenMemoryOut:
+    """Issue another token for the caller, with at most the caller's scopes.
+
+    The caller's memory key is wrapped for the new token, so both open the same memory.
+    """
     scopes = tuple(body.scopes)
-    if not set(scopes) <= principal.scopes:
+    if not set(scopes) <= caller.principal.scopes:
         raise PermissionDeniedError("A token can only grant scopes its issuer holds.")
-    async with state.db.pool.acquire() as conn:
+    async with state.db.pool.acquire() as conn, conn.transaction():
         issued = await accounts.create_token(
             conn,
-            user_id=principal.user_id,
+            user_id=caller.user_id,
             scopes=scopes,
             name=body.name,
             expires_at=body.expires_at(datetime.now(UTC)),
         )
-    return IssuedTokenOut(token=issued.token, **TokenOut.of(issued.record).model_dump())
+        memory = await extend_key(
+            conn,
+            caller.user_id,
+            (caller.token_id, caller.token),
+            (issued.record.id, issued.token),
+            scopes,
+        )
+    return IssuedTokenMemoryOut(
+        token=issued.token, memory=memory, **TokenOut.of(issued.record).model_dump()
+    )
 
 
 @router.delete("/{prefix}")
 async def revoke_own_token(prefix: str, state: State, principal: UserPrincipal) -> TokenOut:
-    """Revoke one of the caller's tokens by its prefix; it stops working at once."""
+    """Revoke one of the caller's tokens by its prefix; it stops working at once.
+
+    Its wrap of the memory key is deleted with it (a database trigger), so the revoked token
+    opens nothing in the database any more; the user's other tokens keep their access.
+    """
     async with state.db.pool.acquire() as conn:
         record = await accounts.revoke_token(conn, prefix, user_id=principal.user_id)
     state.tokens.forget(record.id)

@@ -91,7 +91,7 @@ def live_hub(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         data_dir=tmp_path_factory.mktemp("hub"),
         database_url=url,
         inference=InferenceSettings(
-            local_worker=False, heartbeat_interval_s=1, slot_wait_s=5, first_token_timeout_s=30
+            local_worker=False, heartbeat_interval_s=1, first_token_timeout_s=30
         ),
     )
     config = uvicorn.Config(

@@ -4,8 +4,6 @@ gets a clear answer or error."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -14,56 +12,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.hub.conftest import LiveHub
+from tests.hub.raw_worker import chat, hello, models, raw_worker, receive
 
 pytestmark = pytest.mark.anyio
-
-
-def hello(token: str, model: str, slots: int = 1) -> dict[str, Any]:
-    return {
-        "type": "hello",
-        "protocol": 1,
-        "token": token,
-        "worker_name": "by-hand",
-        "models": [{"id": model, "context_size": 2048}],
-        "hardware": "cpu",
-        "slots": slots,
-        "version": "test",
-    }
-
-
-async def receive(ws: ClientConnection, frame_type: str) -> dict[str, Any]:
-    """The next frame of this type (heartbeats in between are skipped)."""
-    with anyio.fail_after(10):
-        while True:
-            frame: dict[str, Any] = json.loads(await ws.recv())
-            if frame["type"] == frame_type:
-                return frame
-
-
-@asynccontextmanager
-async def raw_worker(hub: LiveHub, model: str) -> AsyncIterator[ClientConnection]:
-    async with connect(hub.ws_url) as ws:
-        await ws.send(json.dumps(hello(hub.worker_token, model)))
-        assert (await receive(ws, "welcome"))["protocol"] == 1
-        yield ws
-
-
-def chat(hub: LiveHub, model: str, stream: bool = False) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    return httpx.post(
-        f"{hub.url}/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {hub.user_token}"},
-        timeout=30,
-    )
-
-
-async def models(hub: LiveHub) -> set[str]:
-    async with httpx.AsyncClient() as http:
-        response = await http.get(
-            f"{hub.url}/v1/models", headers={"Authorization": f"Bearer {hub.user_token}"}
-        )
-    return {m["id"] for m in response.json()["data"]}
 
 
 async def test_a_bad_token_in_hello_is_refused_with_an_error_frame(live_hub: LiveHub) -> None:

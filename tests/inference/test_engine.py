@@ -1,4 +1,5 @@
-"""LlamaEngine on the real bundled SmolLM2-135M model: streaming, usage, tools, cancellation."""
+"""LlamaEngine on the real bundled SmolLM2-135M model: streaming, usage, tools, cancellation,
+and the continuation of a partial answer (failover)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,12 @@ def engine() -> Iterator[LlamaEngine]:
 
 
 def make_job(content: str, **fields: Any) -> Job:
-    params = SamplingParams(temperature=0, seed=1, max_tokens=fields.pop("max_tokens", 48))
+    params = SamplingParams(
+        temperature=0,
+        seed=1,
+        max_tokens=fields.pop("max_tokens", 48),
+        response_format=fields.pop("response_format", None),
+    )
     return Job(
         job_id="job-1",
         model="smollm2",
@@ -64,6 +70,16 @@ async def collect(engine: LlamaEngine, job: Job) -> list[EngineEvent]:
 
 def deltas(events: list[EngineEvent]) -> list[Delta]:
     return [event for event in events if isinstance(event, Delta)]
+
+
+def text(events: list[EngineEvent]) -> str:
+    return "".join(delta.content or "" for delta in deltas(events))
+
+
+def finish_of(events: list[EngineEvent]) -> Finish:
+    finish = events[-1]
+    assert isinstance(finish, Finish)
+    return finish
 
 
 def test_bundled_model_path_finds_the_gguf_in_the_data_package() -> None:
@@ -211,3 +227,95 @@ def test_a_file_that_is_not_a_model_is_an_engine_error(tmp_path: Path) -> None:
         LlamaEngine(garbage).load()
     assert caught.value.code == ErrorCode.ENGINE_ERROR
     assert "garbage.gguf" in caught.value.message
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prefix_tokens", [1, 8, 20])
+async def test_a_failover_job_streams_the_rest_of_the_greedy_answer_after_its_prefix(
+    engine: LlamaEngine, prefix_tokens: int
+) -> None:
+    job = make_job("Write a long story about a dragon.", max_tokens=48)
+    answer = await collect(engine, job)
+    # The hub's prefix is what the dead worker streamed: one chunk per token.
+    prefix = text(answer[:prefix_tokens])
+    failover = job.model_copy(
+        update={
+            "assistant_prefix": prefix,
+            "params": job.params.model_copy(update={"max_tokens": 48 - prefix_tokens}),
+        }
+    )
+    events = await collect(engine, failover)
+
+    continuation = text(events)
+    assert not continuation.startswith(prefix)
+    assert prefix + continuation == text(answer)
+    whole, rest = finish_of(answer), finish_of(events)
+    assert rest.finish_reason == whole.finish_reason == "length"
+    assert rest.usage.prompt_tokens == whole.usage.prompt_tokens + prefix_tokens
+    assert rest.usage.completion_tokens == whole.usage.completion_tokens - prefix_tokens
+    assert rest.usage.total_tokens == whole.usage.total_tokens
+
+
+@pytest.mark.anyio
+async def test_a_continuation_stops_at_the_end_of_turn_token_like_the_answer(
+    engine: LlamaEngine,
+) -> None:
+    job = make_job("Say hello in five words.", max_tokens=48)
+    answer = await collect(engine, job)
+    assert finish_of(answer).finish_reason == "stop"
+    prefix = text(answer[:3])
+
+    events = await collect(engine, job.model_copy(update={"assistant_prefix": prefix}))
+
+    assert prefix + text(events) == text(answer)
+    assert "<|im_end|>" not in text(events)
+    assert finish_of(events).finish_reason == "stop"
+
+
+@pytest.mark.anyio
+async def test_a_continuation_without_max_tokens_runs_to_the_end_of_turn(
+    engine: LlamaEngine,
+) -> None:
+    # llama-cpp's raw completion stops at 16 tokens by default; its chat completion does not.
+    job = make_job("Give me one sentence about cats.", max_tokens=None)
+    answer = await collect(engine, job)
+    prefix = text(answer[:1])
+
+    events = await collect(engine, job.model_copy(update={"assistant_prefix": prefix}))
+
+    assert prefix + text(events) == text(answer)
+    assert finish_of(events).finish_reason == "stop"
+    assert finish_of(events).usage.completion_tokens > 16
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        {"tools": [WEATHER_TOOL]},
+        {"tools": [WEATHER_TOOL], "tool_choice": "none"},
+        {"response_format": {"type": "json_object"}},
+    ],
+)
+async def test_a_constrained_job_cannot_continue_a_partial_answer(
+    engine: LlamaEngine, constraint: dict[str, Any]
+) -> None:
+    job = make_job("What is the weather in Paris?", assistant_prefix='{"city": ', **constraint)
+    with pytest.raises(EngineError) as caught:
+        await collect(engine, job)
+    assert caught.value.code == ErrorCode.INVALID_REQUEST
+    assert "partial answer" in caught.value.message
+
+
+@pytest.mark.anyio
+async def test_a_continuation_needs_the_chat_template_stored_in_the_gguf() -> None:
+    engine = LlamaEngine(
+        bundled_model_path(), n_ctx=512, n_threads=2, chat_format="chatml", model_id="smollm2"
+    )
+    try:
+        with pytest.raises(EngineError) as caught:
+            await collect(engine, make_job("Say hi.", assistant_prefix="Hi"))
+    finally:
+        engine.close()
+    assert caught.value.code == ErrorCode.INVALID_REQUEST
+    assert "chat template" in caught.value.message

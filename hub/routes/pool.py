@@ -1,0 +1,80 @@
+"""Admin views of the pool: live workers, the queue, and the routing policy (admin token)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter
+
+from hub.deps import AdminPrincipal, State
+from inference.exclusions import recent_exclusions
+from inference.pool_config import PoolConfig, save_pool_config
+
+router = APIRouter(prefix="/admin/api", tags=["admin"])
+
+
+@router.get("/workers")
+async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
+    """Connected workers: served share vs target, speed, in-flight jobs, exclusions."""
+    registry = state.workers
+    links = list(registry.workers.values())
+    targets = registry.router.targets(w for w in links if w.excluded is None)
+    now = time.monotonic()
+    data = [
+        {
+            "id": w.id,
+            "name": w.name,
+            "owner_id": str(w.owner_id) if w.owner_id else None,
+            "hardware": w.hardware,
+            "models": sorted(w.models),
+            "slots": w.slots,
+            "in_flight": len(w.jobs),
+            "served_share": round(registry.router.served_share(w.id), 4),
+            "target_share": round(targets.get(w.id, 0.0), 4),
+            "tokens_per_s": registry.router.speed(w.id),
+            "tokens_served": w.tokens_served,
+            "excluded": w.excluded,
+            "connected_s": round(now - w.connected_at, 1),
+            "last_seen_s": round(now - w.last_seen, 1),
+        }
+        for w in links
+    ]
+    async with state.db.pool.acquire() as conn:
+        exclusions = await recent_exclusions(conn)
+    return {
+        "object": "list",
+        "data": data,
+        "exclusions": [
+            {
+                "worker_id": e.worker_id,
+                "worker_name": e.worker_name,
+                "reason": e.reason,
+                "detail": e.detail,
+                "at": e.created_at,
+            }
+            for e in exclusions
+        ],
+    }
+
+
+@router.get("/queue")
+async def show_queue(state: State, _: AdminPrincipal) -> dict[str, Any]:
+    """Jobs waiting for a worker, in arrival order."""
+    waiting = state.workers.queue.snapshot(time.monotonic())
+    return {"object": "list", "depth": len(waiting), "data": waiting}
+
+
+@router.get("/pool-config")
+async def get_pool_config(state: State, _: AdminPrincipal) -> PoolConfig:
+    """The routing policy in force."""
+    return state.workers.config
+
+
+@router.put("/pool-config")
+async def put_pool_config(body: PoolConfig, state: State, _: AdminPrincipal) -> PoolConfig:
+    """Replace the routing policy (validated: shares in [0, 1], class shares sum to 1, ...)."""
+    async with state.db.pool.acquire() as conn:
+        await save_pool_config(conn, body)
+    state.workers.set_config(body)
+    return body

@@ -1,0 +1,96 @@
+"""The pool's routing policy, stored in the ``pool_config`` table and editable by the admin.
+
+One validated document: target shares per hardware class and per worker, the model catalog,
+fallback chains and the queue bound. It is read at start and replaced whole by
+``PUT /admin/api/pool-config``; the router uses the new policy for the next job.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Self
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from inference.protocol import Hardware
+
+CONFIG_KEY = "routing"
+
+
+def _default_class_shares() -> dict[Hardware, float]:
+    return {"gpu": 0.62, "cpu": 0.38}
+
+
+class PoolConfig(BaseModel):
+    """Routing policy of the pool."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    class_shares: dict[Hardware, float] = Field(
+        default_factory=_default_class_shares,
+        description="Target share of work per hardware class; sums to 1.",
+    )
+    worker_shares: dict[str, float] = Field(
+        default_factory=dict,
+        description="Fixed target shares of named workers, taken out of their class's share.",
+    )
+    catalog: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="Models workers may serve; '*' allows any. Others are excluded.",
+    )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per model, the models to try in order when it has no free worker.",
+    )
+    queue_wait_s: float = Field(
+        10.0, ge=0, le=600, description="Longest wait in the queue for a worker of the model."
+    )
+    default_expected_tokens: int = Field(
+        256, gt=0, description="Tokens charged for a job that sets no max_tokens."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for name, share in [*self.class_shares.items(), *self.worker_shares.items()]:
+            if not (0.0 <= share <= 1.0) or math.isnan(share):
+                raise ValueError(f"share of {name!r} must be between 0 and 1, got {share}")
+        if self.class_shares and abs(sum(self.class_shares.values()) - 1.0) > 1e-6:
+            raise ValueError(
+                f"class_shares must sum to 1, got {sum(self.class_shares.values()):.4f}"
+            )
+        if sum(self.worker_shares.values()) > 1.0 + 1e-6:
+            raise ValueError("worker_shares must not sum to more than 1")
+        if not self.catalog or any(not m.strip() for m in self.catalog):
+            raise ValueError("catalog must list models (or '*'), without empty names")
+        for model, chain in self.fallbacks.items():
+            if model in chain:
+                raise ValueError(f"the fallback chain of {model!r} must not contain itself")
+            if len(set(chain)) != len(chain):
+                raise ValueError(f"the fallback chain of {model!r} repeats a model")
+        return self
+
+    def allows(self, model: str) -> bool:
+        """Whether the catalog admits this model."""
+        return "*" in self.catalog or model in self.catalog
+
+    def knows(self, model: str) -> bool:
+        """Whether the pool has a policy for this model (explicit catalog entry or fallbacks)."""
+        return model in self.catalog or model in self.fallbacks
+
+
+async def load_pool_config(conn: asyncpg.Connection) -> PoolConfig:
+    """Read the stored policy, or the defaults when none is stored."""
+    raw = await conn.fetchval("SELECT value FROM pool_config WHERE key = $1", CONFIG_KEY)
+    return PoolConfig.model_validate(json.loads(raw)) if raw is not None else PoolConfig()
+
+
+async def save_pool_config(conn: asyncpg.Connection, config: PoolConfig) -> None:
+    """Store the policy (replacing the previous one)."""
+    await conn.execute(
+        "INSERT INTO pool_config (key, value, updated_at) VALUES ($1, $2::jsonb, now()) "
+        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+        CONFIG_KEY,
+        config.model_dump_json(),
+    )

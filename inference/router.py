@@ -1,0 +1,223 @@
+"""Deficit-scoring router and fair queue: pure logic, driven by a clock it is given.
+
+**Deficit scoring.** Each hardware class has a target share of the pool's work (``class_shares``,
+normalised over the classes that are connected); inside a class, each worker's target is its
+class share split in proportion to its measured speed (named workers may have fixed shares). Every
+job charges its expected tokens to the chosen worker (corrected to the real count when it ends).
+The eligible worker whose served share lags its target the most gets the next job. Served work
+decays with a half-life, so the shares describe recent work, not all history.
+
+**Fair queue.** Jobs that find no free worker wait in a priority queue ordered by priority, then
+by how many jobs the same user already has running, then by arrival: one user's burst cannot
+starve others.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from inference.pool_config import PoolConfig
+from inference.protocol import Hardware
+
+DEFAULT_SPEED = 1.0
+
+
+class Candidate(Protocol):
+    """What the router needs to know of a worker."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def hardware(self) -> Hardware: ...
+
+    @property
+    def free_slots(self) -> int: ...
+
+
+@dataclass
+class _Served:
+    raw: float = 0.0
+    speed: float | None = None
+
+
+class DeficitRouter:
+    """Chooses workers so each one's share of recent work tracks its target share."""
+
+    def __init__(
+        self, config: PoolConfig, clock: Callable[[], float], half_life_s: float = 600.0
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._half_life_s = half_life_s
+        self._origin = clock()
+        self._stats: dict[str, _Served] = defaultdict(_Served)
+        self._total_raw = 0.0
+
+    # Decay by scaling: a charge at time t is stored multiplied by 2**(t/half_life). Shares are
+    # ratios of stored values, so the common factor cancels and nothing is rescanned per job.
+    def _growth(self) -> float:
+        exponent = (self._clock() - self._origin) / self._half_life_s
+        if exponent > 512:
+            self._rebase(exponent)
+            exponent = 0.0
+        growth: float = 2.0**exponent
+        return growth
+
+    def _rebase(self, exponent: float) -> None:
+        factor = 2.0**-exponent
+        for stat in self._stats.values():
+            stat.raw *= factor
+        self._total_raw *= factor
+        self._origin = self._clock()
+
+    def charge(self, worker_id: str, tokens: float) -> None:
+        """Book ``tokens`` of work (negative to correct an over-estimate) to a worker."""
+        amount = tokens * self._growth()
+        stat = self._stats[worker_id]
+        stat.raw = max(stat.raw + amount, 0.0)
+        self._total_raw = max(self._total_raw + amount, 0.0)
+
+    def observe_speed(self, worker_id: str, tokens_per_s: float, weight: float = 0.3) -> None:
+        """Fold a measured generation speed into the worker's moving average."""
+        if tokens_per_s <= 0 or math.isnan(tokens_per_s):
+            return
+        stat = self._stats[worker_id]
+        stat.speed = (
+            tokens_per_s
+            if stat.speed is None
+            else ((1 - weight) * stat.speed + weight * tokens_per_s)
+        )
+
+    def speed(self, worker_id: str) -> float | None:
+        """The worker's measured speed (tokens/s), if any."""
+        return self._stats[worker_id].speed if worker_id in self._stats else None
+
+    def forget(self, worker_id: str) -> None:
+        """Drop a departed worker's statistics."""
+        stat = self._stats.pop(worker_id, None)
+        if stat is not None:
+            self._total_raw = max(self._total_raw - stat.raw, 0.0)
+
+    def served_share(self, worker_id: str) -> float:
+        """The worker's share of recent work (0 when nothing was served yet)."""
+        if self._total_raw <= 0 or worker_id not in self._stats:
+            return 0.0
+        return self._stats[worker_id].raw / self._total_raw
+
+    def targets(self, workers: Iterable[Candidate]) -> dict[str, float]:
+        """Target share of each connected worker under the current policy."""
+        workers = list(workers)
+        fixed = {
+            w.id: self.config.worker_shares[w.name]
+            for w in workers
+            if w.name in self.config.worker_shares
+        }
+        by_class: dict[Hardware, list[Candidate]] = defaultdict(list)
+        for w in workers:
+            if w.id not in fixed:
+                by_class[w.hardware].append(w)
+        present = {c: self.config.class_shares.get(c, 0.0) for c in by_class}
+        total = sum(present.values())
+        if total <= 0:
+            present = dict.fromkeys(by_class, 1.0)
+            total = float(len(present)) or 1.0
+        remaining = max(1.0 - sum(fixed.values()), 0.0)
+        targets = dict(fixed)
+        for hardware, members in by_class.items():
+            class_share = remaining * present[hardware] / total
+            speeds = [self._speed_or_default(w.id, members) for w in members]
+            speed_sum = sum(speeds)
+            for w, speed in zip(members, speeds, strict=True):
+                targets[w.id] = class_share * speed / speed_sum
+        return targets
+
+    def _speed_or_default(self, worker_id: str, peers: Sequence[Candidate]) -> float:
+        speed = self.speed(worker_id)
+        if speed is not None:
+            return speed
+        known = sorted(s for p in peers if (s := self.speed(p.id)) is not None)
+        return known[len(known) // 2] if known else DEFAULT_SPEED
+
+    def pick[C: Candidate](self, eligible: Sequence[C], connected: Iterable[Candidate]) -> C:
+        """The eligible worker lagging its target share the most (ties: most free slots)."""
+        if not eligible:
+            raise ValueError("pick needs at least one eligible worker")
+        targets = self.targets(connected)
+
+        def deficit(w: C) -> tuple[float, int, float]:
+            lag = targets.get(w.id, 0.0) - self.served_share(w.id)
+            return (lag, w.free_slots, self.speed(w.id) or 0.0)
+
+        return max(eligible, key=deficit)
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A job waiting for a worker."""
+
+    user: str
+    model: str
+    needs_tools: bool
+    priority: int
+    enqueued_at: float
+    seq: int
+    avoid: frozenset[str] = frozenset()
+    assigned: object | None = field(default=None)
+
+
+class FairQueue:
+    """Waiting jobs, released in order of priority, then the user's running jobs, then arrival."""
+
+    def __init__(self) -> None:
+        self._waiters: list[Waiter] = []
+        self._seq = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def push(
+        self,
+        user: str,
+        model: str,
+        needs_tools: bool,
+        now: float,
+        priority: int = 0,
+        avoid: frozenset[str] = frozenset(),
+    ) -> Waiter:
+        """Queue a job; lower ``priority`` numbers go first (0 is user traffic)."""
+        waiter = Waiter(user, model, needs_tools, priority, now, next(self._seq), avoid)
+        self._waiters.append(waiter)
+        return waiter
+
+    def remove(self, waiter: Waiter) -> None:
+        """Take a waiter out (served, timed out or cancelled)."""
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+    def ordered(self, running_by_user: dict[str, int]) -> list[Waiter]:
+        """Waiters in release order."""
+        return sorted(
+            self._waiters,
+            key=lambda w: (w.priority, running_by_user.get(w.user, 0), w.seq),
+        )
+
+    def snapshot(self, now: float) -> list[dict[str, object]]:
+        """What the admin sees of the queue."""
+        return [
+            {
+                "user": w.user,
+                "model": w.model,
+                "priority": w.priority,
+                "waited_ms": round((now - w.enqueued_at) * 1000),
+            }
+            for w in sorted(self._waiters, key=lambda w: w.seq)
+        ]

@@ -1,0 +1,82 @@
+"""A worker driven by hand over a raw WebSocket, for tests of misbehaviour and routing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from tests.hub.conftest import LiveHub
+
+
+def hello(token: str, model: str, slots: int = 1, name: str = "by-hand") -> dict[str, Any]:
+    return {
+        "type": "hello",
+        "protocol": 1,
+        "token": token,
+        "worker_name": name,
+        "models": [{"id": model, "context_size": 2048}],
+        "hardware": "cpu",
+        "slots": slots,
+        "version": "test",
+    }
+
+
+async def receive(ws: ClientConnection, frame_type: str) -> dict[str, Any]:
+    """The next frame of this type (heartbeats in between are skipped)."""
+    with anyio.fail_after(10):
+        while True:
+            frame: dict[str, Any] = json.loads(await ws.recv())
+            if frame["type"] == frame_type:
+                return frame
+
+
+@asynccontextmanager
+async def raw_worker(
+    hub: LiveHub, model: str, slots: int = 1, name: str = "by-hand"
+) -> AsyncIterator[ClientConnection]:
+    async with connect(hub.ws_url) as ws:
+        await ws.send(json.dumps(hello(hub.worker_token, model, slots, name)))
+        assert (await receive(ws, "welcome"))["protocol"] == 1
+        yield ws
+
+
+def chat(hub: LiveHub, model: str, stream: bool = False) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    return httpx.post(
+        f"{hub.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {hub.user_token}"},
+        timeout=30,
+    )
+
+
+async def models(hub: LiveHub) -> set[str]:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{hub.url}/v1/models", headers={"Authorization": f"Bearer {hub.user_token}"}
+        )
+    return {m["id"] for m in response.json()["data"]}
+
+
+async def answer(ws: ClientConnection, job: dict[str, Any], text: str) -> None:
+    """Finish a job with one chunk of text and a done frame."""
+    await ws.send(
+        json.dumps({"type": "chunk", "job_id": job["job_id"], "delta": {"content": text}})
+    )
+    await ws.send(
+        json.dumps(
+            {
+                "type": "done",
+                "job_id": job["job_id"],
+                "finish_reason": "stop",
+                "model": job["model"],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        )
+    )

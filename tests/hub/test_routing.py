@@ -1,0 +1,176 @@
+"""Routing against a live hub: queue, fallback, degraded answers, exclusions, the admin API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx
+import openai
+import pytest
+
+from tests.hub.conftest import LiveHub
+from tests.hub.raw_worker import answer, chat, models, raw_worker, receive
+
+
+def admin(hub: LiveHub) -> dict[str, str]:
+    return {"Authorization": f"Bearer {hub.admin_token}"}
+
+
+def put_config(hub: LiveHub, **config: Any) -> httpx.Response:
+    return httpx.put(f"{hub.url}/admin/api/pool-config", json=config, headers=admin(hub))
+
+
+@pytest.fixture
+def policy(live_hub: LiveHub) -> Iterator[None]:
+    """Each test sets its own routing policy; the default comes back afterwards."""
+    yield
+    assert put_config(live_hub).status_code == 200
+
+
+def test_no_worker_at_all_gets_a_marked_degraded_answer_not_a_503(
+    live_hub: LiveHub, policy: None
+) -> None:
+    assert put_config(live_hub, catalog=["ghost-model"], queue_wait_s=0.2).status_code == 200
+    client = openai.OpenAI(base_url=f"{live_hub.url}/v1", api_key=live_hub.user_token)
+    raw = client.chat.completions.with_raw_response.create(
+        model="ghost-model", messages=[{"role": "user", "content": "hello?"}]
+    )
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-iamine-route"] == "degraded"
+    assert int(raw.headers["x-iamine-queue-ms"]) >= 200
+    content = raw.parse().choices[0].message.content
+    assert content is not None
+    assert content.startswith("[iamine: degraded answer]")
+
+
+def test_a_degraded_stream_is_still_a_valid_stream(live_hub: LiveHub, policy: None) -> None:
+    put_config(live_hub, catalog=["ghost-model"], queue_wait_s=0)
+    client = openai.OpenAI(base_url=f"{live_hub.url}/v1", api_key=live_hub.user_token)
+    chunks = list(
+        client.chat.completions.create(
+            model="ghost-model", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "degraded" in text
+
+
+def test_a_model_outside_the_catalog_and_unserved_is_still_404(
+    live_hub: LiveHub, policy: None
+) -> None:
+    put_config(live_hub, catalog=["ghost-model"])
+    assert chat(live_hub, "never-heard-of-it").status_code == 404
+
+
+@pytest.mark.anyio
+async def test_a_busy_model_queues_and_says_so(live_hub: LiveHub, policy: None) -> None:
+    put_config(live_hub, queue_wait_s=20)
+    async with raw_worker(live_hub, "queue-model", slots=1) as ws:
+        responses: list[httpx.Response] = []
+        async with anyio.create_task_group() as tasks:
+
+            async def ask() -> None:
+                responses.append(await anyio.to_thread.run_sync(chat, live_hub, "queue-model"))
+
+            tasks.start_soon(ask)
+            first = await receive(ws, "job")
+            tasks.start_soon(ask)
+            await _wait_for_queue_depth(live_hub, 1)
+            await answer(ws, first, "one")
+            second = await receive(ws, "job")
+            await answer(ws, second, "two")
+    routes = sorted(r.headers["x-iamine-route"] for r in responses)
+    assert routes == ["direct", "queued"]
+    assert all(r.status_code == 200 for r in responses)
+
+
+async def _wait_for_queue_depth(hub: LiveHub, depth: int) -> None:
+    with anyio.fail_after(10):
+        async with httpx.AsyncClient() as http:
+            while True:
+                queue = (await http.get(f"{hub.url}/admin/api/queue", headers=admin(hub))).json()
+                if queue["depth"] == depth:
+                    assert queue["data"][0]["model"] == "queue-model"
+                    return
+                await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_the_fallback_chain_serves_when_the_model_has_no_worker(
+    live_hub: LiveHub, policy: None
+) -> None:
+    put_config(live_hub, fallbacks={"big-model": ["small-model"]}, queue_wait_s=0.1)
+    async with raw_worker(live_hub, "small-model") as ws:
+        result: list[httpx.Response] = []
+        async with anyio.create_task_group() as tasks:
+
+            async def ask() -> None:
+                result.append(await anyio.to_thread.run_sync(chat, live_hub, "big-model"))
+
+            tasks.start_soon(ask)
+            job = await receive(ws, "job")
+            assert job["model"] == "small-model"
+            await answer(ws, job, "small but here")
+    response = result[0]
+    assert response.headers["x-iamine-route"] == "fallback"
+    assert response.headers["x-iamine-served-model"] == "small-model"
+    assert response.json()["choices"][0]["message"]["content"] == "small but here"
+
+
+@pytest.mark.anyio
+async def test_a_worker_announcing_a_model_outside_the_catalog_is_excluded_and_recorded(
+    live_hub: LiveHub, policy: None
+) -> None:
+    put_config(live_hub, catalog=["smollm2-135m-instruct"])
+    async with raw_worker(live_hub, "rogue-model", name="rogue"):
+        assert "rogue-model" not in await models(live_hub)
+        async with httpx.AsyncClient() as http:
+            workers = (
+                await http.get(f"{live_hub.url}/admin/api/workers", headers=admin(live_hub))
+            ).json()
+        rogue = [w for w in workers["data"] if w["name"] == "rogue"]
+        assert rogue[0]["excluded"] == "unknown_model"
+        with anyio.fail_after(10):
+            while True:
+                async with httpx.AsyncClient() as http:
+                    workers = (
+                        await http.get(f"{live_hub.url}/admin/api/workers", headers=admin(live_hub))
+                    ).json()
+                if any(e["worker_name"] == "rogue" for e in workers["exclusions"]):
+                    break
+                await anyio.sleep(0.02)
+    assert "rogue-model" in {
+        e["detail"].split("'")[1] for e in workers["exclusions"] if e["worker_name"] == "rogue"
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"class_shares": {"gpu": 0.5, "cpu": 0.6}}, None),
+        ({"queue_wait_s": "soon"}, "queue_wait_s"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_an_invalid_pool_config_is_400_and_changes_nothing(
+    live_hub: LiveHub, body: dict[str, Any], param: str | None
+) -> None:
+    before = httpx.get(f"{live_hub.url}/admin/api/pool-config", headers=admin(live_hub)).json()
+    response = put_config(live_hub, **body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    if param:
+        assert response.json()["error"]["param"] == param
+    after = httpx.get(f"{live_hub.url}/admin/api/pool-config", headers=admin(live_hub)).json()
+    assert after == before
+
+
+@pytest.mark.parametrize(
+    "path", ["/admin/api/workers", "/admin/api/queue", "/admin/api/pool-config"]
+)
+def test_the_pool_admin_api_needs_the_admin_token(live_hub: LiveHub, path: str) -> None:
+    user = {"Authorization": f"Bearer {live_hub.user_token}"}
+    assert httpx.get(f"{live_hub.url}{path}", headers=user).status_code == 403
+    assert httpx.get(f"{live_hub.url}{path}").status_code == 401
