@@ -152,11 +152,12 @@ async def _relay(
         retry = _next_job(original, progress, failure, handle.worker.id)
         if retry is None:
             break
-        if progress.chunks:
-            earlier_usage.append(_partial_usage(progress))
+        relayed_before = sum(u.completion_tokens for u in earlier_usage)
+        if progress.chunks > relayed_before:
+            earlier_usage.append(_partial_usage(progress.chunks - relayed_before))
         next_handle = await registry.place(
             retry,
-            needs_tools=needs_tools,
+            needs_tools=needs_tools and bool(retry.tools),
             user=user,
             wait_s=registry.config.queue_wait_s,
             avoid=frozenset(tried),
@@ -176,6 +177,8 @@ def _next_job(original: Job, progress: _Progress, failure: Error, worker_id: str
         return original.model_copy(update={"job_id": uuid.uuid4().hex})
     if progress.tool_calls or failure.code not in FAILOVER_CODES:
         return None
+    if original.params.response_format and original.params.response_format.get("type") != "text":
+        return None  # a half-written JSON document cannot be resumed under its grammar
     prefix = (original.assistant_prefix or "") + "".join(progress.text)
     params = original.params
     if params.max_tokens is not None:
@@ -183,19 +186,21 @@ def _next_job(original: Job, progress: _Progress, failure: Error, worker_id: str
         if remaining <= 0:
             return None
         params = params.model_copy(update={"max_tokens": remaining})
+    # The answer is already text, so its continuation is text: the retry carries no tools.
     return original.model_copy(
-        update={"job_id": uuid.uuid4().hex, "assistant_prefix": prefix, "params": params}
+        update={
+            "job_id": uuid.uuid4().hex,
+            "assistant_prefix": prefix,
+            "params": params,
+            "tools": None,
+            "tool_choice": None,
+        }
     )
 
 
-def _partial_usage(progress: _Progress) -> Usage:
+def _partial_usage(chunks: int) -> Usage:
     # The lost worker never sent its usage: each relayed chunk is one generated token.
-    return Usage(
-        prompt_tokens=0,
-        completion_tokens=progress.chunks,
-        total_tokens=progress.chunks,
-        estimated=True,
-    )
+    return Usage(prompt_tokens=0, completion_tokens=chunks, total_tokens=chunks, estimated=True)
 
 
 def _combined(done: Done, model: str, earlier: list[Usage]) -> Done:

@@ -124,34 +124,44 @@ def wait_for_model(hub: LiveHub, model: str, present: bool = True, timeout_s: fl
     raise AssertionError(f"model {model!r} {'never appeared' if present else 'stayed listed'}")
 
 
-@pytest.fixture(scope="module")
-def real_worker(live_hub: LiveHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A real `iamine worker` process serving the bundled model to the live hub."""
-    log = Path(tmp_path_factory.mktemp("worker")) / "worker.log"
+def start_worker(hub: LiveHub, name: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start a real `iamine worker` process on the bundled model (threads: 1, two may share)."""
     with log.open("w") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "hub",
                 "worker",
                 "--hub",
-                live_hub.url,
+                hub.url,
                 "--name",
-                "real",
+                name,
                 "--threads",
-                "2",
+                "1",
             ],
-            env={**os.environ, "IAMINE_WORKER_TOKEN": live_hub.worker_token},
+            env={**os.environ, "IAMINE_WORKER_TOKEN": hub.worker_token},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    """Terminate a worker process (kill it if it does not leave in time)."""
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def real_worker(live_hub: LiveHub, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A real `iamine worker` process serving the bundled model to the live hub."""
+    process = start_worker(live_hub, "real", tmp_path_factory.mktemp("worker") / "worker.log")
     try:
         wait_for_model(live_hub, BUNDLED_MODEL)
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_worker(process)

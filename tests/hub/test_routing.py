@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,3 +175,80 @@ def test_the_pool_admin_api_needs_the_admin_token(live_hub: LiveHub, path: str) 
     user = {"Authorization": f"Bearer {live_hub.user_token}"}
     assert httpx.get(f"{live_hub.url}{path}", headers=user).status_code == 403
     assert httpx.get(f"{live_hub.url}{path}").status_code == 401
+
+
+def _ask_stream(hub: LiveHub) -> httpx.Response:
+    body = {
+        "model": "relay-model",
+        "messages": [{"role": "user", "content": "greet"}],
+        "stream": True,
+        "max_tokens": 10,
+        "stream_options": {"include_usage": True},
+    }
+    return httpx.post(
+        f"{hub.url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {hub.user_token}"},
+        timeout=30,
+    )
+
+
+async def _send(ws: Any, frame: dict[str, Any]) -> None:
+    await ws.send(json.dumps(frame))
+
+
+@pytest.mark.anyio
+async def test_a_worker_dying_mid_stream_is_replaced_without_a_seam(live_hub: LiveHub) -> None:
+    result: list[httpx.Response] = []
+    async with (
+        raw_worker(live_hub, "relay-model", name="one") as one,
+        raw_worker(live_hub, "relay-model", name="two") as two,
+        anyio.create_task_group() as tasks,
+    ):
+
+        async def run() -> None:
+            result.append(await anyio.to_thread.run_sync(_ask_stream, live_hub))
+
+        tasks.start_soon(run)
+        taker, job = await _first_job_of(one, two)
+        rescuer = two if taker is one else one
+        for piece in ("Hello", ", "):
+            await _send(
+                taker, {"type": "chunk", "job_id": job["job_id"], "delta": {"content": piece}}
+            )
+        await taker.close()
+        retry = await receive(rescuer, "job")
+        assert retry["assistant_prefix"] == "Hello, "
+        assert retry["params"]["max_tokens"] == 8
+        await _send(
+            rescuer, {"type": "chunk", "job_id": retry["job_id"], "delta": {"content": "world"}}
+        )
+        await _send(
+            rescuer,
+            {
+                "type": "done",
+                "job_id": retry["job_id"],
+                "finish_reason": "stop",
+                "model": "relay-model",
+                "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
+            },
+        )
+    lines = [line[6:] for line in result[0].text.splitlines() if line.startswith("data: {")]
+    chunks = [json.loads(line) for line in lines]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "Hello, world"
+    assert chunks[-1]["usage"]["completion_tokens"] == 3
+    assert chunks[-1]["usage"]["prompt_tokens"] == 7
+
+
+async def _first_job_of(a: Any, b: Any) -> tuple[Any, dict[str, Any]]:
+    found: list[tuple[Any, dict[str, Any]]] = []
+    async with anyio.create_task_group() as tasks:
+        for ws in (a, b):
+
+            async def watch(ws: Any = ws) -> None:
+                found.append((ws, await receive(ws, "job")))
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(watch)
+    return found[0]

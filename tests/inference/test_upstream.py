@@ -67,6 +67,19 @@ SCRIPTS: dict[str, list[dict[str, Any]]] = {
         usage_chunk(40, 20),
     ],
     "no-usage": [chunk({"content": "abcdefgh"}), chunk({}, "stop")],
+    # Continuations of the failover prefix "Once upon": without echo, echoed, echoed in pieces
+    # that straddle the prefix's end, a start that only looks like an echo, an echo alone.
+    "continue": [chunk({"content": " a time"}), chunk({"content": ","}), chunk({}, "length")],
+    "echo": [chunk({"content": "Once upon"}), chunk({"content": " a time,"}), chunk({}, "stop")],
+    "echo-split": [
+        chunk({"content": "Once"}),
+        chunk({"content": " up"}),
+        chunk({"content": "on a"}),
+        chunk({"content": " time,"}),
+        chunk({}, "stop"),
+    ],
+    "near-echo": [chunk({"content": "Once"}), chunk({"content": " more,"}), chunk({}, "stop")],
+    "short": [chunk({"content": "Once"}), chunk({}, "stop")],
 }
 
 
@@ -92,7 +105,7 @@ class StubUpstream:
         body = await request.json()
         self.requests.append(body)
         self.authorization.append(request.headers.get("authorization"))
-        script = body["messages"][-1]["content"]
+        script = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
         if script == "fail":
             return JSONResponse({"error": {"message": "boom", "code": None}}, status_code=500)
         if script == "too-long":
@@ -134,7 +147,7 @@ def make_job(script: str, **fields: Any) -> Job:
         job_id="job-1",
         model="stub-model",
         messages=[{"role": "user", "content": script}],
-        params=SamplingParams(max_tokens=32, temperature=0.5),
+        params=fields.pop("params", SamplingParams(max_tokens=32, temperature=0.5)),
         deadline_s=30,
         **fields,
     )
@@ -199,6 +212,7 @@ async def test_text_streams_as_deltas_and_usage_comes_from_the_upstream(
         0.5,
     )
     assert "tools" not in request
+    assert "continue_final_message" not in request
     assert upstream.authorization == ["Bearer up-key"]
 
 
@@ -272,3 +286,76 @@ async def test_an_unreachable_upstream_is_an_upstream_error() -> None:
         async with UpstreamEngine(f"http://127.0.0.1:{closed_port}"):
             pass
     assert caught.value.code == ErrorCode.UPSTREAM_ERROR
+
+
+@pytest.mark.anyio
+async def test_a_failover_prefix_is_sent_as_a_trailing_assistant_message_to_continue(
+    upstream: StubUpstream,
+) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        events = await collect(engine, make_job("continue", assistant_prefix="Once upon"))
+
+    *pieces, finish = events
+    assert pieces == [Delta(content=" a time"), Delta(content=",")]
+    assert isinstance(finish, Finish)
+    assert finish.finish_reason == "length"
+    [request] = upstream.requests
+    assert request["messages"] == [
+        {"role": "user", "content": "continue"},
+        {"role": "assistant", "content": "Once upon"},
+    ]
+    assert request["continue_final_message"] is True
+    assert request["add_generation_prompt"] is False
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("script", "continuation"),
+    [
+        ("echo", " a time,"),
+        ("echo-split", " a time,"),
+        ("near-echo", "Once more,"),
+        ("short", "Once"),
+    ],
+)
+async def test_an_upstream_that_echoes_the_prefix_streams_only_the_continuation(
+    upstream: StubUpstream, script: str, continuation: str
+) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        events = await collect(engine, make_job(script, assistant_prefix="Once upon"))
+
+    streamed = "".join(event.content or "" for event in events if isinstance(event, Delta))
+    assert streamed == continuation
+    assert all(event.content for event in events if isinstance(event, Delta))
+    assert isinstance(events[-1], Finish)
+
+
+@pytest.mark.anyio
+async def test_an_estimated_usage_counts_the_prefix_in_the_prompt(upstream: StubUpstream) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        plain = await collect(engine, make_job("no-usage"))
+        continued = await collect(engine, make_job("no-usage", assistant_prefix="x" * 400))
+
+    before, after = plain[-1], continued[-1]
+    assert isinstance(before, Finish)
+    assert isinstance(after, Finish)
+    assert after.usage.estimated
+    assert after.usage.prompt_tokens >= before.usage.prompt_tokens + 100
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]},
+        {"params": SamplingParams(response_format={"type": "json_object"})},
+    ],
+)
+async def test_a_constrained_job_with_a_prefix_is_refused_before_any_request(
+    upstream: StubUpstream, constraint: dict[str, Any]
+) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        with pytest.raises(EngineError) as caught:
+            await collect(engine, make_job("text", assistant_prefix='{"city": ', **constraint))
+    assert caught.value.code == ErrorCode.INVALID_REQUEST
+    assert upstream.requests == []
