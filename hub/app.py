@@ -23,6 +23,7 @@ from hub.db import open_database
 from hub.embedded import DataDirLock
 from hub.errors import install_error_handlers
 from hub.local_worker import issue_local_worker_token, run_local_worker
+from hub.mcp_mount import McpMount
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
 from hub.routes import admin, chat, conversations, health, memory, pool, tokens, workers
@@ -76,7 +77,7 @@ def exclusion_recorder(writer: BackgroundWriter, metrics: Metrics) -> ExclusionS
     return record
 
 
-def _lifespan(settings: Settings, metrics: Metrics) -> Any:
+def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
@@ -107,6 +108,9 @@ def _lifespan(settings: Settings, metrics: Metrics) -> Any:
                 writer=writer,
                 compactor=compactor,
             )
+            await stack.enter_async_context(mcp.server.session_manager.run())
+            stack.push_async_callback(mcp.aclose)
+            mcp.bind({"hub": state})
             async with anyio.create_task_group() as loops:
                 loops.start_soon(resolver.run_flusher)
                 loops.start_soon(writer.run)
@@ -128,21 +132,24 @@ def _lifespan(settings: Settings, metrics: Metrics) -> Any:
 def create_app(settings: Settings) -> FastAPI:
     """Build the hub's ASGI app; resources are opened by the lifespan, not here."""
     metrics = Metrics()
+    mcp = McpMount(settings)
     app = FastAPI(
         title="iamine hub",
         version="0.1.0",
         summary="OpenAI-compatible API and MCP memory server of a cooperative AI pool.",
-        lifespan=_lifespan(settings, metrics),
+        lifespan=_lifespan(settings, metrics, mcp),
     )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tokens.router)
     app.include_router(admin.router)
     app.include_router(pool.router)
+    app.include_router(pool.public_router)
     app.include_router(chat.router)
     app.include_router(workers.router)
     app.include_router(conversations.router)
     app.include_router(memory.router)
+    mcp.attach(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

@@ -477,3 +477,24 @@ def memory_purge_l1(data_dir: DataDirOption = None) -> None:
 
     purged = run_async(work)
     console.print(f"Purged {purged} expired L1 message(s).")
+
+
+@app.command()
+def mcp(
+    hub: Annotated[str, typer.Option(help="Hub URL, like http://127.0.0.1:8420.")],
+    token: Annotated[
+        str, typer.Option(envvar="IAMINE_TOKEN", help="Your user token (or the env var).")
+    ],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the hub per call.")] = 300.0,
+) -> None:
+    """Serve the iamine MCP tools on stdio (for Claude Desktop, Cursor...), backed by a hub."""
+    import httpx
+
+    from mcp_server.server import build_server
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=hub.rstrip("/"), timeout=timeout) as client:
+            server = build_server(client, lambda _ctx: token)
+            await server.run_stdio_async()
+
+    asyncio.run(main())

@@ -33,6 +33,13 @@ class ServerSettings(BaseModel):
         ge=1024,
         description="Largest request body accepted; larger bodies get 413 `request_too_large`.",
     )
+    mcp_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host headers accepted on /mcp besides loopback (DNS-rebinding protection), like "
+            "`hub.example.org:*`; `*` turns the check off."
+        ),
+    )
     log_format: str = Field(
         "json", pattern="^(json|console)$", description="Log renderer: `json` or `console`."
     )

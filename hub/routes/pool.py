@@ -7,11 +7,33 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from hub.deps import AdminPrincipal, State
+from hub.deps import AdminPrincipal, State, UserPrincipal
 from inference.exclusions import recent_exclusions
 from inference.pool_config import PoolConfig, save_pool_config
 
 router = APIRouter(prefix="/admin/api", tags=["admin"])
+public_router = APIRouter(prefix="/v1/pool", tags=["pool"])
+
+
+@public_router.get("/status")
+async def pool_status(state: State, _: UserPrincipal) -> dict[str, Any]:
+    """What the pool can serve now: workers, free slots, queue depth, models (no private data)."""
+    registry = state.workers
+    live = [w for w in registry.workers.values() if w.excluded is None]
+    return {
+        "workers": len(live),
+        "free_slots": sum(max(w.free_slots, 0) for w in live),
+        "queue_depth": len(registry.queue),
+        "models": [
+            {
+                "id": m.id,
+                "context_length": m.context_size,
+                "supports_tools": m.supports_tools,
+                "workers": m.workers,
+            }
+            for m in registry.models()
+        ],
+    }
 
 
 @router.get("/workers")

@@ -1,0 +1,90 @@
+"""Typed (structured) outputs of the MCP tools, so agents get JSON with a published schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ModelEntry(_Out):
+    """A model the pool serves."""
+
+    id: str
+    context_length: int | None = None
+    supports_tools: bool = False
+    workers: int = 0
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> ModelEntry:
+        """From an entry of ``/v1/models``."""
+        return cls.model_validate(body)
+
+
+class ModelList(_Out):
+    """Models the pool serves now."""
+
+    models: list[ModelEntry]
+
+
+class PoolStatus(_Out):
+    """What the pool can do right now."""
+
+    workers: int = Field(description="Connected workers that take jobs.")
+    free_slots: int = Field(description="Jobs that could start at once.")
+    queue_depth: int = Field(description="Jobs waiting for a worker.")
+    models: list[ModelEntry]
+
+
+class ChatAnswer(_Out):
+    """A pool model's answer."""
+
+    content: str
+    model: str = Field(description="The model that answered.")
+    route: str = Field(description="direct, queued, fallback, forwarded or degraded.")
+    conversation_id: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def of(cls, body: dict[str, Any], headers: httpx.Headers) -> ChatAnswer:
+        """From a ``chat.completion`` body and its ``X-*`` headers."""
+        choice = body["choices"][0]
+        return cls(
+            content=choice["message"].get("content") or "",
+            model=headers.get("x-iamine-served-model", body["model"]),
+            route=headers.get("x-iamine-route", "direct"),
+            conversation_id=headers.get("x-conversation-id", ""),
+            finish_reason=choice["finish_reason"],
+            prompt_tokens=body["usage"]["prompt_tokens"],
+            completion_tokens=body["usage"]["completion_tokens"],
+        )
+
+
+class ConversationSummary(_Out):
+    """A conversation as listed (no text)."""
+
+    id: str
+    created_at: str
+    last_active_at: str
+    exchanges: int
+    turn_count: int = 0
+
+
+class ConversationList(_Out):
+    """The user's conversations, newest first."""
+
+    conversations: list[ConversationSummary]
+
+
+class ConversationDetail(ConversationSummary):
+    """A conversation with its decrypted turns."""
+
+    turns: list[dict[str, Any]]
+    unreadable_turns: int = Field(0, description="Turns sealed under a lost key.")
