@@ -90,7 +90,9 @@ class McpMount:
         )
         self.asgi: ASGIApp = _RequireUserToken(
             self.server.streamable_http_app(
-                streamable_http_path=MCP_PATH, transport_security=security, host=settings.server.host
+                streamable_http_path=MCP_PATH,
+                transport_security=security,
+                host=settings.server.host,
             )
         )
 

@@ -33,9 +33,11 @@ async def http_client(hub: LiveHub, token: str | None) -> AsyncIterator[Client]:
 
 @asynccontextmanager
 async def in_process_client(hub: LiveHub, token: str) -> AsyncIterator[Client]:
-    async with httpx.AsyncClient(base_url=hub.url, timeout=30) as http:
-        async with Client(build_server(http, lambda _ctx: token)) as client:
-            yield client
+    async with (
+        httpx.AsyncClient(base_url=hub.url, timeout=30) as http,
+        Client(build_server(http, lambda _ctx: token)) as client,
+    ):
+        yield client
 
 
 async def test_the_tools_are_listed_with_descriptions_and_schemas(live_hub: LiveHub) -> None:
