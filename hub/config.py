@@ -14,6 +14,9 @@ import platformdirs
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from inference.agents import AgentSettings
+from inference.checker import CheckerSettings
+from inference.red import RedSettings
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
 
@@ -84,6 +87,24 @@ class AuthSettings(BaseModel):
     )
 
 
+class JobsSettings(BaseModel):
+    """The hub's scheduler: which jobs run, and how often (0 runs a job only on demand)."""
+
+    enabled: bool = Field(
+        True, description="Run jobs on their schedule; off, they run only on demand."
+    )
+    l1_purge_interval_s: float = Field(
+        3_600.0, ge=0, description="Seconds between purges of expired L1 messages."
+    )
+    checker_interval_s: float = Field(
+        900.0, ge=0, description="Seconds between checker runs over every worker."
+    )
+    red_interval_s: float = Field(10_800.0, ge=0, description="Seconds between RED runs.")
+    run_timeout_s: float = Field(
+        900.0, gt=0, description="Most seconds one job run may take before it is cancelled."
+    )
+
+
 class Settings(BaseSettings):
     """Root settings of the hub, read from ``IAMINE_*`` variables and ``.env``."""
 
@@ -114,3 +135,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
+    checker: CheckerSettings = Field(default_factory=CheckerSettings)
+    red: RedSettings = Field(default_factory=RedSettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)

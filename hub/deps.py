@@ -9,7 +9,8 @@ from uuid import UUID
 from fastapi import Depends, Request
 
 from hub.auth import Principal, parse_bearer
-from hub.errors import AuthenticationError, PermissionDeniedError
+from hub.errors import AuthenticationError, HubError, PermissionDeniedError
+from hub.semantic import SemanticMemory
 from hub.state import HubState
 
 
@@ -20,6 +21,16 @@ def get_state(request: Request) -> HubState:
 
 
 State = Annotated[HubState, Depends(get_state)]
+
+
+def get_semantic(state: State) -> SemanticMemory:
+    """The running hub's semantic memory (facts, notes, recall)."""
+    if state.semantic is None:
+        raise HubError("Semantic memory is not running in this hub.")
+    return state.semantic
+
+
+Semantic = Annotated[SemanticMemory, Depends(get_semantic)]
 
 
 async def current_principal(request: Request, state: State) -> Principal:

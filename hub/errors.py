@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from memory.crypto import CryptoError
+from memory.errors import MemoryStoreError
 
 log = structlog.get_logger()
 
@@ -144,7 +145,8 @@ def error_response(
 
 def _param_from_location(loc: tuple[Any, ...]) -> str | None:
     """Turn a pydantic error location like ``("body", "messages", 0)`` into ``messages[0]``."""
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    # Only the first element names the location; a field may itself be called `body`.
+    parts = list(loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc)
     if not parts:
         return None
     text = ""
@@ -180,6 +182,24 @@ async def _crypto_error_handler(request: Request, exc: Exception) -> JSONRespons
     return error_response(status, exc.message, error_type=error_type, code=exc.code)
 
 
+# Semantic memory's errors by code; an unknown code is a server fault.
+_MEMORY_ERRORS: dict[str, tuple[int, str]] = {
+    "invalid_namespace": (400, "invalid_request_error"),
+    "namespace_forbidden": (403, "permission_error"),
+    "embedding_model_missing": (503, "server_error"),
+}
+
+
+async def _memory_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, MemoryStoreError)
+    status, error_type = _MEMORY_ERRORS.get(exc.code, (500, "server_error"))
+    if status >= 500:
+        log.error("memory_error", code=exc.code, error=exc.message)
+    return error_response(
+        status, exc.message, error_type=error_type, code=exc.code, param=exc.param
+    )
+
+
 async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
@@ -212,6 +232,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to OpenAI-shaped error responses."""
     app.add_exception_handler(HubError, _hub_error_handler)
     app.add_exception_handler(CryptoError, _crypto_error_handler)
+    app.add_exception_handler(MemoryStoreError, _memory_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
     app.add_exception_handler(Exception, _unhandled_error_handler)

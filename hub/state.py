@@ -9,6 +9,8 @@ from hub.bookkeeping import BackgroundWriter
 from hub.config import Settings
 from hub.db import Database
 from hub.observability import Metrics
+from hub.scheduler import Scheduler
+from hub.semantic import SemanticMemory
 from inference.registry import WorkerRegistry
 from memory.compaction import Compactor
 
@@ -24,3 +26,5 @@ class HubState:
     workers: WorkerRegistry
     writer: BackgroundWriter
     compactor: Compactor | None = None
+    scheduler: Scheduler | None = None
+    semantic: SemanticMemory | None = None

@@ -69,16 +69,24 @@ class _Progress:
 
 
 async def _place(
-    registry: WorkerRegistry, job: Job, needs_tools: bool, user: str, priority: int
+    registry: WorkerRegistry,
+    job: Job,
+    needs_tools: bool,
+    user: str,
+    priority: int,
+    only: str | None,
+    wait_s: float | None,
 ) -> tuple[JobHandle, str, int] | None:
     started = time.monotonic()
-    wait_s = registry.config.queue_wait_s
+    wait_s = registry.config.queue_wait_s if wait_s is None else wait_s
     handle = await registry.place(
-        job, needs_tools=needs_tools, user=user, wait_s=wait_s, priority=priority
+        job, needs_tools=needs_tools, user=user, wait_s=wait_s, priority=priority, only=only
     )
     queue_ms = round((time.monotonic() - started) * 1000)
     if handle is not None:
-        return handle, ("queued" if queue_ms >= 1 else "direct"), queue_ms
+        return handle, ("queued" if handle.queued else "direct"), queue_ms
+    if only is not None:
+        return None  # a job pinned to one worker tests that worker: no fallback model
     for model in registry.config.fallbacks.get(job.model, []):
         alternative = job.model_copy(update={"model": model})
         handle = await registry.place(
@@ -97,31 +105,43 @@ async def run_job(
     user: str = "pool",
     priority: int = 0,
     forward: PeerForwarder | None = None,
+    only: str | None = None,
+    wait_s: float | None = None,
 ) -> AsyncIterator[JobEvent]:
-    """Yield ``Started`` (or ``Degraded``), then chunks and one ``done``; raise JobFailed."""
+    """Yield ``Started`` (or ``Degraded``), then chunks and one ``done``; raise JobFailed.
+
+    ``only`` pins the job to one worker id: no fallback model, no peer, no failover elsewhere.
+    ``wait_s`` bounds the wait in the queue (default: the pool config's ``queue_wait_s``).
+    """
     started = time.monotonic()
-    placed = await _place(registry, job, needs_tools, user, priority)
+    placed = await _place(registry, job, needs_tools, user, priority, only, wait_s)
     if placed is None:
         queue_ms = round((time.monotonic() - started) * 1000)
-        if forward is not None:
+        if forward is not None and only is None:
             yield Started("peer", "peer pool", job.model, "forwarded", queue_ms)
             async for event in forward(job):
                 yield event
             return
+        waited = registry.config.queue_wait_s if wait_s is None else wait_s
         reason = (
             f"no worker serving {job.model!r} was free within "
-            f"{registry.config.queue_wait_s:g} s and no fallback model was free"
+            f"{waited:g} s and no fallback model was free"
         )
         yield Degraded(reason, queue_ms)
         return
     handle, route, queue_ms = placed
     yield Started(handle.worker.id, handle.worker.name, handle.job.model, route, queue_ms)
-    async for event in _relay(registry, handle, needs_tools, user, priority):
+    async for event in _relay(registry, handle, needs_tools, user, priority, only is not None):
         yield event
 
 
 async def _relay(
-    registry: WorkerRegistry, handle: JobHandle, needs_tools: bool, user: str, priority: int
+    registry: WorkerRegistry,
+    handle: JobHandle,
+    needs_tools: bool,
+    user: str,
+    priority: int,
+    pinned: bool = False,
 ) -> AsyncIterator[Chunk | Done]:
     settings = registry.settings
     original = handle.job
@@ -149,7 +169,7 @@ async def _relay(
         finally:
             await _release(registry, handle)
         assert failure is not None
-        retry = _next_job(original, progress, failure, handle.worker.id)
+        retry = None if pinned else _next_job(original, progress, failure, handle.worker.id)
         if retry is None:
             break
         relayed_before = sum(u.completion_tokens for u in earlier_usage)

@@ -1,8 +1,9 @@
 """The pool's routing policy, stored in the ``pool_config`` table and editable by the admin.
 
 One validated document: target shares per hardware class and per worker, the model catalog,
-fallback chains and the queue bound. It is read at start and replaced whole by
-``PUT /admin/api/pool-config``; the router uses the new policy for the next job.
+fallback chains, the queue bound, and the sub-agent role overrides (``inference/roles.py``). It
+is read at start and replaced whole by ``PUT /admin/api/pool-config``; the router uses the new
+policy for the next job.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from inference.protocol import Hardware
+from inference.roles import RoleName, RoleOverride, resolve_roles
 
 CONFIG_KEY = "routing"
 
@@ -50,6 +52,10 @@ class PoolConfig(BaseModel):
     default_expected_tokens: int = Field(
         256, gt=0, description="Tokens charged for a job that sets no max_tokens."
     )
+    roles: dict[RoleName, RoleOverride] = Field(
+        default_factory=dict,
+        description="Sub-agent roles: changes to the built-in ones, or new ones (docs/agents.md).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -69,6 +75,7 @@ class PoolConfig(BaseModel):
                 raise ValueError(f"the fallback chain of {model!r} must not contain itself")
             if len(set(chain)) != len(chain):
                 raise ValueError(f"the fallback chain of {model!r} repeats a model")
+        resolve_roles(self.roles)
         return self
 
     def allows(self, model: str) -> bool:

@@ -48,6 +48,11 @@ class WorkerLink:
     jobs: dict[str, JobHandle] = field(default_factory=dict)
     excluded: str | None = None
     tokens_served: int = 0
+    # The checker's verdict on tool calls: None until checked (or not applicable), False keeps
+    # requests with tools away from this worker even though it announces tool support.
+    tools_ok: bool | None = None
+    jobs_done: int = 0
+    jobs_failed: int = 0
 
     @property
     def free_slots(self) -> int:
@@ -75,6 +80,7 @@ class JobHandle:
     cancelled_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
     first_chunk_at: float | None = None
+    queued: bool = False
 
     async def stream(
         self, first_timeout_s: float, idle_timeout_s: float
@@ -129,7 +135,7 @@ class WorkerRegistry:
         self.workers: dict[str, WorkerLink] = {}
         self._clock = clock
         self._on_exclusion = on_exclusion
-        self._pending: dict[Waiter, tuple[Job, int, asyncio.Future[JobHandle]]] = {}
+        self._pending: dict[Waiter, tuple[Job, int, asyncio.Future[JobHandle], str | None]] = {}
         self._ids = itertools.count(1)
 
     def new_worker_id(self) -> str:
@@ -149,6 +155,14 @@ class WorkerRegistry:
         log.warning("worker_excluded", worker=link.id, name=link.name, reason=reason, detail=detail)
         if self._on_exclusion is not None:
             self._on_exclusion(link, reason, detail)
+
+    def readmit(self, link: WorkerLink) -> None:
+        """Give an excluded worker jobs again."""
+        if link.excluded is None:
+            return
+        log.warning("worker_readmitted", worker=link.id, name=link.name, reason=link.excluded)
+        link.excluded = None
+        self._release_waiters()
 
     async def add(self, link: WorkerLink) -> None:
         """Register a worker that completed its hello; exclude it if it serves unknown models."""
@@ -206,8 +220,10 @@ class WorkerRegistry:
         """Whether any connected, non-excluded worker serves the model."""
         return any(model in link.models and link.excluded is None for link in self.workers.values())
 
-    def eligible(self, model: str, needs_tools: bool, avoid: frozenset[str]) -> list[WorkerLink]:
-        """Workers that could take this job now."""
+    def eligible(
+        self, model: str, needs_tools: bool, avoid: frozenset[str], only: str | None = None
+    ) -> list[WorkerLink]:
+        """Workers that could take this job now (only the worker ``only`` when given)."""
         grace_start = self._clock() - self.settings.cancel_grace_s
         for link in self.workers.values():
             link.reap_cancelled(grace_start)
@@ -216,9 +232,13 @@ class WorkerRegistry:
             for link in self.workers.values()
             if link.excluded is None
             and link.id not in avoid
+            and (only is None or link.id == only)
             and link.free_slots > 0
             and model in link.models
-            and (link.models[model].supports_tools or not needs_tools)
+            and (
+                not needs_tools
+                or (link.models[model].supports_tools and link.tools_ok is not False)
+            )
         ]
 
     def running_by_user(self) -> Counter[str]:
@@ -232,9 +252,15 @@ class WorkerRegistry:
         return handle
 
     def _try_place(
-        self, job: Job, needs_tools: bool, avoid: frozenset[str], user: str, expected: int
+        self,
+        job: Job,
+        needs_tools: bool,
+        avoid: frozenset[str],
+        user: str,
+        expected: int,
+        only: str | None = None,
     ) -> JobHandle | None:
-        eligible = self.eligible(job.model, needs_tools, avoid)
+        eligible = self.eligible(job.model, needs_tools, avoid, only)
         if not eligible:
             return None
         chosen = self.router.pick(eligible, self.workers.values())
@@ -245,10 +271,12 @@ class WorkerRegistry:
         if not self._pending:
             return
         for waiter in self.queue.ordered(self.running_by_user()):
-            job, expected, future = self._pending[waiter]
+            job, expected, future, only = self._pending[waiter]
             if future.done():
                 continue
-            handle = self._try_place(job, waiter.needs_tools, waiter.avoid, waiter.user, expected)
+            handle = self._try_place(
+                job, waiter.needs_tools, waiter.avoid, waiter.user, expected, only
+            )
             if handle is not None:
                 future.set_result(handle)
 
@@ -261,12 +289,20 @@ class WorkerRegistry:
         wait_s: float,
         avoid: frozenset[str] = frozenset(),
         priority: int = 0,
+        only: str | None = None,
     ) -> JobHandle | None:
-        """Send the job to the router's choice, queueing up to ``wait_s`` when none is free."""
+        """Send the job to the router's choice, queueing up to ``wait_s`` when none is free.
+
+        ``only`` pins the job to one worker id (the checker tests workers one by one).
+        """
         expected = job.params.max_tokens or self.config.default_expected_tokens
-        handle = self._try_place(job, needs_tools, avoid, user, expected)
+        handle = self._try_place(job, needs_tools, avoid, user, expected, only)
         if handle is None and wait_s > 0:
-            handle = await self._wait(job, needs_tools, user, wait_s, avoid, priority, expected)
+            handle = await self._wait(
+                job, needs_tools, user, wait_s, avoid, priority, expected, only
+            )
+            if handle is not None:
+                handle.queued = True
         if handle is None:
             return None
         try:
@@ -285,10 +321,11 @@ class WorkerRegistry:
         avoid: frozenset[str],
         priority: int,
         expected: int,
+        only: str | None,
     ) -> JobHandle | None:
         future: asyncio.Future[JobHandle] = asyncio.get_running_loop().create_future()
         waiter = self.queue.push(user, job.model, needs_tools, self._clock(), priority, avoid)
-        self._pending[waiter] = (job, expected, future)
+        self._pending[waiter] = (job, expected, future, only)
         deadline = self._clock() + wait_s
         try:
             while not future.done():
@@ -366,6 +403,10 @@ class WorkerRegistry:
             else:
                 self._account(handle, frame)
         handle.frames.put_nowait(frame)
+        if isinstance(frame, Done):
+            link.jobs_done += 1
+        elif isinstance(frame, Error):
+            link.jobs_failed += 1
         if isinstance(frame, Done | Error):
             await self.finish(handle)
         return True

@@ -1,4 +1,4 @@
-"""Settings of conversation memory (L1 retention, L2 compaction), set as ``IAMINE_MEMORY__*``.
+"""Settings of memory (L1 retention, L2 compaction, L3/L4 recall), set as ``IAMINE_MEMORY__*``.
 
 The hub reads them once in ``hub/config.py`` and hands this model to the memory functions; the
 per-user opt-in (``enabled``, ``compaction``) is not a setting but a row each user controls.
@@ -6,13 +6,15 @@ per-user opt-in (``enabled``, ``compaction``) is not a setting but a row each us
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, Field
 
 BUNDLED_MODEL_ID = "smollm2-135m-instruct"
 
 
 class MemorySettings(BaseModel):
-    """L1 raw-message retention and L2 compaction."""
+    """L1 raw-message retention, L2 compaction, and L3/L4 semantic memory and recall."""
 
     l1_enabled: bool = Field(
         True,
@@ -61,4 +63,76 @@ class MemorySettings(BaseModel):
     )
     compaction_queue_size: int = Field(
         256, ge=1, description="Compactions waiting to run; further requests wait for a next turn."
+    )
+    # Semantic memory (L3 facts, L4 notes, recall into chats): issue #6.
+    embedding_model_dir: Path | None = Field(
+        None,
+        description=(
+            "Folder of the embedding model, prepared by `iamine models install` (default: "
+            "`<data_dir>/models/all-minilm-l6-v2`)."
+        ),
+    )
+    embedding_threads: int = Field(2, ge=1, description="CPU threads of one embedding batch.")
+    embedding_batch_size: int = Field(32, ge=1, le=1024, description="Texts per embedding batch.")
+    recall_min_score: float = Field(
+        0.25,
+        ge=-1,
+        le=1,
+        description="Cosine similarity a fact or note needs to be injected into a chat.",
+    )
+    recall_budget_tokens: int = Field(
+        400, ge=0, description="Estimated tokens of recalled memory injected into one chat."
+    )
+    recall_candidates: int = Field(
+        8, ge=1, le=100, description="Facts and notes (each) considered for a chat's recall."
+    )
+    recall_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Seconds the chat path caches a user's memory opt-in; a change through this hub's "
+            "API applies at once, one made through another hub process within this bound."
+        ),
+    )
+    facts_dedup_similarity: float = Field(
+        0.9, ge=0, le=1, description="Cosine similarity from which a new fact may be a duplicate."
+    )
+    facts_dedup_overlap: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Word overlap (Jaccard) that, with the similarity, makes a fact a duplicate.",
+    )
+    facts_supersede_similarity: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "Cosine similarity from which a newer fact with the same wording but another value "
+            "closes the older one."
+        ),
+    )
+    facts_extraction: bool = Field(
+        True,
+        description="Ask a pool model for facts after each exchange of users with memory on.",
+    )
+    facts_extraction_model: str = Field(
+        BUNDLED_MODEL_ID, min_length=1, description="Pool model that extracts facts."
+    )
+    facts_extraction_tokens: int = Field(
+        256, ge=16, description="Most tokens of the extraction model's answer."
+    )
+    facts_extraction_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds one extraction may take before it is dropped."
+    )
+    facts_extraction_queue_size: int = Field(
+        256, ge=1, description="Extractions waiting to run; further exchanges are not mined."
+    )
+    notes_default_write_rule: str = Field(
+        "members",
+        pattern="^(members|owner)$",
+        description=(
+            "Write rule of a `pool:`/`fed:` namespace created by its first note: `members` (any "
+            "user) or `owner` (only its creator)."
+        ),
     )

@@ -14,17 +14,22 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import structlog
 from fastapi.testclient import TestClient
+from structlog.testing import LogCapture
 
 from hub.app import create_app
 from hub.config import Settings
 from hub.embedded import EmbeddedPostgres
 from hub.migrations import migrate
 from inference.settings import InferenceSettings
+from memory.embeddings import Embedder, install_model
+from memory.settings import MemorySettings
 
 TEMPLATE_DB = "iamine_test_template"
 
@@ -96,13 +101,32 @@ def empty_database_url(pg_admin_uri: str) -> Iterator[str]:
     asyncio.run(_run_admin(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+@pytest.fixture(scope="session")
+def embedding_model_dir() -> Iterator[Path]:
+    """The embedding model folder, installed once per run the way `iamine models install` does."""
+    root = Path(tempfile.mkdtemp(prefix="iamine-model-"))
+    folder = root / "all-minilm-l6-v2"
+    install_model(folder)
+    yield folder
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def embedder(embedding_model_dir: Path) -> Embedder:
+    """One loaded embedding model for the run's library tests."""
+    model = Embedder(embedding_model_dir)
+    model.load()
+    return model
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def settings(database_url: str, tmp_path: Path, embedding_model_dir: Path) -> Settings:
     """Hub settings on the test's database and a private data directory."""
     return Settings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         inference=InferenceSettings(local_worker=False),
+        memory=MemorySettings(embedding_model_dir=embedding_model_dir),
     )
 
 
@@ -129,7 +153,29 @@ async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await connection.close()
 
 
+@pytest.fixture(scope="module")
+def hub_overrides() -> dict[str, Any]:
+    """Settings fields a test module changes for its live hub (a module overrides this)."""
+    return {}
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Run async tests on asyncio (asyncpg and uvicorn need it)."""
     return "asyncio"
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[dict[str, object]]]:
+    """Every structlog event of the test, at any level (whatever an earlier test configured)."""
+    saved = structlog.get_config()
+    capture = LogCapture()
+    structlog.configure(
+        processors=[capture],
+        wrapper_class=structlog.make_filtering_bound_logger(0),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield capture.entries
+    finally:
+        structlog.configure(**saved)

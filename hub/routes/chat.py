@@ -30,7 +30,9 @@ from hub.openai_schema import (
     completion_id,
     usage_body,
 )
+from hub.review import REVIEW_HEADER, AutoReview, last_user_text
 from hub.routes.memory import remember_exchange
+from hub.semantic import NO_MEMORY, ChatMemory
 from hub.state import HubState
 from inference.dispatch import Degraded, JobEvent, JobFailed, Started, run_job
 from inference.protocol import Chunk, Delta, Done, Job, Usage
@@ -39,6 +41,7 @@ from memory.conversations import (
     new_conversation_id,
     record_exchange,
 )
+from memory.l2 import new_messages
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -47,6 +50,7 @@ ROUTE_HEADER = "X-Iamine-Route"
 SERVED_HEADER = "X-Iamine-Served-Model"
 WORKER_HEADER = "X-Iamine-Worker"
 QUEUE_HEADER = "X-Iamine-Queue-Ms"
+MEMORY_HEADER = "X-Iamine-Memory"
 
 
 @router.get("/models")
@@ -81,12 +85,14 @@ def _conversation_id(request: Request, body: ChatCompletionRequest) -> str:
     return given
 
 
-def _job(body: ChatCompletionRequest, deadline_s: float) -> Job:
+def _job(
+    body: ChatCompletionRequest, deadline_s: float, memory: dict[str, str] | None = None
+) -> Job:
     tool_choice = body.tool_choice
     return Job(
         job_id=uuid.uuid4().hex,
         model=body.model,
-        messages=[m.model_dump(exclude_none=True) for m in body.messages],
+        messages=[*([memory] if memory else []), *_messages(body)],
         tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
         tool_choice=tool_choice.model_dump()
         if isinstance(tool_choice, NamedToolChoice)
@@ -96,6 +102,19 @@ def _job(body: ChatCompletionRequest, deadline_s: float) -> Job:
     )
 
 
+def _messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in body.messages]
+
+
+async def _recall(
+    state: HubState, request: Request, principal: Principal, body: ChatCompletionRequest
+) -> ChatMemory:
+    """Memory to inject before the job: recalled facts and notes, if the user has memory on."""
+    if state.semantic is None:
+        return NO_MEMORY
+    return await state.semantic.for_chat(principal, bearer_token(request), _messages(body))
+
+
 async def _record(
     state: HubState,
     request: Request,
@@ -103,6 +122,8 @@ async def _record(
     conversation_id: str,
     body: ChatCompletionRequest,
     events: AsyncIterator[JobEvent],
+    *,
+    mine: bool = False,
 ) -> AsyncIterator[JobEvent]:
     """Relay the job's events; book the exchange, and once answered hand it to L1 and L2."""
     user_id = principal.user_id
@@ -127,6 +148,9 @@ async def _record(
                     answer.message(),
                     now=datetime.now(UTC),
                 )
+                if mine and state.semantic is not None:
+                    exchange = [*new_messages(_messages(body)), answer.message()]
+                    state.semantic.mine(principal, bearer_token(request), conversation_id, exchange)
             yield event
     finally:
         # A client that leaves closes this stream; closing the job's stream cancels the job.
@@ -146,7 +170,11 @@ async def chat_completions(
             f"The model '{body.model}' is not served by this pool. GET /v1/models lists them.",
             param="model",
         )
-    job = _job(body, registry.settings.job_deadline_s)
+    review = await AutoReview.for_request(
+        state, request, principal, last_user_text(_messages(body))
+    )
+    memory = await _recall(state, request, principal, body)
+    job = _job(body, registry.settings.job_deadline_s, memory.injection.message)
     user = str(principal.user_id)
     events: AsyncIterator[JobEvent] = run_job(
         registry, job, needs_tools=body.wants_tools(), user=user
@@ -156,17 +184,23 @@ async def chat_completions(
     except JobFailed as exc:
         raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
     headers = {CONVERSATION_HEADER: conversation_id, **_route_headers(first, body.model)}
+    if memory.enabled:
+        headers[MEMORY_HEADER] = str(memory.injection.count)
     state.metrics.routes.labels(headers[ROUTE_HEADER]).inc()
     state.metrics.queue_wait.observe(int(headers[QUEUE_HEADER]) / 1000)
     if isinstance(first, Degraded):
         events = _degraded_answer(job, first)
     else:
-        events = _record(state, request, principal, conversation_id, body, events)
+        events = _record(
+            state, request, principal, conversation_id, body, events, mine=memory.enabled
+        )
+        if review is not None:
+            headers[REVIEW_HEADER] = "on"
+            events = review.capture(events, headers[SERVED_HEADER])
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return EventSourceResponse(
-            _sse(events, body.model, include_usage), headers=headers, ping=15
-        )
+        sse = _sse(events, body.model, include_usage)
+        return EventSourceResponse(review.around(sse) if review else sse, headers=headers, ping=15)
     answer = Answer()
     done: Done | None = None
     try:
@@ -178,7 +212,10 @@ async def chat_completions(
     except JobFailed as exc:
         raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
     assert done is not None
-    return JSONResponse(completion_body(completion_id(), body.model, answer, done), headers=headers)
+    completion = completion_body(completion_id(), body.model, answer, done)
+    if review is not None and (reviewed := await review.result()) is not None:
+        completion["iamine_review"] = reviewed
+    return JSONResponse(completion, headers=headers)
 
 
 def _route_headers(first: JobEvent, asked: str) -> dict[str, str]:

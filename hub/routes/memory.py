@@ -26,6 +26,7 @@ from hub.auth import Principal
 from hub.deps import State, UserCaller, UserCallerDep
 from hub.errors import InvalidRequestError
 from hub.routes.conversations import conversation_body
+from hub.routes.recall import erase_semantic, export_semantic
 from hub.state import HubState
 from memory import l1, l2
 from memory.compaction import CompactionRequest
@@ -122,6 +123,8 @@ async def write_settings(
         await l2.save_preferences(
             conn, caller.user_id, l2.Preferences(body.enabled, body.compaction)
         )
+    if state.semantic is not None:
+        state.semantic.opt_in.forget(caller.user_id)
     return body
 
 
@@ -167,7 +170,10 @@ async def _export(
         }
         for m in messages
     ]
-    yield b'], "l1_messages": ' + json.dumps(l1_body).encode() + b"}"
+    async with state.db.pool.acquire() as conn:
+        semantic = await export_semantic(conn, key, caller.user_id)
+    yield b'], "l1_messages": ' + json.dumps(l1_body).encode() + b", "
+    yield json.dumps(semantic)[1:].encode()
 
 
 @router.delete("")
@@ -177,7 +183,8 @@ async def delete_memory(state: State, caller: UserCallerDep) -> dict[str, Any]:
     The opt-in stays as it is. The next memory use starts a new data key for the token that makes
     it; the user's other tokens are then locked until linked (``POST /v1/memory/link``).
     """
-    async with state.db.pool.acquire() as conn:
+    async with state.db.pool.acquire() as conn, conn.transaction():
+        erased = await erase_semantic(conn, caller.user_id)
         report = await shred_memory(conn, caller.user_id)
     return {
         "object": "memory.deleted",
@@ -187,6 +194,7 @@ async def delete_memory(state: State, caller: UserCallerDep) -> dict[str, Any]:
         "conversations": report.conversations,
         "turns": report.turns,
         "l1_messages": report.l1_messages,
+        **erased,
     }
 
 

@@ -57,6 +57,7 @@ async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
             "tokens_per_s": registry.router.speed(w.id),
             "tokens_served": w.tokens_served,
             "excluded": w.excluded,
+            "tools_ok": w.tools_ok,
             "connected_s": round(now - w.connected_at, 1),
             "last_seen_s": round(now - w.last_seen, 1),
         }

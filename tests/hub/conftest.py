@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -26,6 +27,7 @@ from hub import accounts
 from hub.app import create_app
 from hub.config import Settings
 from inference.settings import InferenceSettings
+from memory.settings import MemorySettings
 from tests.conftest import TEMPLATE_DB, database_uri
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
@@ -82,7 +84,12 @@ async def _drop(admin_uri: str, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def live_hub(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveHub]:
+def live_hub(
+    pg_admin_uri: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    embedding_model_dir: Path,
+    hub_overrides: dict[str, Any],
+) -> Iterator[LiveHub]:
     """Run a hub for the module on its own database; stop it afterwards."""
     name = f"live_{uuid.uuid4().hex[:12]}"
     url, user_token, worker_token = asyncio.run(_prepare(pg_admin_uri, name))
@@ -93,6 +100,9 @@ def live_hub(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         inference=InferenceSettings(
             local_worker=False, heartbeat_interval_s=1, first_token_timeout_s=30
         ),
+        # Fact extraction would put jobs of its own on the tests' workers; it has its own tests.
+        memory=MemorySettings(embedding_model_dir=embedding_model_dir, facts_extraction=False),
+        **hub_overrides,
     )
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False

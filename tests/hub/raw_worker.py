@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,17 +12,20 @@ from typing import Any
 import anyio
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.hub.conftest import LiveHub
 
 
-def hello(token: str, model: str, slots: int = 1, name: str = "by-hand") -> dict[str, Any]:
+def hello(
+    token: str, model: str, slots: int = 1, name: str = "by-hand", tools: bool = False
+) -> dict[str, Any]:
     return {
         "type": "hello",
         "protocol": 1,
         "token": token,
         "worker_name": name,
-        "models": [{"id": model, "context_size": 2048}],
+        "models": [{"id": model, "context_size": 2048, "supports_tools": tools}],
         "hardware": "cpu",
         "slots": slots,
         "version": "test",
@@ -38,12 +43,26 @@ async def receive(ws: ClientConnection, frame_type: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def raw_worker(
-    hub: LiveHub, model: str, slots: int = 1, name: str = "by-hand"
+    hub: LiveHub, model: str, slots: int = 1, name: str = "by-hand", tools: bool = False
 ) -> AsyncIterator[ClientConnection]:
+    """A connected, welcomed worker that keeps sending heartbeats (so slow tests keep it)."""
     async with connect(hub.ws_url) as ws:
-        await ws.send(json.dumps(hello(hub.worker_token, model, slots, name)))
-        assert (await receive(ws, "welcome"))["protocol"] == 1
-        yield ws
+        await ws.send(json.dumps(hello(hub.worker_token, model, slots, name, tools)))
+        welcome = await receive(ws, "welcome")
+        assert welcome["protocol"] == 1
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_heartbeats, ws, welcome["heartbeat_interval_s"] / 2)
+            try:
+                yield ws
+            finally:
+                tasks.cancel_scope.cancel()
+
+
+async def _heartbeats(ws: ClientConnection, interval_s: float) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            await anyio.sleep(interval_s)
+            await ws.send(json.dumps({"type": "heartbeat", "ts": time.time()}))
 
 
 def chat(hub: LiveHub, model: str, stream: bool = False) -> httpx.Response:

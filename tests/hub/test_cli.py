@@ -35,6 +35,7 @@ def test_every_command_has_help_text() -> None:
         "users": ["create", "list", "disable"],
         "tokens": ["create", "list", "revoke"],
         "admin-token": ["show", "rotate"],
+        "jobs": ["list", "run"],
     }
     assert "serve" in runner.invoke(app, ["--help"]).output
     assert "--data-dir" in runner.invoke(app, ["serve", "--help"]).output
@@ -113,3 +114,57 @@ def test_admin_token_show_and_rotate(env: dict[str, str]) -> None:
     assert rotated is not None and rotated[0] != shown[0]
     after = TOKEN.search(invoke(env, "admin-token", "show"))
     assert after is not None and after[0] == rotated[0]
+
+
+def test_jobs_list_shows_every_job_and_its_last_run(env: dict[str, str]) -> None:
+    def row(listed: str, job: str) -> list[str]:
+        line = next(line for line in listed.splitlines() if f" {job} " in line)
+        return [cell.strip() for cell in line.strip("│ ").split("│")]
+
+    listed = invoke(env, "jobs", "list")
+    assert row(listed, "l1_purge")[:4] == ["l1_purge", "3600 s", "the hub or the CLI", "never"]
+    assert row(listed, "checker")[:3] == ["checker", "900 s", "the hub"]
+    assert row(listed, "red")[:2] == ["red", "10800 s"]
+    invoke(env, "jobs", "run", "l1_purge")
+    purge = row(invoke(env, "jobs", "list"), "l1_purge")
+    assert re.match(r"\d{4}-\d\d-\d\dT", purge[3])
+    assert purge[4:] == ["ok", "purged 0 expired L1 message(s)"]
+
+
+def test_jobs_run_l1_purge_runs_here_and_is_recorded(
+    env: dict[str, str], database_url: str
+) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def expired_message() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            user = await conn.fetchval("INSERT INTO users (name) VALUES ('gina') RETURNING id")
+            await conn.execute(
+                "INSERT INTO l1_messages (user_id, conversation_id, role, message, expires_at) "
+                "VALUES ($1, 'c', 'user', '{}'::jsonb, now() - interval '1 second')",
+                user,
+            )
+        finally:
+            await conn.close()
+
+    async def runs() -> list[tuple[str, str, str]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT job, trigger, outcome FROM job_runs")
+            return [(r["job"], r["trigger"], r["outcome"]) for r in rows]
+        finally:
+            await conn.close()
+
+    invoke(env, "db", "migrate")
+    asyncio.run(expired_message())
+    assert "l1_purge: ok - purged 1 expired L1 message(s)" in invoke(env, "jobs", "run", "l1_purge")
+    assert asyncio.run(runs()) == [("l1_purge", "cli", "ok")]
+
+
+def test_jobs_run_refuses_an_unknown_job(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ["jobs", "run", "settlement"], env=env)
+    assert result.exit_code == 2
+    assert "no job 'settlement'" in result.output

@@ -149,6 +149,8 @@ def test_delete_memory_returns_what_it_shredded(client: TestClient, alice: str) 
         "conversations": 1,
         "turns": 1,
         "l1_messages": 2,
+        "facts": 0,
+        "notes": 0,
     }
     assert client.get("/v1/conversations", headers=bearer(alice)).json()["data"] == []
 

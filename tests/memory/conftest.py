@@ -8,6 +8,7 @@ from uuid import UUID
 
 import asyncpg
 import pytest
+from pgvector.asyncpg import register_vector
 
 from hub import accounts
 from memory.keys import KeyIssue, UserKey, issue_key, open_key
@@ -62,3 +63,10 @@ async def key_of(conn: asyncpg.Connection, member: Member, token: Token | None =
 async def alice(conn: asyncpg.Connection) -> Member:
     """A user whose memory is on (compaction too)."""
     return await new_member(conn, "alice")
+
+
+@pytest.fixture
+async def vconn(conn: asyncpg.Connection) -> asyncpg.Connection:
+    """The test's connection with pgvector's codec, as the hub's pool has it."""
+    await register_vector(conn)
+    return conn

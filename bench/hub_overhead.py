@@ -1,0 +1,466 @@
+"""Benchmark what the hub adds to a streamed chat: direct vs through the hub vs through LiteLLM.
+
+A stub OpenAI-compatible server (``bench/stub_upstream.py``) streams ``--tokens`` tokens
+instantly. The same streamed chat completions are sent, at each concurrency level, to:
+
+- ``direct``: the stub itself (the floor: client + stub);
+- ``hub``: ``iamine serve`` with an ``iamine worker --upstream`` in front of the stub (the whole
+  path: HTTP API, auth, routing, the worker's WebSocket, the worker's HTTP client);
+- ``litellm``: LiteLLM's proxy in front of the same stub (the peer), when it is installed.
+
+Per level and path: latency and time-to-first-token (first non-empty ``delta.content``) p50/p99
+in ms, requests per second, errors (a non-200 answer, a broken stream, or any answer but the
+stub's), the CPU each process used (in cores) and the CPU ms per request of the path's own
+processes (``proxy_cpu_ms_per_req``: what the hub or LiteLLM costs, robust to a busy machine).
+One JSON line on stdout; progress on stderr.
+
+Run: ``python bench/hub_overhead.py`` (about 4 minutes on 2 cores), ``--quick`` for a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from services import (
+    REPO,
+    Services,
+    cpu_seconds,
+    free_port,
+    log,
+    sigterm_as_interrupt,
+    start_hub,
+    start_stub,
+    start_worker,
+    wait_ready,
+)
+from stub_upstream import token_text
+
+MODEL = "stub"
+LITELLM_KEY = "sk-bench-overhead"
+LITELLM_FALLBACK = Path("/tmp/litellm-venv/bin/litellm")  # noqa: S108 (a dev machine's venv)
+# Settings that keep LiteLLM's proxy to proxying: no telemetry, no cost-map download at start,
+# no .env loading, errors-only logging (which also silences uvicorn's per-request access log).
+LITELLM_ENV = {
+    "LITELLM_TELEMETRY_DISABLED": "true",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_MODE": "PRODUCTION",
+    "LITELLM_LOG": "ERROR",
+}
+# Processes every path has: not counted as the proxy's cost.
+SHARED = frozenset({"client", "stub"})
+SETUP_HINT = "LiteLLM not found: run scripts/setup-litellm (or set LITELLM_BIN)"
+
+
+@dataclass
+class Route:
+    """One way to reach the stub: its base URL, headers, and the processes that serve it."""
+
+    name: str
+    base_url: str
+    headers: dict[str, str]
+    processes: dict[str, Callable[[], list[psutil.Process]]]
+
+
+@dataclass
+class Sample:
+    """One request's outcome; times are seconds from sending it."""
+
+    latency_s: float
+    ttft_s: float | None
+    error: str | None = None
+
+
+@dataclass
+class Level:
+    """Every sample of one path at one concurrency, and the CPU its processes used."""
+
+    samples: list[Sample] = field(default_factory=list)
+    wall_s: float = 0.0
+    cpu_cores: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON summary of the level."""
+        good = [s for s in self.samples if s.error is None]
+        latencies = [s.latency_s * 1000 for s in good]
+        ttfts = [s.ttft_s * 1000 for s in good if s.ttft_s is not None]
+        errors = [s.error for s in self.samples if s.error is not None]
+        return {
+            "p50_ms": _round(percentile(latencies, 50)),
+            "p99_ms": _round(percentile(latencies, 99)),
+            "ttft_p50_ms": _round(percentile(ttfts, 50)),
+            "ttft_p99_ms": _round(percentile(ttfts, 99)),
+            "req_s": round(len(good) / self.wall_s, 1) if self.wall_s else None,
+            "requests": len(self.samples),
+            "errors": len(errors),
+            **({"first_error": errors[0][:200]} if errors else {}),
+            "cpu_cores": {name: round(cores, 2) for name, cores in self.cpu_cores.items()},
+            "proxy_cpu_ms_per_req": self.proxy_cpu_ms_per_request(),
+        }
+
+    def proxy_cpu_ms_per_request(self) -> float:
+        """CPU ms per request of the processes between client and stub: the proxy's own cost.
+
+        That is the hub, its worker and its database, or LiteLLM. Unlike latency, it barely
+        moves when other work shares the machine.
+        """
+        proxy = sum(cores for name, cores in self.cpu_cores.items() if name not in SHARED)
+        return round(1000 * proxy * self.wall_s / max(len(self.samples), 1), 2)
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """The ``pct`` percentile with linear interpolation (numpy's default); None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def request_body(tokens: int) -> bytes:
+    """The one streamed chat request every path gets, serialised once."""
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say something."}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": tokens,
+    }
+    return json.dumps(body).encode()
+
+
+def expected_text(tokens: int) -> str:
+    """The answer the stub streams: the client checks every path relays exactly this."""
+    return "".join(token_text(i) for i in range(tokens))
+
+
+async def stream_once(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: bytes, expected: str
+) -> Sample:
+    """Send one streamed chat; time the first content token and the end of the stream."""
+    started = time.perf_counter()
+    ttft: float | None = None
+    received: list[str] = []
+    try:
+        async with client.stream("POST", url, content=body, headers=headers) as response:
+            if response.status_code != 200:
+                text = (await response.aread()).decode(errors="replace")
+                elapsed = time.perf_counter() - started
+                return Sample(elapsed, None, f"HTTP {response.status_code}: {text}")
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                for choice in json.loads(data).get("choices") or []:
+                    if content := (choice.get("delta") or {}).get("content"):
+                        received.append(content)
+                        if ttft is None:
+                            ttft = time.perf_counter() - started
+    except (httpx.HTTPError, ValueError) as exc:
+        return Sample(time.perf_counter() - started, ttft, repr(exc))
+    elapsed = time.perf_counter() - started
+    if (text := "".join(received)) != expected:
+        return Sample(elapsed, ttft, f"wrong answer: {text[:60]!r}… ({len(text)} characters)")
+    return Sample(elapsed, ttft)
+
+
+async def drive(
+    client: httpx.AsyncClient,
+    concurrency: int,
+    route: Route,
+    requests: int,
+    body: bytes,
+    expected: str,
+    on_done: Callable[[], None],
+) -> list[Sample]:
+    """Run ``requests`` streams with ``concurrency`` simulated users, each one at a time."""
+    url = f"{route.base_url}/v1/chat/completions"
+    headers = {**route.headers, "content-type": "application/json"}
+    samples: list[Sample] = []
+    remaining = requests
+
+    async def user() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            samples.append(await stream_once(client, url, headers, body, expected))
+            on_done()
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(concurrency):
+            group.create_task(user())
+    return samples
+
+
+async def measure(
+    route: Route,
+    concurrency: int,
+    requests: int,
+    warmup: int,
+    tokens: int,
+    progress: Progress,
+) -> Level:
+    """Warm up (opening every connection), then time ``requests`` streams at ``concurrency``."""
+    body, expected = request_body(tokens), expected_text(tokens)
+    task = progress.add_task(f"{route.name:>7} × {concurrency:<3}", total=warmup + requests)
+    advance = functools.partial(progress.advance, task)
+    # HTTP/1.1 keep-alive, one connection per simulated user.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
+        await drive(client, concurrency, route, warmup, body, expected, advance)
+        before = {name: cpu_seconds(procs()) for name, procs in route.processes.items()}
+        client_before = time.process_time()
+        started = time.perf_counter()
+        samples = await drive(client, concurrency, route, requests, body, expected, advance)
+        wall = time.perf_counter() - started
+        cpu = {
+            name: (cpu_seconds(procs()) - before[name]) / wall
+            for name, procs in route.processes.items()
+        }
+        cpu["client"] = (time.process_time() - client_before) / wall
+    return Level(samples, wall, cpu)
+
+
+def find_litellm() -> Path | None:
+    """``$LITELLM_BIN``, else the repository's ``.venv-litellm``, else a dev machine's venv."""
+    candidates = [os.environ.get("LITELLM_BIN"), REPO / ".venv-litellm/bin/litellm"]
+    for candidate in [*candidates, LITELLM_FALLBACK]:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def litellm_version(binary: Path) -> str | None:
+    """The installed LiteLLM version, asked of the interpreter beside its launcher."""
+    python = binary.parent / "python"
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(
+            [str(python), "-c", code], capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout.strip()
+    return None
+
+
+def litellm_config(workdir: Path, stub_url: str) -> Path:
+    """Write LiteLLM's config: one model, the stub, and a master key (auth, as the hub does)."""
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {stub_url}/v1\n"
+        "      api_key: x\n"
+        "general_settings:\n"
+        f"  master_key: {LITELLM_KEY}\n"
+        "litellm_settings:\n"
+        "  set_verbose: false\n"
+    )
+    return config
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b`` rounded, or None when either is missing."""
+    return round(a / b, 2) if a is not None and b else None
+
+
+def compare(levels: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline numbers of one level: what the hub adds, and the hub against LiteLLM."""
+    direct, hub, litellm = levels["direct"], levels["hub"], levels.get("litellm") or {}
+    added = None
+    if hub["p50_ms"] is not None and direct["p50_ms"] is not None:
+        added = round(hub["p50_ms"] - direct["p50_ms"], 2)
+    return {
+        "hub_added_ms_p50": added,
+        "hub_vs_litellm_p50": ratio(hub["p50_ms"], litellm.get("p50_ms")),
+        "hub_vs_litellm_ttft_p50": ratio(hub["ttft_p50_ms"], litellm.get("ttft_p50_ms")),
+        "hub_vs_litellm_req_s": ratio(hub["req_s"], litellm.get("req_s")),
+        "hub_vs_litellm_cpu_per_req": ratio(
+            hub["proxy_cpu_ms_per_req"], litellm.get("proxy_cpu_ms_per_req")
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: levels, tokens per answer, requests per level."""
+
+    levels: list[int]
+    tokens: int
+    requests: int | None
+    quick: bool
+
+    def requests_at(self, concurrency: int) -> int:
+        """Measured requests at a level (enough for a p99 at low concurrency)."""
+        if self.requests is not None:
+            return self.requests
+        return max(20, concurrency) if self.quick else max(200, 3 * concurrency)
+
+    def warmup_at(self, concurrency: int) -> int:
+        """Warm-up requests at a level: at least one per connection."""
+        return concurrency if self.quick else max(20, concurrency)
+
+
+async def run(plan: Plan, services: Services, skip_litellm: bool) -> dict[str, Any]:
+    """Start the stub, LiteLLM, the hub and its worker; measure every level of every path."""
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews results
+    stub, stub_url = start_stub(services, plan.tokens)
+    routes = [Route("direct", stub_url, {}, {"stub": stub.processes})]
+
+    litellm_bin = None if skip_litellm else find_litellm()
+    litellm_info: dict[str, Any] = {"note": "skipped (--no-litellm)" if skip_litellm else None}
+    litellm_service = None
+    if litellm_bin is not None:
+        # Started first: it takes the longest to come up, and it does so while the hub starts.
+        port = free_port()
+        config = litellm_config(services.workdir, stub_url)
+        argv = [str(litellm_bin), "--config", str(config), "--host", "127.0.0.1"]
+        argv += ["--port", str(port), "--num_workers", "1"]
+        litellm_service = services.start("litellm", argv, {**os.environ, **LITELLM_ENV})
+        litellm_url = f"http://127.0.0.1:{port}"
+        litellm_info = {
+            "binary": str(litellm_bin),
+            "version": litellm_version(litellm_bin),
+            "env": LITELLM_ENV,
+            "config": "one model (openai/stub), master_key set, set_verbose false, 1 worker",
+        }
+    elif not skip_litellm:
+        litellm_info = {"note": SETUP_HINT}
+        log(SETUP_HINT)
+
+    await wait_ready(stub, f"{stub_url}/v1/models")
+    log("starting the hub (embedded PostgreSQL, CLI user and tokens)")
+    hub = await start_hub(services)
+    worker = await start_worker(
+        services, hub, MODEL, "--upstream", stub_url, "--slots", "256", name="worker"
+    )
+    routes.append(
+        Route(
+            "hub",
+            hub.url,
+            hub.auth(),
+            {
+                "hub": hub.service.processes,
+                "worker": worker.processes,
+                "postgres": hub.postgres,
+                "stub": stub.processes,
+            },
+        )
+    )
+    if litellm_service is not None:
+        log("waiting for LiteLLM's proxy")
+        await wait_ready(litellm_service, f"{litellm_url}/health/liveliness", timeout_s=180)
+        routes.append(
+            Route(
+                "litellm",
+                litellm_url,
+                {"Authorization": f"Bearer {LITELLM_KEY}"},
+                {"litellm": litellm_service.processes, "stub": stub.processes},
+            )
+        )
+
+    results: dict[str, Any] = {}
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        for concurrency in plan.levels:
+            level: dict[str, Any] = {}
+            for route in routes:
+                measured = await measure(
+                    route,
+                    concurrency,
+                    plan.requests_at(concurrency),
+                    plan.warmup_at(concurrency),
+                    plan.tokens,
+                    progress,
+                )
+                level[route.name] = measured.summary()
+            if "litellm" not in level:
+                level["litellm"] = None
+            results[str(concurrency)] = level | compare(level)
+    return {
+        "bench": "hub_overhead",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(terse=True),
+            "loadavg_1m_before": load_before,
+        },
+        "tokens": plan.tokens,
+        "levels": results,
+        "litellm": litellm_info,
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="1,50,200", help="concurrent streams, comma-separated")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per answer")
+    parser.add_argument("--requests", type=int, help="measured requests per level and path")
+    parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Run the benchmark and print one JSON line."""
+    args = parse_args()
+    plan = Plan(
+        levels=[int(level) for level in args.levels.split(",") if level.strip()],
+        tokens=args.tokens,
+        requests=args.requests,
+        quick=args.quick,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="iamine-bench-"))
+    try:
+        with sigterm_as_interrupt(), Services(workdir) as services:
+            loop_factory = None
+            with contextlib.suppress(ImportError):
+                import uvloop
+
+                loop_factory = uvloop.new_event_loop
+            result = asyncio.run(run(plan, services, args.no_litellm), loop_factory=loop_factory)
+    except KeyboardInterrupt:
+        log("interrupted; every service is stopped")
+        sys.exit(130)
+    finally:
+        if args.keep_logs:
+            log(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

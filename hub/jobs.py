@@ -1,0 +1,167 @@
+"""The hub's scheduled jobs: L1 purge, the worker checker, the RED daemon.
+
+:data:`CATALOG` describes them (the CLI lists it without a running hub); :func:`build_jobs`
+binds them to a running hub's state for the scheduler. ``l1_purge`` needs only the database, so
+``iamine jobs run l1_purge`` runs it in the CLI's process (:func:`local_job`); the checker and RED
+need live workers, so the CLI asks the running hub to run them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+
+from hub.config import Settings
+from hub.errors import HubError
+from hub.observability import Metrics
+from hub.scheduler import JobResult, JobSpec
+from hub.state import HubState
+from inference.checker import run_checker
+from inference.red import Planner, pool_planner, run_red
+from memory.l1 import purge_expired_l1
+from memory.settings import MemorySettings
+
+L1_PURGE = "l1_purge"
+CHECKER = "checker"
+RED = "red"
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A job as the CLI and the admin API describe it."""
+
+    name: str
+    description: str
+    needs_hub: bool
+    interval: Callable[[Settings], float]
+
+
+CATALOG: dict[str, JobInfo] = {
+    info.name: info
+    for info in (
+        JobInfo(
+            L1_PURGE,
+            "Delete L1 messages past their TTL.",
+            needs_hub=False,
+            interval=lambda s: s.jobs.l1_purge_interval_s,
+        ),
+        JobInfo(
+            CHECKER,
+            "Benchmark every worker; check a known answer and tool calls.",
+            needs_hub=True,
+            interval=lambda s: s.jobs.checker_interval_s,
+        ),
+        JobInfo(
+            RED,
+            "Admin daemon: read the pool, plan from an allow-list, report.",
+            needs_hub=True,
+            interval=lambda s: s.jobs.red_interval_s,
+        ),
+    )
+}
+
+
+async def purge_l1(conn: asyncpg.Connection, settings: MemorySettings) -> int:
+    """Delete every expired L1 message; return how many."""
+    return await purge_expired_l1(conn, datetime.now(UTC), batch=settings.l1_purge_batch)
+
+
+def _spec(info: JobInfo, settings: Settings, run: Callable[[], Awaitable[JobResult]]) -> JobSpec:
+    return JobSpec(info.name, info.description, info.interval(settings), info.needs_hub, run)
+
+
+def local_job(name: str, settings: Settings, conn: asyncpg.Connection) -> JobSpec | None:
+    """The job bound to one connection, for jobs that need only the database (else None)."""
+    if name != L1_PURGE:
+        return None
+
+    async def run() -> JobResult:
+        purged = await purge_l1(conn, settings.memory)
+        return JobResult("ok", f"purged {purged} expired L1 message(s)", {"purged": purged})
+
+    return _spec(CATALOG[L1_PURGE], settings, run)
+
+
+def route_counts(metrics: Metrics) -> dict[str, int]:
+    """Chat jobs by route since the hub started (``degraded`` counts failures to serve)."""
+    counts: dict[str, int] = {}
+    for metric in metrics.routes.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                counts[sample.labels["route"]] = int(sample.value)
+    return counts
+
+
+def build_jobs(state: HubState, planner: Planner | None = None) -> list[JobSpec]:
+    """Every job, bound to the running hub (``planner`` replaces RED's model call)."""
+    settings, pool, registry = state.settings, state.db.pool, state.workers
+
+    async def l1() -> JobResult:
+        async with pool.acquire() as conn:
+            purged = await purge_l1(conn, settings.memory)
+        return JobResult("ok", f"purged {purged} expired L1 message(s)", {"purged": purged})
+
+    async def check() -> JobResult:
+        if not registry.workers:
+            return JobResult("skipped", "no worker is connected")
+        summary = await run_checker(registry, pool, settings.checker)
+        checked = summary["checked"]
+        passed = sum(1 for c in checked if c["passed"])
+        line = (
+            f"checked {len(checked)}: {passed} passed, {len(checked) - passed} failed; "
+            f"{len(summary['skipped'])} skipped, {len(summary['excluded'])} excluded"
+        )
+        return JobResult("ok", line, summary)
+
+    async def purge_effect() -> int:
+        async with pool.acquire() as conn:
+            return await purge_l1(conn, settings.memory)
+
+    async def red() -> JobResult:
+        run = await run_red(
+            registry,
+            pool,
+            settings.red,
+            planner or pool_planner(registry, settings.red),
+            purge_effect,
+            extra_state={"routes": route_counts(state.metrics)},
+        )
+        return JobResult(run.outcome, run.summary, {"report_id": run.report_id})
+
+    runs = {L1_PURGE: l1, CHECKER: check, RED: red}
+    return [_spec(info, settings, runs[name]) for name, info in CATALOG.items()]
+
+
+def hub_url(settings: Settings) -> str:
+    """Where this data directory's hub listens, by its settings (a wildcard means loopback)."""
+    host = settings.server.host
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - reading the bind address, not binding
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.server.port}"
+
+
+async def run_on_hub(url: str, token: str, name: str, timeout_s: float) -> dict[str, Any]:
+    """Ask a running hub to run a job now (``POST /admin/api/jobs/{name}/run``); its run."""
+    try:
+        async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout_s) as client:
+            response = await client.post(
+                f"/admin/api/jobs/{name}/run", headers={"Authorization": f"Bearer {token}"}
+            )
+    except httpx.TransportError as exc:
+        raise HubError(
+            f"Cannot reach the hub at {url} ({type(exc).__name__}). The {name} job runs in the "
+            "hub, which holds the live workers: start `iamine serve`, or pass --hub URL.",
+            code="hub_unreachable",
+        ) from exc
+    body: dict[str, Any] = response.json()
+    if response.status_code != 200:
+        error = body.get("error", {})
+        raise HubError(f"The hub refused: {error.get('message', response.text)}", code="hub_error")
+    return body

@@ -1,0 +1,204 @@
+"""L4 agent notes (``/v1/memory/notes``) and shared namespaces (``/v1/memory/namespaces``).
+
+Notes are plaintext and need no data key. A caller reads their own ``user:`` namespace and every
+``pool:`` / ``fed:`` namespace; naming another user's private namespace is 403, and a note there
+is 404 (as an unknown id is).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from hub.deps import Semantic, UserCallerDep
+from hub.errors import NotFoundError
+from hub.routes.facts import MAX_TAGS, KQuery, Tag, TagsQuery, parse_tags
+from memory import notes
+from memory.notes import (
+    MAX_AGENT_CHARS,
+    MAX_BODY_CHARS,
+    MAX_TITLE_CHARS,
+    NAMESPACE_PATTERN,
+    Namespace,
+    NewNote,
+    Note,
+    WriteRule,
+    resolve_namespace,
+)
+from memory.recall import NoteHit, RecallQuery, SearchMode, recall
+
+router = APIRouter(prefix="/v1/memory", tags=["memory"])
+
+NamespaceQuery = Annotated[
+    list[str] | None,
+    Query(description="Only these namespaces (repeatable); default: every one you can read."),
+]
+SNIPPET_CHARS = 240
+
+
+class NoteBody(BaseModel):
+    """A note for the caller's agents, or for a shared namespace."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = Field(
+        "user:me",
+        pattern=NAMESPACE_PATTERN,
+        description="`user:me` (private), `pool:<name>` or `fed:<name>`.",
+    )
+    title: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS)] = ""
+    body: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BODY_CHARS)
+    ] = Field(description="The note's text (plaintext at rest).")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
+    author_agent: str = Field(
+        "", max_length=MAX_AGENT_CHARS, description="Which agent wrote it (`claude-code`)."
+    )
+
+
+class NamespaceBody(BaseModel):
+    """A shared namespace's write rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    write_rule: WriteRule = Field(description="`members` (any user writes) or `owner` (only you).")
+
+
+def note_body(note: Note, **extra: Any) -> dict[str, Any]:
+    """A note as the API shows it."""
+    return {
+        "object": "memory.note",
+        "id": str(note.id),
+        "namespace": note.namespace,
+        "title": note.title,
+        "body": note.body,
+        "tags": list(note.tags),
+        "author_agent": note.author_agent,
+        "mine": note.mine,
+        "content_hash": note.content_hash,
+        "clock": note.clock,
+        "origin_pool": note.origin_pool,
+        "created_at": note.created_at.isoformat(),
+        "updated_at": note.updated_at.isoformat(),
+        "deleted_at": note.deleted_at.isoformat() if note.deleted_at else None,
+    } | extra
+
+
+def hit_body(hit: NoteHit) -> dict[str, Any]:
+    """A search hit: the note, its fused score, each side's rank and a snippet."""
+    return note_body(
+        hit.note,
+        score=round(hit.score, 6),
+        similarity=None if hit.similarity is None else round(hit.similarity, 6),
+        vector_rank=hit.vector_rank,
+        keyword_rank=hit.keyword_rank,
+        snippet=hit.snippet,
+    )
+
+
+def namespace_body(namespace: Namespace) -> dict[str, Any]:
+    """A shared namespace as the API shows it."""
+    return {
+        "object": "memory.namespace",
+        "name": namespace.name,
+        "write_rule": namespace.write_rule.value,
+        "owned": namespace.owned,
+        "notes": namespace.notes,
+    }
+
+
+@router.post("/notes", status_code=201)
+async def create_note(body: NoteBody, semantic: Semantic, caller: UserCallerDep) -> dict[str, Any]:
+    """Store a note; the first note in a new `pool:`/`fed:` namespace makes you its owner."""
+    namespace = resolve_namespace(body.namespace, caller.user_id)
+    vector = await semantic.embedder.embed_one(f"{body.title}\n{body.body}".strip())
+    new = NewNote(namespace, body.body, body.title, tuple(body.tags), body.author_agent)
+    async with semantic.pool.acquire() as conn:
+        note = await notes.add_note(
+            conn, caller.user_id, new, vector, now=datetime.now(UTC), settings=semantic.settings
+        )
+    return note_body(note)
+
+
+@router.get("/notes")
+async def search_notes(
+    semantic: Semantic,
+    caller: UserCallerDep,
+    query: Annotated[
+        str | None, Query(max_length=2000, description="Search text (hybrid by default).")
+    ] = None,
+    k: KQuery = 10,
+    namespace: NamespaceQuery = None,
+    tags: TagsQuery = None,
+    since: Annotated[AwareDatetime | None, Query(description="Created at or after.")] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Created before.")] = None,
+    mode: Annotated[SearchMode, Query(description="hybrid, vector or keyword.")] = (
+        SearchMode.HYBRID
+    ),
+) -> dict[str, Any]:
+    """Notes you can read: the best `k` for `query` (vector and full text fused by reciprocal
+    rank, with scores and snippets), or the newest `k` without it."""
+    wanted = parse_tags(tags)
+    spaces = (
+        None if namespace is None else [resolve_namespace(n, caller.user_id) for n in namespace]
+    )
+    if query is not None and query.strip():
+        vector = None
+        if mode is not SearchMode.KEYWORD:
+            vector = await semantic.embedder.embed_one(query)
+        search = RecallQuery(
+            query, vector, facts=0, notes=k, mode=mode, tags=wanted, namespaces=spaces,
+            since=since, until=until,
+        )  # fmt: skip
+        async with semantic.pool.acquire() as conn:
+            found = await recall(conn, None, caller.user_id, search)
+        return {"object": "list", "data": [hit_body(h) for h in found.notes]}
+    async with semantic.pool.acquire() as conn:
+        listed = await notes.list_notes(
+            conn, caller.user_id, namespaces=spaces, tags=wanted, since=since, until=until, limit=k
+        )
+    return {"object": "list", "data": [note_body(n) for n in listed]}
+
+
+@router.get("/notes/{note_id}")
+async def read_note(note_id: UUID, semantic: Semantic, caller: UserCallerDep) -> dict[str, Any]:
+    """One note you can read (a deleted shared note shows as a tombstone)."""
+    async with semantic.pool.acquire() as conn:
+        note = await notes.get_note(conn, caller.user_id, note_id)
+    if note is None:
+        raise NotFoundError(f"No note {note_id}.", param="note_id")
+    return note_body(note)
+
+
+@router.delete("/notes/{note_id}")
+async def delete_note(note_id: UUID, semantic: Semantic, caller: UserCallerDep) -> dict[str, Any]:
+    """Delete a note: yours for good; a shared one (you wrote it or own its namespace) becomes a
+    tombstone that federation can pass on."""
+    async with semantic.pool.acquire() as conn:
+        deleted = await notes.delete_note(conn, caller.user_id, note_id, now=datetime.now(UTC))
+    if not deleted:
+        raise NotFoundError(f"No note {note_id}.", param="note_id")
+    return {"object": "memory.note.deleted", "id": str(note_id), "deleted": True}
+
+
+@router.get("/namespaces")
+async def list_namespaces(semantic: Semantic, caller: UserCallerDep) -> dict[str, Any]:
+    """The pool's shared namespaces, their write rules and note counts."""
+    async with semantic.pool.acquire() as conn:
+        found = await notes.list_namespaces(conn, caller.user_id)
+    return {"object": "list", "data": [namespace_body(n) for n in found]}
+
+
+@router.put("/namespaces/{name}")
+async def put_namespace(
+    name: str, body: NamespaceBody, semantic: Semantic, caller: UserCallerDep
+) -> dict[str, Any]:
+    """Set a shared namespace's write rule (you own it, or it is new and becomes yours)."""
+    namespace = resolve_namespace(name, caller.user_id)
+    async with semantic.pool.acquire() as conn:
+        found = await notes.set_write_rule(conn, caller.user_id, namespace, body.write_rule)
+    return namespace_body(found)

@@ -1,0 +1,357 @@
+"""L4: agent notes in namespaces, in plaintext, searched by ``memory/recall.py``.
+
+Namespaces:
+
+- ``user:<user id>`` — private to one user (``user:me`` names the caller's own). Nobody else
+  reads or writes it, whatever filter they send: every query also checks ``owner_id`` in SQL.
+- ``pool:<name>`` — shared by every user of this pool. The first note written there creates the
+  namespace, owned by its writer, with the write rule ``notes_default_write_rule``: ``members``
+  (any user may write) or ``owner`` (only the owner). The owner may change it.
+- ``fed:<name>`` — like ``pool:``, and to be synced between pools by federation later.
+
+Notes are stored in plaintext: full-text search needs the words, and a ``tsvector`` of an
+encrypted body would give them away anyway (docs/privacy.md). Rows are shaped to cross pools
+(DESIGN.md, "Built now"): a time-ordered UUIDv7 id, a SHA-256 content hash, an origin pool
+(NULL here: federation fills it), a logical clock bumped on each change, and tombstone deletes in
+shared namespaces (the id, namespace and clock stay; the content goes). A private note is deleted
+outright: it never leaves the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+import asyncpg
+
+from memory.embeddings import MODEL_DIM, MODEL_NAME, Vector
+from memory.errors import InvalidNamespace, NamespaceForbidden
+from memory.settings import MemorySettings
+
+SHARED_NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
+NAMESPACE_PATTERN = rf"^(user:(me|[0-9a-f-]{{36}})|(pool|fed):{SHARED_NAME})$"
+_NAMESPACE = re.compile(NAMESPACE_PATTERN)
+MAX_TITLE_CHARS = 200
+MAX_BODY_CHARS = 32_000
+MAX_AGENT_CHARS = 64
+
+
+class WriteRule(StrEnum):
+    """Who may write to a shared namespace."""
+
+    MEMBERS = "members"
+    OWNER = "owner"
+
+
+@dataclass(frozen=True)
+class NewNote:
+    """A note to store."""
+
+    namespace: str
+    body: str
+    title: str = ""
+    tags: tuple[str, ...] = ()
+    author_agent: str = ""
+
+
+@dataclass(frozen=True)
+class Note:
+    """A stored note (a tombstone has ``deleted_at`` and no content)."""
+
+    id: UUID
+    namespace: str
+    author_agent: str
+    title: str
+    body: str
+    tags: tuple[str, ...]
+    content_hash: str
+    clock: int
+    origin_pool: str | None
+    created_at: datetime
+    updated_at: datetime
+    deleted_at: datetime | None
+    mine: bool
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A shared namespace and its write rule."""
+
+    name: str
+    write_rule: WriteRule
+    owned: bool
+    notes: int
+
+
+NOTE_COLUMNS = (
+    "id, namespace, author_id, author_agent, title, body, tags, content_hash, clock, "
+    "origin_pool, created_at, updated_at, deleted_at"
+)
+
+
+# Statements are built once from the constant column list; no value is ever formatted in.
+_INSERT_SQL = (
+    "INSERT INTO notes (id, namespace, owner_id, author_id, author_agent, title, body, "  # noqa: S608
+    "tags, embedding, embedding_model, embedding_dim, content_hash, created_at, updated_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) "
+    f"RETURNING {NOTE_COLUMNS}"
+)
+_GET_SQL = (
+    f"SELECT {NOTE_COLUMNS} FROM notes "  # noqa: S608
+    "WHERE id = $2 AND (owner_id IS NULL OR owner_id = $1)"
+)
+_LIST_SQL = (
+    f"SELECT {NOTE_COLUMNS} FROM notes WHERE (owner_id IS NULL OR owner_id = $1) "  # noqa: S608
+    "AND deleted_at IS NULL AND ($2::text[] IS NULL OR namespace = ANY($2)) "
+    "AND tags @> $3::text[] AND ($4::timestamptz IS NULL OR created_at >= $4) "
+    "AND ($5::timestamptz IS NULL OR created_at < $5) ORDER BY id DESC LIMIT $6"
+)
+_EXPORT_SQL = (
+    f"SELECT {NOTE_COLUMNS} FROM notes WHERE owner_id = $1 "  # noqa: S608
+    "OR (owner_id IS NULL AND author_id = $1 AND deleted_at IS NULL) ORDER BY id"
+)
+
+
+def note_from_row(row: asyncpg.Record, user_id: UUID) -> Note:
+    """A note from a row holding :data:`NOTE_COLUMNS`, as seen by ``user_id``."""
+    return Note(
+        id=row["id"],
+        namespace=row["namespace"],
+        author_agent=row["author_agent"],
+        title=row["title"],
+        body=row["body"],
+        tags=tuple(row["tags"]),
+        content_hash=bytes(row["content_hash"]).hex(),
+        clock=row["clock"],
+        origin_pool=row["origin_pool"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        deleted_at=row["deleted_at"],
+        mine=row["author_id"] == user_id,
+    )
+
+
+def uuid7(now: datetime) -> UUID:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, then 74 random bits; sorts by time."""
+    millis = int(now.timestamp() * 1000) & ((1 << 48) - 1)
+    rand_a, rand_b = secrets.randbits(12), secrets.randbits(62)
+    return UUID(int=(millis << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b)
+
+
+def content_hash(note: NewNote) -> bytes:
+    """SHA-256 of the note's content as canonical JSON (what anti-entropy will compare)."""
+    canonical = {
+        "namespace": note.namespace,
+        "title": note.title,
+        "body": note.body,
+        "tags": sorted(set(note.tags)),
+        "author_agent": note.author_agent,
+    }
+    encoded = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).digest()
+
+
+def resolve_namespace(namespace: str, user_id: UUID) -> str:
+    """The canonical namespace (``user:me`` → ``user:<id>``); refuse another user's private one."""
+    if _NAMESPACE.match(namespace) is None:
+        raise InvalidNamespace(
+            "A namespace is user:me, pool:<name> or fed:<name>; a name is 1-63 lower-case "
+            "letters, digits and . _ -.",
+            param="namespace",
+        )
+    if namespace == "user:me":
+        return f"user:{user_id}"
+    if namespace.startswith("user:") and namespace != f"user:{user_id}":
+        raise NamespaceForbidden(
+            "A user: namespace is private to its user; yours is user:me.", param="namespace"
+        )
+    return namespace
+
+
+def owner_of(namespace: str) -> UUID | None:
+    """The user a private namespace belongs to (None for shared namespaces)."""
+    return UUID(namespace.removeprefix("user:")) if namespace.startswith("user:") else None
+
+
+async def add_note(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    note: NewNote,
+    vector: Vector,
+    *,
+    now: datetime,
+    settings: MemorySettings,
+) -> Note:
+    """Store a note in a namespace the user may write (``note.namespace`` is canonical)."""
+    async with conn.transaction():
+        if owner_of(note.namespace) is None:
+            await _check_write(conn, user_id, note.namespace, settings)
+        row = await conn.fetchrow(
+            _INSERT_SQL,
+            uuid7(now),
+            note.namespace,
+            owner_of(note.namespace),
+            user_id,
+            note.author_agent,
+            note.title,
+            note.body,
+            sorted(set(note.tags)),
+            vector,
+            MODEL_NAME,
+            MODEL_DIM,
+            content_hash(note),
+            now,
+        )
+    return note_from_row(row, user_id)
+
+
+async def _check_write(
+    conn: asyncpg.Connection, user_id: UUID, namespace: str, settings: MemorySettings
+) -> None:
+    await conn.execute(
+        "INSERT INTO note_namespaces (namespace, owner_id, write_rule) VALUES ($1, $2, $3) "
+        "ON CONFLICT (namespace) DO NOTHING",
+        namespace,
+        user_id,
+        settings.notes_default_write_rule,
+    )
+    row = await conn.fetchrow(
+        "SELECT owner_id, write_rule FROM note_namespaces WHERE namespace = $1", namespace
+    )
+    if row["write_rule"] == WriteRule.OWNER and row["owner_id"] != user_id:
+        raise NamespaceForbidden(
+            f"Only the owner of {namespace} may write to it.", param="namespace"
+        )
+
+
+async def get_note(conn: asyncpg.Connection, user_id: UUID, note_id: UUID) -> Note | None:
+    """A note the user may read (shared, or their own private one), tombstones included."""
+    row = await conn.fetchrow(
+        _GET_SQL,
+        user_id,
+        note_id,
+    )
+    return note_from_row(row, user_id) if row else None
+
+
+async def list_notes(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    *,
+    namespaces: Sequence[str] | None = None,
+    tags: Sequence[str] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+) -> list[Note]:
+    """Live notes the user may read, newest first, filtered by namespace, tags and time."""
+    rows = await conn.fetch(
+        _LIST_SQL,
+        user_id,
+        None if namespaces is None else list(namespaces),
+        list(tags),
+        since,
+        until,
+        limit,
+    )
+    return [note_from_row(r, user_id) for r in rows]
+
+
+async def delete_note(
+    conn: asyncpg.Connection, user_id: UUID, note_id: UUID, *, now: datetime
+) -> bool:
+    """Delete a note: a private one outright, a shared one as a tombstone.
+
+    Its author or the namespace's owner may delete a shared note; False if the user cannot see
+    the note (or it is already a tombstone), :class:`NamespaceForbidden` if they may not delete it.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT n.owner_id, n.author_id, s.owner_id AS namespace_owner FROM notes n "
+            "LEFT JOIN note_namespaces s ON s.namespace = n.namespace "
+            "WHERE n.id = $2 AND (n.owner_id IS NULL OR n.owner_id = $1) "
+            "AND n.deleted_at IS NULL FOR UPDATE OF n",
+            user_id,
+            note_id,
+        )
+        if row is None:
+            return False
+        if row["owner_id"] == user_id:
+            await conn.execute(
+                "DELETE FROM notes WHERE id = $1 AND owner_id = $2", note_id, user_id
+            )
+            return True
+        if user_id not in (row["author_id"], row["namespace_owner"]):
+            raise NamespaceForbidden("Only its author or the namespace's owner may delete a note.")
+        await conn.execute(
+            "UPDATE notes SET title = '', body = '', tags = '{}', embedding = NULL, "
+            "embedding_model = NULL, embedding_dim = NULL, deleted_at = $2, updated_at = $2, "
+            "clock = clock + 1, content_hash = sha256(convert_to('tombstone:' || id::text, "
+            "'UTF8')) WHERE id = $1",
+            note_id,
+            now,
+        )
+    return True
+
+
+async def export_notes(conn: asyncpg.Connection, user_id: UUID) -> list[Note]:
+    """The user's private notes and the live shared notes they wrote, oldest first."""
+    rows = await conn.fetch(
+        _EXPORT_SQL,
+        user_id,
+    )
+    return [note_from_row(r, user_id) for r in rows]
+
+
+async def delete_private_notes(conn: asyncpg.Connection, user_id: UUID) -> int:
+    """Delete every note of the user's private namespace; return how many."""
+    count = await conn.fetchval(
+        "WITH d AS (DELETE FROM notes WHERE owner_id = $1 RETURNING 1) SELECT count(*) FROM d",
+        user_id,
+    )
+    return int(count)
+
+
+async def set_write_rule(
+    conn: asyncpg.Connection, user_id: UUID, namespace: str, rule: WriteRule
+) -> Namespace:
+    """Set a shared namespace's write rule (creating the namespace, owned by the user, if new)."""
+    if owner_of(namespace) is not None:
+        raise InvalidNamespace("Only pool: and fed: namespaces have write rules.", param="name")
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO note_namespaces (namespace, owner_id, write_rule) VALUES ($1, $2, $3) "
+            "ON CONFLICT (namespace) DO NOTHING",
+            namespace,
+            user_id,
+            rule.value,
+        )
+        owner = await conn.fetchval(
+            "SELECT owner_id FROM note_namespaces WHERE namespace = $1 FOR UPDATE", namespace
+        )
+        if owner != user_id:
+            raise NamespaceForbidden(f"Only the owner of {namespace} may change its write rule.")
+        await conn.execute(
+            "UPDATE note_namespaces SET write_rule = $2 WHERE namespace = $1", namespace, rule.value
+        )
+    return next(n for n in await list_namespaces(conn, user_id) if n.name == namespace)
+
+
+async def list_namespaces(conn: asyncpg.Connection, user_id: UUID) -> list[Namespace]:
+    """Every shared namespace with its write rule and live note count."""
+    rows = await conn.fetch(
+        "SELECT s.namespace, s.write_rule, s.owner_id, "
+        "(SELECT count(*) FROM notes n WHERE n.namespace = s.namespace "
+        "AND n.deleted_at IS NULL) AS notes FROM note_namespaces s ORDER BY s.namespace"
+    )
+    return [
+        Namespace(r["namespace"], WriteRule(r["write_rule"]), r["owner_id"] == user_id, r["notes"])
+        for r in rows
+    ]

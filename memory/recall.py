@@ -1,0 +1,273 @@
+"""Recall: one search over a user's L3 facts and the L4 notes they may read, in one SQL statement.
+
+- **Facts** are ranked by cosine similarity to the query's embedding (their text is encrypted,
+  so there is no keyword side).
+- **Notes** are ranked by *hybrid* search: the nearest notes by embedding and the best notes by
+  PostgreSQL full text, fused by reciprocal rank (``1/(60 + rank)`` summed over both lists).
+  ``mode`` restricts it to one side, for comparisons. The full-text side reads each query term
+  as a phrase (``phraseto_tsquery``, so ``ERR_LEDGER_DRIFT`` must appear whole), keeps notes
+  that match at least half of the terms, and ranks them by terms matched, then ``ts_rank``.
+  Natural questions rarely contain every word of their answer, so requiring all terms finds
+  little; any single term lets common words ("long", "keep") flood the list, and PostgreSQL's
+  full text has no IDF to discount them. Half is the middle that the labelled set
+  (``tests/memory/data/recall_set.json``) supports.
+
+Filters are applied inside each index scan; pgvector's iterative scan (``hnsw.iterative_scan =
+relaxed_order``, set for the statement's transaction) keeps scanning the HNSW graph until k rows
+pass the user and namespace filters, and the ranked CTEs put the relaxed order right again.
+
+Every hit carries its cosine ``similarity`` (comparable across tiers: the chat's threshold uses
+it) and its tier's ``score``. :func:`context_message` turns a recall into the one system message
+the chat injects, within a token budget. This module is what the MCP server exposes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from uuid import UUID
+
+import asyncpg
+
+from memory.embeddings import Vector
+from memory.facts import FACT_COLUMNS, Fact, fact_from_row
+from memory.keys import UserKey
+from memory.l2 import CHARS_PER_TOKEN
+from memory.notes import Note, note_from_row
+
+RRF_K = 60  # reciprocal-rank constant (Cormack et al., 2009)
+CANDIDATES_PER_K = 4  # each side of the hybrid search ranks this many candidates per result
+MIN_CANDIDATES = 20
+MAX_TERMS = 32  # distinct query terms the full-text side uses
+SNIPPET_OPTIONS = 'StartSel="**", StopSel="**", MaxWords=35, MinWords=12, MaxFragments=2'
+CONTEXT_HEADER = (
+    "Memory the iamine hub recalled for this conversation (facts the user stored or that were "
+    "taken from earlier chats, and notes of the user's agents). Use what is relevant; it may be "
+    "outdated."
+)
+
+_PUNCTUATION = ".,;:!?\"'()[]{}<>`"
+
+
+class SearchMode(StrEnum):
+    """Which side(s) of the notes' hybrid search to use."""
+
+    HYBRID = "hybrid"
+    VECTOR = "vector"
+    KEYWORD = "keyword"
+
+
+@dataclass(frozen=True)
+class FactHit:
+    """A fact that matched, with its cosine similarity to the query."""
+
+    fact: Fact
+    similarity: float
+
+    @property
+    def score(self) -> float:
+        """The fact tier's ranking score: the similarity."""
+        return self.similarity
+
+
+@dataclass(frozen=True)
+class NoteHit:
+    """A note that matched: fused score, each side's rank (None: not in that list), snippet."""
+
+    note: Note
+    similarity: float | None
+    score: float
+    vector_rank: int | None
+    keyword_rank: int | None
+    snippet: str
+
+
+@dataclass(frozen=True)
+class Recall:
+    """What a recall found: facts by similarity, notes by fused rank (best first)."""
+
+    facts: list[FactHit] = field(default_factory=list)
+    notes: list[NoteHit] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecallQuery:
+    """What to search and where.
+
+    ``vector`` is the query's embedding (None only with ``mode=keyword``); ``text`` feeds full
+    text. ``facts`` / ``notes`` are how many of each to return (0 skips the tier).
+    """
+
+    text: str
+    vector: Vector | None
+    facts: int = 10
+    notes: int = 10
+    mode: SearchMode = SearchMode.HYBRID
+    tags: Sequence[str] = ()
+    namespaces: Sequence[str] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    history: bool = False
+
+
+_SHARED_NOTE_FILTER = (
+    "(n.owner_id IS NULL OR n.owner_id = $1) AND n.deleted_at IS NULL "
+    "AND ($6::text[] IS NULL OR n.namespace = ANY($6)) AND n.tags @> $4::text[] "
+    "AND ($11::timestamptz IS NULL OR n.created_at >= $11) "
+    "AND ($12::timestamptz IS NULL OR n.created_at < $12)"
+)
+
+_FACT_FIELDS = ", ".join(f"f.{c}" for c in FACT_COLUMNS.split(", "))
+
+RECALL_SQL = f"""
+WITH fact_nearest AS MATERIALIZED (
+    SELECT f.id, f.embedding <=> $2 AS distance FROM facts f
+    WHERE f.user_id = $1
+      AND ($5 OR (f.valid_from <= now() AND (f.valid_to IS NULL OR f.valid_to > now())))
+      AND f.tags @> $4::text[]
+    ORDER BY f.embedding <=> $2 LIMIT $3
+),
+note_nearest AS MATERIALIZED (
+    SELECT n.id, row_number() OVER (ORDER BY n.distance, n.id) AS r FROM (
+        SELECT n.id, n.embedding <=> $2 AS distance FROM notes n
+        WHERE {_SHARED_NOTE_FILTER}
+        ORDER BY n.embedding <=> $2 LIMIT $8
+    ) n
+),
+terms AS MATERIALIZED (
+    SELECT q FROM unnest($7::text[]) AS w (word), phraseto_tsquery('english', w.word) AS q
+    WHERE numnode(q) > 0
+),
+words AS (
+    SELECT (SELECT string_agg('(' || q::text || ')', ' | ') FROM terms)::tsquery AS query,
+        (SELECT count(*) FROM terms) AS terms
+),
+note_keyword AS MATERIALIZED (
+    SELECT n.id, row_number() OVER (ORDER BY n.matched DESC, n.rank DESC, n.id) AS r FROM (
+        SELECT n.id, m.matched, ts_rank(n.tsv, words.query, 1) AS rank FROM notes n
+        CROSS JOIN words
+        CROSS JOIN LATERAL (SELECT count(*) AS matched FROM terms WHERE n.tsv @@ terms.q) m
+        WHERE n.tsv @@ words.query AND 2 * m.matched >= words.terms AND {_SHARED_NOTE_FILTER}
+        ORDER BY m.matched DESC, rank DESC, n.id LIMIT $9
+    ) n
+),
+note_fused AS MATERIALIZED (
+    SELECT coalesce(v.id, k.id) AS id, v.r AS vector_rank, k.r AS keyword_rank,
+        coalesce(1.0 / ({RRF_K} + v.r), 0) + coalesce(1.0 / ({RRF_K} + k.r), 0) AS score
+    FROM note_nearest v FULL JOIN note_keyword k ON v.id = k.id
+    ORDER BY score DESC, id LIMIT $10
+)
+SELECT 'fact' AS tier, {_FACT_FIELDS}, 1 - x.distance AS similarity, 1 - x.distance AS score,
+    NULL::bigint AS vector_rank, NULL::bigint AS keyword_rank,
+    NULL::text AS namespace, NULL::uuid AS author_id, NULL::text AS author_agent,
+    NULL::text AS title, NULL::text AS body, NULL::bytea AS content_hash, NULL::bigint AS clock,
+    NULL::text AS origin_pool, NULL::timestamptz AS updated_at, NULL::timestamptz AS deleted_at,
+    NULL::text AS snippet
+FROM fact_nearest x JOIN facts f ON f.id = x.id AND f.user_id = $1
+UNION ALL
+SELECT 'note', n.id, NULL, NULL, NULL, n.tags, NULL, NULL, NULL, NULL, NULL, NULL, n.created_at,
+    n.embedding_model, 1 - (n.embedding <=> $2), x.score, x.vector_rank, x.keyword_rank,
+    n.namespace, n.author_id, n.author_agent, n.title, n.body, n.content_hash, n.clock,
+    n.origin_pool, n.updated_at, n.deleted_at,
+    coalesce(ts_headline('english', n.body, words.query, '{SNIPPET_OPTIONS}'), left(n.body, 240))
+FROM note_fused x JOIN notes n ON n.id = x.id AND (n.owner_id IS NULL OR n.owner_id = $1)
+    CROSS JOIN words
+ORDER BY tier, score DESC, id
+"""  # noqa: S608 (built once from constants; every value is a parameter)
+
+
+def keyword_terms(text: str) -> list[str] | None:
+    """The query's whitespace-separated terms, outer punctuation stripped (None if none).
+
+    A term stays whole (``HER-1187``, ``ERR_LEDGER_DRIFT``, ``/hooks/adyen``) so PostgreSQL's
+    parser reads it as the note's text was read: as a phrase of its parts. A long message keeps
+    its first :data:`MAX_TERMS` distinct terms.
+    """
+    terms = dict.fromkeys(t.strip(_PUNCTUATION).lower() for t in text.split())
+    found = [t for t in terms if t][:MAX_TERMS]
+    return found or None
+
+
+async def recall(
+    conn: asyncpg.Connection, key: UserKey | None, user_id: UUID, query: RecallQuery
+) -> Recall:
+    """Search the user's current facts and readable notes; ``key`` None skips facts."""
+    vector_side = query.mode is not SearchMode.KEYWORD and query.vector is not None
+    keyword_side = query.mode is not SearchMode.VECTOR
+    words = keyword_terms(query.text) if keyword_side else None
+    candidates = max(query.notes * CANDIDATES_PER_K, MIN_CANDIDATES) if query.notes else 0
+    facts = query.facts if key is not None and query.vector is not None else 0
+    async with conn.transaction():
+        await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        rows = await conn.fetch(
+            RECALL_SQL,
+            user_id,
+            query.vector,
+            facts,
+            list(query.tags),
+            query.history,
+            None if query.namespaces is None else list(query.namespaces),
+            words,
+            candidates if vector_side else 0,
+            candidates if words else 0,
+            query.notes,
+            query.since,
+            query.until,
+        )
+    fact_hits = [
+        FactHit(fact_from_row(r, key), float(r["similarity"]))
+        for r in rows
+        if r["tier"] == "fact" and key is not None
+    ]
+    return Recall(
+        facts=[h for h in fact_hits if h.fact.text is not None],  # older keys' facts are sealed
+        notes=[_note_hit(r, user_id) for r in rows if r["tier"] == "note"],
+    )
+
+
+def _note_hit(row: asyncpg.Record, user_id: UUID) -> NoteHit:
+    similarity = row["similarity"]
+    return NoteHit(
+        note=note_from_row(row, user_id),
+        similarity=None if similarity is None else float(similarity),
+        score=float(row["score"]),
+        vector_rank=row["vector_rank"],
+        keyword_rank=row["keyword_rank"],
+        snippet=row["snippet"],
+    )
+
+
+@dataclass(frozen=True)
+class Injection:
+    """The system message a chat gets from memory, and how many facts and notes it holds."""
+
+    message: dict[str, str] | None
+    count: int
+
+
+def context_message(found: Recall, *, min_score: float, budget_tokens: int) -> Injection:
+    """Pack the most similar facts and notes over ``min_score`` into one system message.
+
+    Items go in by descending similarity until the next would pass ``budget_tokens``
+    (estimated as characters / 4, as L2 does).
+    """
+    lines: list[tuple[float, str]] = [
+        (h.similarity, f"- Fact: {h.fact.text}") for h in found.facts if h.fact.text
+    ]
+    for hit in found.notes:
+        if hit.similarity is not None:
+            title = f" {hit.note.title}:" if hit.note.title else ""
+            lines.append((hit.similarity, f"- Note ({hit.note.namespace}){title} {hit.note.body}"))
+    budget = budget_tokens * CHARS_PER_TOKEN - len(CONTEXT_HEADER)
+    chosen: list[str] = []
+    for similarity, line in sorted(lines, key=lambda item: -item[0]):
+        if similarity < min_score or len(line) + 1 > budget:
+            continue
+        chosen.append(line)
+        budget -= len(line) + 1
+    if not chosen:
+        return Injection(None, 0)
+    content = "\n".join([CONTEXT_HEADER, *chosen])
+    return Injection({"role": "system", "content": content}, len(chosen))
