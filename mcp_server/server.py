@@ -17,19 +17,30 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
+from inference.roles import BUILTIN_ROLES, Role
 from mcp_server.backend import BackendError, HubBackend
 from mcp_server.schemas import (
     ChatAnswer,
     ConversationDetail,
     ConversationList,
     ConversationSummary,
+    Fact,
+    FactList,
+    Forgotten,
     ModelEntry,
     ModelList,
+    Note,
+    NoteList,
     PoolStatus,
+    Recall,
+    SubagentAnswer,
 )
 
 INSTRUCTIONS = (
-    "iamine hub: a cooperative AI pool with four-tier memory. Use `chat` to ask a pool model, "
+    "iamine hub: a cooperative AI pool with four-tier memory. Use `remember` for lasting facts "
+    "about the user and `recall` before answering questions that may depend on them; "
+    "`note_write` / `note_search` keep notes shared by the user's agents (or a pool namespace). "
+    "Use `chat` to ask a pool model, "
     "`conversation_list` / `conversation_get` to read past conversations, `memory_export` for "
     "everything stored about the user, and `models_list` / `pool_status` to see what the pool "
     "can serve."
@@ -70,6 +81,8 @@ def build_server(client: httpx.AsyncClient, token_source: TokenSource) -> MCPSer
     tools = Tools(client, token_source)
     _register_pool_tools(mcp, tools)
     _register_conversation_tools(mcp, tools)
+    _register_memory_tools(mcp, tools)
+    _register_agent_tools(mcp, tools)
     return mcp
 
 
@@ -174,3 +187,189 @@ def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
         except BackendError as exc:
             raise ValueError(exc.message) from exc
         return json.dumps(body)
+
+
+Tags = Annotated[list[str] | None, Field(description="Lower-case tags to filter or label by.")]
+Namespace = Annotated[
+    str, Field(description="`user:me` (private), `pool:<name>` (shared) or `fed:<name>`.")
+]
+
+
+def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
+    @mcp.tool()
+    async def remember(
+        ctx: Context[Any, Any],
+        text: Annotated[str, Field(min_length=1, description="One fact, one short sentence.")],
+        key: Annotated[
+            str | None,
+            Field(description="What it is about (`home_city`); a newer fact with it replaces."),
+        ] = None,
+        tags: Tags = None,
+        confidence: Annotated[float, Field(ge=0, le=1)] = 1.0,
+    ) -> Fact:
+        """Remember a lasting fact about the user (encrypted at rest). Near-duplicates merge;
+        a contradicting newer fact supersedes the old one, whose history is kept."""
+        body: dict[str, Any] = {"text": text, "tags": tags or [], "confidence": confidence}
+        if key is not None:
+            body["key"] = key
+        try:
+            return Fact.model_validate(await tools.backend(ctx).post("/v1/memory/facts", body))
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+
+    @mcp.tool()
+    async def recall(
+        ctx: Context[Any, Any],
+        query: Annotated[str, Field(min_length=1, description="What you want to know.")],
+        k: Annotated[int, Field(ge=1, le=100, description="Results per tier.")] = 5,
+        tags: Tags = None,
+        namespace: Annotated[
+            list[str] | None, Field(description="Only notes of these namespaces.")
+        ] = None,
+    ) -> Recall:
+        """Search the user's memory: the facts (L3) and notes (L4) most relevant to `query`."""
+        try:
+            body = await tools.backend(ctx).get(
+                "/v1/memory/recall", query=query, k=k, tags=tags, namespace=namespace
+            )
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+        return Recall.model_validate(body)
+
+    @mcp.tool()
+    async def forget(
+        ctx: Context[Any, Any],
+        fact_id: Annotated[str, Field(min_length=1, description="Id from remember or recall.")],
+    ) -> Forgotten:
+        """Forget one fact for good (text, embedding and history)."""
+        try:
+            body = await tools.backend(ctx).delete(f"/v1/memory/facts/{fact_id}")
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+        return Forgotten.model_validate(body)
+
+    @mcp.tool()
+    async def note_write(
+        ctx: Context[Any, Any],
+        body: Annotated[str, Field(min_length=1, description="The note's text.")],
+        title: str = "",
+        namespace: Namespace = "user:me",
+        tags: Tags = None,
+        author_agent: Annotated[str, Field(description="Which agent writes it.")] = "",
+    ) -> Note:
+        """Write a note for the user's agents (or a shared namespace); searchable by meaning
+        and by keywords. Notes are stored in clear so they can be searched by keywords."""
+        payload = {
+            "namespace": namespace,
+            "title": title,
+            "body": body,
+            "tags": tags or [],
+            "author_agent": author_agent,
+        }
+        try:
+            return Note.model_validate(await tools.backend(ctx).post("/v1/memory/notes", payload))
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+
+    @mcp.tool()
+    async def note_search(
+        ctx: Context[Any, Any],
+        query: Annotated[str, Field(min_length=1, description="Search text.")],
+        k: Annotated[int, Field(ge=1, le=100)] = 10,
+        namespace: Annotated[list[str] | None, Field(description="Namespaces to search.")] = None,
+        tags: Tags = None,
+        mode: Annotated[str, Field(pattern="^(hybrid|vector|keyword)$")] = "hybrid",
+    ) -> NoteList:
+        """Find notes: vector and full-text search fused by reciprocal rank, with snippets."""
+        try:
+            body = await tools.backend(ctx).get(
+                "/v1/memory/notes", query=query, k=k, namespace=namespace, tags=tags, mode=mode
+            )
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+        return NoteList(notes=[Note.model_validate(n) for n in body["data"]])
+
+    @mcp.tool()
+    async def note_get(
+        ctx: Context[Any, Any],
+        note_id: Annotated[str, Field(min_length=1, description="Id from note_search.")],
+    ) -> Note:
+        """Read one note in full."""
+        try:
+            return Note.model_validate(await tools.backend(ctx).get(f"/v1/memory/notes/{note_id}"))
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+
+    @mcp.resource(
+        "memory://facts{?query}",
+        description="The user's current facts (newest first, or the best for `query`), JSON.",
+        mime_type="application/json",
+    )
+    async def facts_resource(ctx: Context[Any, Any], query: str = "") -> str:
+        try:
+            body = await tools.backend(ctx).get("/v1/memory/facts", query=query or None, k=100)
+        except BackendError as exc:
+            raise ValueError(exc.message) from exc
+        return json.dumps(FactList(facts=body["data"]).model_dump())
+
+    @mcp.resource(
+        "notes://{namespace}/{note_id}",
+        description="One note of a namespace the user can read, JSON.",
+        mime_type="application/json",
+    )
+    async def note_resource(namespace: str, note_id: str, ctx: Context[Any, Any]) -> str:
+        try:
+            body = await tools.backend(ctx).get(f"/v1/memory/notes/{note_id}")
+        except BackendError as exc:
+            raise ValueError(exc.message) from exc
+        if body.get("namespace") != namespace and not (
+            namespace == "user:me" and str(body.get("namespace", "")).startswith("user:")
+        ):
+            raise ValueError(f"Note {note_id} is not in {namespace}.")
+        return json.dumps(body)
+
+
+def _register_agent_tools(mcp: MCPServer, tools: Tools) -> None:
+    @mcp.tool()
+    async def subagent_run(
+        ctx: Context[Any, Any],
+        role: Annotated[
+            str,
+            Field(
+                description="scout (explore), coder (write code), tank (hard problems), "
+                "reviewer (critique), or a role the pool configured."
+            ),
+        ],
+        input: Annotated[str, Field(min_length=1, description="The task for the sub-agent.")],
+        max_tokens: Annotated[int | None, Field(gt=0, description="Tighter token budget.")] = None,
+    ) -> SubagentAnswer:
+        """Hand a task to a sub-agent role on the pool (its own system prompt, model and
+        budget) and get its answer; with auto-review on, the reviewer's critique comes too."""
+        body: dict[str, Any] = {"role": role, "input": input}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        try:
+            answer = await tools.backend(ctx).post("/v1/agents/run", body)
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+        choice = answer["choices"][0]
+        return SubagentAnswer(
+            role=answer.get("iamine_role", role),
+            content=choice["message"].get("content") or "",
+            model=answer["model"],
+            finish_reason=choice["finish_reason"],
+            completion_tokens=answer["usage"]["completion_tokens"],
+            review=answer.get("iamine_review"),
+        )
+
+    for role in BUILTIN_ROLES.values():
+        _add_role_prompt(mcp, role)
+
+
+def _add_role_prompt(mcp: MCPServer, role: Role) -> None:
+    """A prompt that briefs an agent as this role (the same system prompt the pool uses)."""
+
+    def brief(task: str) -> str:
+        return f"{role.system_prompt}\n\nTask:\n{task}"
+
+    mcp.prompt(name=role.name, description=role.description or f"The {role.name} role.")(brief)

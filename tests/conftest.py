@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -166,7 +166,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def captured_logs() -> Iterator[list[dict[str, object]]]:
+def captured_logs() -> Iterator[list[MutableMapping[str, Any]]]:
     """Every structlog event of the test, at any level (whatever an earlier test configured)."""
     saved = structlog.get_config()
     capture = LogCapture()

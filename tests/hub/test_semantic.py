@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -97,7 +98,7 @@ async def test_with_memory_off_nothing_is_recalled_or_announced(live_hub: LiveHu
 
 
 async def test_a_missing_model_skips_recall_once_logged_without_failing_the_chat(
-    database_url: str, tmp_path: Path, captured_logs: list[dict[str, Any]]
+    database_url: str, tmp_path: Path, captured_logs: list[MutableMapping[str, Any]]
 ) -> None:
     async with asyncpg.create_pool(
         database_url, min_size=1, max_size=2, init=register_vector

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from hub import accounts
-from tests.hub.conftest import LiveHub, live_hub  # noqa: F401 (fixture re-export)
+from tests.hub.conftest import LiveHub, live_hub, real_worker  # noqa: F401 (fixture re-export)
 
 
 async def _second_user(database_url: str) -> str:

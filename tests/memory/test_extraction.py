@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import asyncpg
@@ -113,7 +113,7 @@ async def test_malformed_model_output_stores_nothing_and_logs_why_without_the_te
     embedder: Embedder,
     alice: Member,
     answer: str,
-    captured_logs: list[dict[str, Any]],
+    captured_logs: list[MutableMapping[str, Any]],
 ) -> None:
     result = await extract_facts(pool, embedder, request_for(alice), settings(), answering(answer))
     assert result.outcome is ExtractionOutcome.REJECTED and result.created == []
