@@ -31,9 +31,7 @@ slots x speed, discounted for outages), so queues form at the peaks and during b
   eligible workers are those online with a free slot, all online workers are "connected",
   expected tokens are charged at placement and corrected to the real count on completion, the
   speed seen after the first token is observed, a departed worker is forgotten, and freed slots
-  go to waiters in the fair queue's order. ``--median-cache`` (the default) wraps the router in
-  :class:`MedianCachedRouter`, which makes the same picks faster; ``--no-median-cache`` runs the
-  router untouched (about 6x slower with 1,000 workers).
+  go to waiters in the fair queue's order.
 - ``round_robin``: FIFO queue; the next worker in rotation that has a free slot.
 - ``least_loaded``: FIFO queue; the worker with the lowest utilisation (running / slots),
   ties to the most free slots.
@@ -66,7 +64,7 @@ import json
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import ClassVar
@@ -78,7 +76,7 @@ from rich.progress import Progress
 
 from inference.pool_config import PoolConfig
 from inference.protocol import Hardware
-from inference.router import Candidate, DeficitRouter, FairQueue, Waiter
+from inference.router import DeficitRouter, FairQueue, Waiter
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -118,7 +116,6 @@ class Scenario:
     queue_wait_s: float = 0.0
     tokens_median: float = 200.0
     tokens_sigma: float = 0.9
-    median_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -449,35 +446,6 @@ class Simulation:
         self._release()
 
 
-class MedianCachedRouter(DeficitRouter):
-    """The real router, with each class's median speed computed once per ``targets`` call.
-
-    ``DeficitRouter._speed_or_default`` sorts the class's known speeds again for *every* worker
-    not yet measured, so one pick costs O(unmeasured x workers log workers): about 100 ms with
-    1,000 fresh workers. The median depends only on the peers, which do not change during one
-    call, so caching it gives the same targets, hence the same picks, only faster.
-    """
-
-    def __init__(self, config: PoolConfig, clock: Callable[[], float]) -> None:
-        super().__init__(config, clock)
-        self._medians: dict[int, float] = {}
-
-    def targets(self, workers: Iterable[Candidate]) -> dict[str, float]:
-        """The router's targets, with the median cache scoped to this call."""
-        try:
-            return super().targets(workers)
-        finally:
-            self._medians.clear()
-
-    def _speed_or_default(self, worker_id: str, peers: Sequence[Candidate]) -> float:
-        speed = self.speed(worker_id)
-        if speed is not None:
-            return speed
-        if id(peers) not in self._medians:
-            self._medians[id(peers)] = super()._speed_or_default(worker_id, peers)
-        return self._medians[id(peers)]
-
-
 class DeficitSim(Simulation):
     """The real deficit router and fair queue, driven as the worker registry drives them."""
 
@@ -485,8 +453,7 @@ class DeficitSim(Simulation):
 
     def __init__(self, sc: Scenario, pool: Pool, work: Workload) -> None:
         super().__init__(sc, pool, work)
-        router = MedianCachedRouter if sc.median_cache else DeficitRouter
-        self.router = router(PoolConfig(), lambda: self.now)
+        self.router = DeficitRouter(PoolConfig(), lambda: self.now)
         self.queue = FairQueue()
         self.waiting: dict[Waiter, int] = {}
         self.waiter_of: dict[int, Waiter] = {}
@@ -687,12 +654,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Scenario, list[str]]:
     p.add_argument("--mtbf-s", type=float, default=base.mtbf_s, help="0: no failures")
     p.add_argument("--mttr-s", type=float, default=base.mttr_s)
     p.add_argument("--queue-wait-s", type=float, default=base.queue_wait_s, help="0: unbounded")
-    p.add_argument(
-        "--median-cache",
-        action=argparse.BooleanOptionalAction,
-        default=base.median_cache,
-        help="cache the router's class median per call (same picks, much faster)",
-    )
     p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated")
     a = p.parse_args(argv)
     workers, jobs, users = (100, 10_000, 100) if a.quick else (base.workers, base.jobs, base.users)
@@ -712,7 +673,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[Scenario, list[str]]:
         mtbf_s=a.mtbf_s,
         mttr_s=a.mttr_s,
         queue_wait_s=a.queue_wait_s,
-        median_cache=a.median_cache,
     )
     policies = [name.strip() for name in a.policies.split(",") if name.strip()]
     unknown = sorted(set(policies) - set(POLICIES))
@@ -769,7 +729,6 @@ def main(argv: list[str] | None = None) -> None:
         "heavy_users": int(work.heavy.sum()),
         "seed": sc.seed,
         "load": sc.load,
-        "median_cache": sc.median_cache,
         "capacity_tok_s": round(pool.capacity, 1),
         "gpu_capacity_share": round(gpu_capacity, 4),
         "class_target_feasible": feasible,

@@ -271,6 +271,8 @@ class WorkerRegistry:
         if not self._pending:
             return
         for waiter in self.queue.ordered(self.running_by_user()):
+            if not any(w.free_slots > 0 and w.excluded is None for w in self.workers.values()):
+                return  # every slot is taken: the rest of the queue cannot move now
             job, expected, future, only = self._pending[waiter]
             if future.done():
                 continue
