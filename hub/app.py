@@ -6,7 +6,6 @@ background loops) and yields them as typed state; nothing is built at import tim
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -48,10 +47,9 @@ from hub.routes import (
 from hub.scheduler import Scheduler
 from hub.semantic import SemanticMemory, embedding_model_dir, pool_extractor
 from hub.state import HubState
-from inference.dispatch import JobFailed, run_job
+from inference.dispatch import JobFailed, complete_text
 from inference.exclusions import Exclusion, record_exclusion
 from inference.pool_config import load_pool_config
-from inference.protocol import Chunk, Job, SamplingParams
 from inference.registry import ExclusionSink, WorkerLink, WorkerRegistry
 from memory.compaction import Compactor, Summariser, SummaryUnavailable, summary_prompt
 from memory.embeddings import Embedder
@@ -65,25 +63,19 @@ def pool_summariser(registry: WorkerRegistry, settings: MemorySettings) -> Summa
     """Compaction's summariser: one job on a pool worker serving ``compaction_model``."""
 
     async def summarise(messages: list[dict[str, Any]]) -> str:
-        if not registry.serves(settings.compaction_model):
-            raise SummaryUnavailable(f"no worker serves {settings.compaction_model!r}")
-        job = Job(
-            job_id=uuid.uuid4().hex,
-            model=settings.compaction_model,
-            messages=summary_prompt(messages),
-            params=SamplingParams(max_tokens=settings.compaction_summary_tokens, temperature=0.2),
-            deadline_s=registry.settings.job_deadline_s,
-        )
-        parts: list[str] = []
         try:
-            async for event in run_job(registry, job, needs_tools=False):
-                if isinstance(event, Chunk) and event.delta.content:
-                    parts.append(event.delta.content)
+            text = await complete_text(
+                registry,
+                settings.compaction_model,
+                summary_prompt(messages),
+                max_tokens=settings.compaction_summary_tokens,
+                temperature=0.2,
+            )
         except JobFailed as exc:
             raise SummaryUnavailable(exc.message) from exc
-        if not "".join(parts).strip():
+        if not text.strip():
             raise SummaryUnavailable("the model wrote an empty summary")
-        return "".join(parts)
+        return text
 
     return summarise
 

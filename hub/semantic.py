@@ -12,7 +12,6 @@ injects nothing, and says so in the log.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,7 @@ import structlog
 
 from hub.auth import Principal
 from hub.config import Settings
-from inference.dispatch import JobFailed, run_job
-from inference.protocol import Chunk, Job, SamplingParams
+from inference.dispatch import JobFailed, complete_text
 from inference.registry import WorkerRegistry
 from memory.crypto import CryptoError
 from memory.embeddings import MODEL_DIR_NAME, Embedder
@@ -53,23 +51,16 @@ def pool_extractor(registry: WorkerRegistry, settings: MemorySettings) -> Extrac
     """Fact extraction's model: one job on a pool worker serving ``facts_extraction_model``."""
 
     async def extract(messages: list[dict[str, Any]]) -> str:
-        if not registry.serves(settings.facts_extraction_model):
-            raise ExtractionUnavailable(f"no worker serves {settings.facts_extraction_model!r}")
-        job = Job(
-            job_id=uuid.uuid4().hex,
-            model=settings.facts_extraction_model,
-            messages=messages,
-            params=SamplingParams(max_tokens=settings.facts_extraction_tokens, temperature=0.0),
-            deadline_s=registry.settings.job_deadline_s,
-        )
-        parts: list[str] = []
         try:
-            async for event in run_job(registry, job, needs_tools=False):
-                if isinstance(event, Chunk) and event.delta.content:
-                    parts.append(event.delta.content)
+            return await complete_text(
+                registry,
+                settings.facts_extraction_model,
+                messages,
+                max_tokens=settings.facts_extraction_tokens,
+                temperature=0.0,
+            )
         except JobFailed as exc:
             raise ExtractionUnavailable(exc.message) from exc
-        return "".join(parts)
 
     return extract
 

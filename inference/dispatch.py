@@ -19,12 +19,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
-from inference.protocol import Chunk, Done, Error, Job, Usage
+from inference.protocol import Chunk, Done, Error, Job, SamplingParams, Usage
 from inference.registry import JobHandle, WorkerRegistry
 
+BACKGROUND_PRIORITY = 50  # the hub's own jobs (compaction, extraction) wait behind user traffic
 FAILOVER_CODES = frozenset({"worker_lost", "deadline_exceeded", "engine_error", "internal_error"})
 
 
@@ -250,3 +252,35 @@ async def _release(registry: WorkerRegistry, handle: JobHandle) -> None:
             await registry.finish(handle)
         else:
             await registry.cancel(handle)
+
+
+async def complete_text(
+    registry: WorkerRegistry,
+    model: str,
+    messages: list[dict[str, Any]],
+    *,
+    max_tokens: int,
+    temperature: float,
+    priority: int = BACKGROUND_PRIORITY,
+) -> str:
+    """Run one text job on the pool and return the whole answer (for the hub's own work).
+
+    Raises :class:`JobFailed` when no worker serves ``model``, nothing could take the job, or
+    the worker failed. Background work queues behind user traffic (``priority``).
+    """
+    if not registry.serves(model):
+        raise JobFailed("model_unavailable", f"no worker serves {model!r}")
+    job = Job(
+        job_id=uuid.uuid4().hex,
+        model=model,
+        messages=messages,
+        params=SamplingParams(max_tokens=max_tokens, temperature=temperature),
+        deadline_s=registry.settings.job_deadline_s,
+    )
+    parts: list[str] = []
+    async for event in run_job(registry, job, needs_tools=False, priority=priority):
+        if isinstance(event, Degraded):
+            raise JobFailed("degraded", event.reason)
+        if isinstance(event, Chunk) and event.delta.content:
+            parts.append(event.delta.content)
+    return "".join(parts)
