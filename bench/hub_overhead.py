@@ -14,7 +14,7 @@ stub's), the CPU each process used (in cores) and the CPU ms per request of the 
 processes (``proxy_cpu_ms_per_req``: what the hub or LiteLLM costs, robust to a busy machine).
 One JSON line on stdout; progress on stderr.
 
-Run: ``python bench/hub_overhead.py`` (about 4 minutes on 2 cores), ``--quick`` for a smoke run.
+Run: ``python bench/hub_overhead.py`` (2 to 3 minutes on 2 cores), ``--quick`` for a smoke run.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from services import (
     REPO,
+    Service,
     Services,
     cpu_seconds,
     free_port,
@@ -329,68 +330,67 @@ class Plan:
         return concurrency if self.quick else max(20, concurrency)
 
 
-async def run(plan: Plan, services: Services, skip_litellm: bool) -> dict[str, Any]:
-    """Start the stub, LiteLLM, the hub and its worker; measure every level of every path."""
-    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews results
+def start_litellm(services: Services, stub_url: str) -> tuple[Service, str, dict[str, Any]] | None:
+    """Start LiteLLM's proxy in front of the stub (not waiting for it); None if not installed."""
+    binary = find_litellm()
+    if binary is None:
+        return None
+    port = free_port()
+    config = litellm_config(services.workdir, stub_url)
+    argv = [str(binary), "--config", str(config), "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--num_workers", "1"]
+    service = services.start("litellm", argv, {**os.environ, **LITELLM_ENV})
+    info = {
+        "binary": str(binary),
+        "version": litellm_version(binary),
+        "env": LITELLM_ENV,
+        "config": "one model (openai/stub), master_key set, set_verbose false, 1 worker",
+    }
+    return service, f"http://127.0.0.1:{port}", info
+
+
+async def start_routes(
+    services: Services, plan: Plan, skip_litellm: bool
+) -> tuple[list[Route], dict[str, Any]]:
+    """Start every service; return the routes to measure and what to say about LiteLLM."""
     stub, stub_url = start_stub(services, plan.tokens)
+    # LiteLLM first: it takes the longest to come up, and it does so while the hub starts.
+    litellm = None if skip_litellm else start_litellm(services, stub_url)
+    await wait_ready(stub, f"{stub_url}/v1/models")
     routes = [Route("direct", stub_url, {}, {"stub": stub.processes})]
 
-    litellm_bin = None if skip_litellm else find_litellm()
-    litellm_info: dict[str, Any] = {"note": "skipped (--no-litellm)" if skip_litellm else None}
-    litellm_service = None
-    if litellm_bin is not None:
-        # Started first: it takes the longest to come up, and it does so while the hub starts.
-        port = free_port()
-        config = litellm_config(services.workdir, stub_url)
-        argv = [str(litellm_bin), "--config", str(config), "--host", "127.0.0.1"]
-        argv += ["--port", str(port), "--num_workers", "1"]
-        litellm_service = services.start("litellm", argv, {**os.environ, **LITELLM_ENV})
-        litellm_url = f"http://127.0.0.1:{port}"
-        litellm_info = {
-            "binary": str(litellm_bin),
-            "version": litellm_version(litellm_bin),
-            "env": LITELLM_ENV,
-            "config": "one model (openai/stub), master_key set, set_verbose false, 1 worker",
-        }
-    elif not skip_litellm:
-        litellm_info = {"note": SETUP_HINT}
-        log(SETUP_HINT)
-
-    await wait_ready(stub, f"{stub_url}/v1/models")
     log("starting the hub (embedded PostgreSQL, CLI user and tokens)")
     hub = await start_hub(services)
     worker = await start_worker(
         services, hub, MODEL, "--upstream", stub_url, "--slots", "256", name="worker"
     )
-    routes.append(
-        Route(
-            "hub",
-            hub.url,
-            hub.auth(),
-            {
-                "hub": hub.service.processes,
-                "worker": worker.processes,
-                "postgres": hub.postgres,
-                "stub": stub.processes,
-            },
-        )
-    )
-    if litellm_service is not None:
-        log("waiting for LiteLLM's proxy")
-        await wait_ready(litellm_service, f"{litellm_url}/health/liveliness", timeout_s=180)
-        routes.append(
-            Route(
-                "litellm",
-                litellm_url,
-                {"Authorization": f"Bearer {LITELLM_KEY}"},
-                {"litellm": litellm_service.processes, "stub": stub.processes},
-            )
-        )
+    processes = {"hub": hub.service.processes, "worker": worker.processes}
+    processes |= {"postgres": hub.postgres, "stub": stub.processes}
+    routes.append(Route("hub", hub.url, hub.auth(), processes))
 
+    if litellm is None:
+        note = "skipped (--no-litellm)" if skip_litellm else SETUP_HINT
+        log(note)
+        return routes, {"note": note}
+    service, url, info = litellm
+    log("waiting for LiteLLM's proxy")
+    await wait_ready(service, f"{url}/health/liveliness", timeout_s=180)
+    auth = {"Authorization": f"Bearer {LITELLM_KEY}"}
+    routes.append(
+        Route("litellm", url, auth, {"litellm": service.processes, "stub": stub.processes})
+    )
+    return routes, info
+
+
+async def run(plan: Plan, services: Services, skip_litellm: bool) -> dict[str, Any]:
+    """Start the stub, LiteLLM, the hub and its worker; measure every level of every path."""
+    load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews results
+    routes, litellm_info = await start_routes(services, plan, skip_litellm)
     results: dict[str, Any] = {}
-    console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+    # Redrawn twice a second: the bars share this process (and its GIL) with the client.
+    console = Console(stderr=True)
+    with Progress(*columns, TimeElapsedColumn(), console=console, refresh_per_second=2) as progress:
         for concurrency in plan.levels:
             level: dict[str, Any] = {}
             for route in routes:
@@ -403,8 +403,7 @@ async def run(plan: Plan, services: Services, skip_litellm: bool) -> dict[str, A
                     progress,
                 )
                 level[route.name] = measured.summary()
-            if "litellm" not in level:
-                level["litellm"] = None
+            level.setdefault("litellm", None)
             results[str(concurrency)] = level | compare(level)
     return {
         "bench": "hub_overhead",

@@ -191,7 +191,7 @@ async def start_pool(services: Services, threads: int | None) -> tuple[Hub, Mete
     extra = ["--threads", str(threads)] if threads else []
     log("starting iamine worker on the bundled model")
     worker = await start_worker(services, hub, MODEL_ID, "--slots", "1", *extra)
-    processes = {"hub": hub.service.processes, "worker": worker.processes, "pg": hub.postgres}
+    processes = {"hub": hub.service.processes, "worker": worker.processes, "postgres": hub.postgres}
     clocks = {name: functools.partial(_cpu_of, procs) for name, procs in processes.items()}
     return hub, Meter(clocks)
 
@@ -217,7 +217,8 @@ async def run(args: argparse.Namespace, services: Services) -> dict[str, Any]:
         await direct_run(engine, WARMUP_PROMPT, 16)
         await hub_run(client, WARMUP_PROMPT, 16)
         columns = (TextColumn("prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=Console(stderr=True)) as bar:
+        # No refresh thread: it would share the GIL with the direct path's llama.cpp thread.
+        with Progress(*columns, console=Console(stderr=True), auto_refresh=False) as bar:
             task = bar.add_task("prompts", total=len(prompts))
             for prompt in prompts:
                 direct_runs.append(
@@ -225,6 +226,7 @@ async def run(args: argparse.Namespace, services: Services) -> dict[str, Any]:
                 )
                 hub_runs.append(await hub_meter.time(hub_run(client, prompt, args.max_tokens)))
                 bar.advance(task)
+                bar.refresh()
     finally:
         await client.close()
         engine.close()

@@ -14,8 +14,12 @@ from hub.semantic import SemanticMemory
 from hub.state import HubState
 
 
-def get_state(request: Request) -> HubState:
-    """The running hub's state, as yielded by the lifespan."""
+async def get_state(request: Request) -> HubState:
+    """The running hub's state, as yielded by the lifespan.
+
+    ``async`` on purpose: FastAPI runs a sync dependency in its thread pool, a thread hop per
+    request for an attribute read.
+    """
     state: HubState = request.state.hub
     return state
 

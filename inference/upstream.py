@@ -65,7 +65,12 @@ class UpstreamEngine:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._owns_client = client is None
-        self._client = client or httpx.AsyncClient(timeout=self._timeout)
+        # No pool cap: the worker's slots bound concurrency, and httpx's default (20 kept alive,
+        # 100 in all) would reconnect per job above 20 and queue jobs above 100.
+        self._client = client or httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
+        )
         self._models: list[ModelInfo] = []
 
     async def __aenter__(self) -> Self:

@@ -144,6 +144,7 @@ async def run_worker(
                 close_timeout=leave_timeout_s,
                 ping_interval=None,  # liveness is the protocol's own heartbeat
                 max_size=max_frame_bytes,
+                compression=None,  # frames are ~100 bytes, one per token: deflate costs more
             ) as websocket:
                 hello = Hello(
                     protocol=PROTOCOL_VERSION,
