@@ -59,7 +59,6 @@ from stub_upstream import token_text
 
 MODEL = "stub"
 LITELLM_KEY = "sk-bench-overhead"
-LITELLM_FALLBACK = Path("/tmp/litellm-venv/bin/litellm")  # noqa: S108 (a dev machine's venv)
 # Settings that keep LiteLLM's proxy to proxying: no telemetry, no cost-map download at start,
 # no .env loading, errors-only logging (which also silences uvicorn's per-request access log).
 LITELLM_ENV = {
@@ -250,9 +249,8 @@ async def measure(
 
 
 def find_litellm() -> Path | None:
-    """``$LITELLM_BIN``, else the repository's ``.venv-litellm``, else a dev machine's venv."""
-    candidates = [os.environ.get("LITELLM_BIN"), REPO / ".venv-litellm/bin/litellm"]
-    for candidate in [*candidates, LITELLM_FALLBACK]:
+    """``$LITELLM_BIN``, else the repository's ``.venv-litellm`` (made by scripts/setup-litellm)."""
+    for candidate in [os.environ.get("LITELLM_BIN"), REPO / ".venv-litellm/bin/litellm"]:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
     return None
