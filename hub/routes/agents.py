@@ -28,18 +28,22 @@ from hub.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     NotFoundError,
-    UpstreamFailedError,
     error_body,
 )
 from hub.openai_schema import Answer, ToolSpec, chunk_body, completion_body, completion_id
+from hub.relay import (
+    SERVED_HEADER,
+    degraded_answer,
+    route_headers,
+    sse_events,
+    worker_failed,
+    worker_failed_message,
+)
 from hub.review import REVIEW_HEADER, AutoReview
-
-# Chat's SSE relay and route headers: the agents answer exactly as a chat completion does.
-from hub.routes.chat import SERVED_HEADER, _route_headers, _sse
 from hub.state import HubState
 from inference.agents import RoleResult, Stage, choose_model, fold, run_pipeline, run_role
 from inference.dispatch import Degraded, JobEvent, JobFailed, Started
-from inference.protocol import Chunk, Delta, Done, Usage
+from inference.protocol import Chunk, Done
 from inference.roles import Role, resolve_roles
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
@@ -145,17 +149,17 @@ async def run_agent(
     try:
         first = await anext(events)
     except JobFailed as exc:
-        raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
-    headers = {ROLE_HEADER: role.name, **_route_headers(first, model)}
+        raise worker_failed(exc) from exc
+    headers = {ROLE_HEADER: role.name, **route_headers(first, model)}
     stream: AsyncIterator[JobEvent] = _closing(events)
     if isinstance(first, Degraded):
         await events.aclose()
-        stream = _degraded(role, model, first)
+        stream = degraded_answer("degraded", model, degraded_text(role, model, first.reason))
     elif review is not None:
         headers[REVIEW_HEADER] = "on"
         stream = review.capture(events, headers[SERVED_HEADER])
     if body.stream:
-        sse = _sse(stream, model, include_usage=False)
+        sse = sse_events(stream, model, include_usage=False)
         return EventSourceResponse(review.around(sse) if review else sse, headers=headers, ping=15)
     answer, done = Answer(), None
     try:
@@ -165,7 +169,7 @@ async def run_agent(
             elif isinstance(event, Done):
                 done = event
     except JobFailed as exc:
-        raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
+        raise worker_failed(exc) from exc
     assert done is not None
     completion = completion_body(completion_id(), model, answer, done) | {"iamine_role": role.name}
     if review is not None and (reviewed := await review.result()) is not None:
@@ -188,13 +192,6 @@ def degraded_text(role: Role, model: str, reason: str) -> str:
         f"[iamine: degraded answer] The pool could not run the {role.name} role on '{model}' "
         f"right now ({reason}). Nothing was generated; please retry shortly."
     )
-
-
-async def _degraded(role: Role, model: str, degraded: Degraded) -> AsyncIterator[JobEvent]:
-    text = degraded_text(role, model, degraded.reason)
-    yield Chunk(job_id="degraded", delta=Delta(content=text))
-    usage = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    yield Done(job_id="degraded", finish_reason="stop", model=model, usage=usage)
 
 
 @router.post("/pipeline", response_model=None)
@@ -224,7 +221,7 @@ async def run_agent_pipeline(
     try:
         results = await _collect_pipeline(events)
     except JobFailed as exc:
-        raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
+        raise worker_failed(exc) from exc
     return JSONResponse(_pipeline_body(results), headers=headers)
 
 
@@ -317,7 +314,7 @@ async def _pipeline_sse(
             else:
                 yield _chunk(cid, created, model, {}, finish_reason=event.finish_reason)
     except JobFailed as exc:
-        message = f"The worker failed: {exc.message} ({exc.code})."
+        message = worker_failed_message(exc)
         yield {"data": json.dumps(error_body(message, "server_error", "worker_failed"))}
     finally:
         await events.aclose()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
@@ -18,24 +16,29 @@ from hub.deps import State, UserPrincipal, bearer_token
 from hub.errors import (
     InvalidRequestError,
     ModelNotFoundError,
-    UpstreamFailedError,
-    error_body,
 )
 from hub.openai_schema import (
     Answer,
     ChatCompletionRequest,
     NamedToolChoice,
-    chunk_body,
     completion_body,
     completion_id,
-    usage_body,
+)
+from hub.relay import (
+    QUEUE_HEADER,
+    ROUTE_HEADER,
+    SERVED_HEADER,
+    degraded_answer,
+    route_headers,
+    sse_events,
+    worker_failed,
 )
 from hub.review import REVIEW_HEADER, AutoReview, last_user_text
 from hub.routes.memory import remember_exchange
 from hub.semantic import NO_MEMORY, ChatMemory
 from hub.state import HubState
-from inference.dispatch import Degraded, JobEvent, JobFailed, Started, run_job
-from inference.protocol import Chunk, Delta, Done, Job, Usage
+from inference.dispatch import Degraded, JobEvent, JobFailed, run_job
+from inference.protocol import Chunk, Done, Job
 from memory.conversations import (
     is_valid_conversation_id,
     new_conversation_id,
@@ -46,10 +49,6 @@ from memory.l2 import new_messages
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 CONVERSATION_HEADER = "X-Conversation-Id"
-ROUTE_HEADER = "X-Iamine-Route"
-SERVED_HEADER = "X-Iamine-Served-Model"
-WORKER_HEADER = "X-Iamine-Worker"
-QUEUE_HEADER = "X-Iamine-Queue-Ms"
 MEMORY_HEADER = "X-Iamine-Memory"
 
 
@@ -182,14 +181,18 @@ async def chat_completions(
     try:
         first = await anext(events)
     except JobFailed as exc:
-        raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
-    headers = {CONVERSATION_HEADER: conversation_id, **_route_headers(first, body.model)}
+        raise worker_failed(exc) from exc
+    headers = {CONVERSATION_HEADER: conversation_id, **route_headers(first, body.model)}
     if memory.enabled:
         headers[MEMORY_HEADER] = str(memory.injection.count)
     state.metrics.routes.labels(headers[ROUTE_HEADER]).inc()
     state.metrics.queue_wait.observe(int(headers[QUEUE_HEADER]) / 1000)
     if isinstance(first, Degraded):
-        events = _degraded_answer(job, first)
+        text = (
+            f"[iamine: degraded answer] The pool could not serve '{job.model}' right now "
+            f"({first.reason}). Nothing was generated; please retry shortly."
+        )
+        events = degraded_answer(job.job_id, job.model, text)
     else:
         events = _record(
             state, request, principal, conversation_id, body, events, mine=memory.enabled
@@ -199,7 +202,7 @@ async def chat_completions(
             events = review.capture(events, headers[SERVED_HEADER])
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        sse = _sse(events, body.model, include_usage)
+        sse = sse_events(events, body.model, include_usage)
         return EventSourceResponse(review.around(sse) if review else sse, headers=headers, ping=15)
     answer = Answer()
     done: Done | None = None
@@ -210,62 +213,9 @@ async def chat_completions(
             elif isinstance(event, Done):
                 done = event
     except JobFailed as exc:
-        raise UpstreamFailedError(f"The worker failed: {exc.message} ({exc.code}).") from exc
+        raise worker_failed(exc) from exc
     assert done is not None
     completion = completion_body(completion_id(), body.model, answer, done)
     if review is not None and (reviewed := await review.result()) is not None:
         completion["iamine_review"] = reviewed
     return JSONResponse(completion, headers=headers)
-
-
-def _route_headers(first: JobEvent, asked: str) -> dict[str, str]:
-    """``X-Iamine-*`` headers saying where the answer comes from and how it got there."""
-    if isinstance(first, Degraded):
-        return {ROUTE_HEADER: "degraded", SERVED_HEADER: asked, QUEUE_HEADER: str(first.queue_ms)}
-    assert isinstance(first, Started)
-    return {
-        ROUTE_HEADER: first.route,
-        SERVED_HEADER: first.served_model,
-        WORKER_HEADER: first.worker_id,
-        QUEUE_HEADER: str(first.queue_ms),
-    }
-
-
-async def _degraded_answer(job: Job, degraded: Degraded) -> AsyncIterator[JobEvent]:
-    """A clearly marked answer for when nothing in the pool could serve the request."""
-    text = (
-        f"[iamine: degraded answer] The pool could not serve '{job.model}' right now "
-        f"({degraded.reason}). Nothing was generated; please retry shortly."
-    )
-    yield Chunk(job_id=job.job_id, delta=Delta(content=text))
-    yield Done(
-        job_id=job.job_id,
-        finish_reason="stop",
-        model=job.model,
-        usage=Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0),
-    )
-
-
-async def _sse(
-    events: AsyncIterator[JobEvent], model: str, include_usage: bool
-) -> AsyncIterator[dict[str, str]]:
-    cid, created = completion_id(), int(time.time())
-    role = chunk_body(cid, created, model, {"role": "assistant", "content": ""})
-    yield {"data": json.dumps(role)}
-    try:
-        async for event in events:
-            if isinstance(event, Started | Degraded):
-                continue
-            if isinstance(event, Chunk):
-                delta = event.delta.model_dump(exclude_none=True)
-                yield {"data": json.dumps(chunk_body(cid, created, model, delta))}
-            else:
-                final = chunk_body(cid, created, model, {}, finish_reason=event.finish_reason)
-                yield {"data": json.dumps(final)}
-                if include_usage:
-                    usage = chunk_body(cid, created, model, None, usage=usage_body(event))
-                    yield {"data": json.dumps(usage)}
-    except JobFailed as exc:
-        message = f"The worker failed: {exc.message} ({exc.code})."
-        yield {"data": json.dumps(error_body(message, "server_error", "worker_failed"))}
-    yield {"data": "[DONE]"}
