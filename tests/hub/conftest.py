@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,11 +110,8 @@ def live_hub(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "the hub failed to start"
-        assert time.monotonic() < deadline, "the hub did not start in 30 s"
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), 30, "the hub to start")
+    assert thread.is_alive(), "the hub failed to start"
     admin_token = (settings.data_dir / "admin-token").read_text().strip()
     yield LiveHub(f"http://127.0.0.1:{port}", url, user_token, worker_token, admin_token, settings)
     server.should_exit = True
@@ -122,16 +119,28 @@ def live_hub(
     asyncio.run(_drop(pg_admin_uri, name))
 
 
-def wait_for_model(hub: LiveHub, model: str, present: bool = True, timeout_s: float = 60) -> None:
-    """Poll ``/v1/models`` until the model is (or is no longer) listed; bounded."""
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``condition`` (state in another thread or process) until true; fail after timeout.
+
+    The live hub runs in its own thread and workers in their own processes, so there is no
+    event to await from the test: a bounded poll is the honest wait.
+    """
     deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_for_model(hub: LiveHub, model: str, present: bool = True, timeout_s: float = 60) -> None:
+    """Wait until ``/v1/models`` lists the model (or no longer does)."""
     headers = {"Authorization": f"Bearer {hub.user_token}"}
-    while time.monotonic() < deadline:
+
+    def listed() -> bool:
         data = httpx.get(f"{hub.url}/v1/models", headers=headers, timeout=5).json()["data"]
-        if any(m["id"] == model for m in data) == present:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"model {model!r} {'never appeared' if present else 'stayed listed'}")
+        return any(m["id"] == model for m in data) == present
+
+    wait_until(listed, timeout_s, f"model {model!r} to be {'listed' if present else 'gone'}")
 
 
 def start_worker(hub: LiveHub, name: str, log: Path) -> subprocess.Popen[bytes]:

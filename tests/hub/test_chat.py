@@ -4,7 +4,6 @@ worker process running the bundled SmolLM2 model."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import anyio
@@ -14,7 +13,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionNamedToolChoiceParam
 
-from tests.hub.conftest import BUNDLED_MODEL, LiveHub
+from tests.hub.conftest import BUNDLED_MODEL, LiveHub, wait_until
 
 pytestmark = pytest.mark.usefixtures("real_worker")
 
@@ -244,10 +243,11 @@ def test_a_conversation_id_is_echoed_created_and_stored(
         model=BUNDLED_MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
     )
     assert created.headers["x-conversation-id"].startswith("conv_")
-    deadline = time.monotonic() + 10
-    while asyncio.run(_conversation(live_hub.database_url, "trip-planning-1")) != 1:
-        assert time.monotonic() < deadline, "the conversation was never recorded"
-        time.sleep(0.05)
+    wait_until(
+        lambda: asyncio.run(_conversation(live_hub.database_url, "trip-planning-1")) == 1,
+        10,
+        "the conversation to be recorded",
+    )
 
 
 def test_a_client_that_disconnects_frees_the_worker_for_the_next_request(

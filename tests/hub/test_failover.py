@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.hub.conftest import BUNDLED_MODEL, LiveHub, start_worker, stop_worker, wait_for_model
+from tests.hub.conftest import (
+    BUNDLED_MODEL,
+    LiveHub,
+    start_worker,
+    stop_worker,
+    wait_for_model,
+    wait_until,
+)
 
 PROMPT = [{"role": "user", "content": "Tell me about the moon in three sentences."}]
 
@@ -25,10 +31,7 @@ def workers(
     logs = tmp_path_factory.mktemp("workers")
     processes = {name: start_worker(live_hub, name, logs / f"{name}.log") for name in ("a", "b")}
     try:
-        deadline = time.monotonic() + 60
-        while _worker_names(live_hub) != {"a", "b"}:
-            assert time.monotonic() < deadline, "the two workers never joined"
-            time.sleep(0.1)
+        wait_until(lambda: _worker_names(live_hub) == {"a", "b"}, 60, "both workers to join")
         wait_for_model(live_hub, BUNDLED_MODEL)
         yield processes
     finally:
