@@ -70,6 +70,27 @@ class Tools:
         """A backend acting with the caller's token."""
         return HubBackend(self._client, self._token_source(ctx))
 
+    async def get(self, ctx: Context[Any, Any], path: str, **params: Any) -> Any:
+        """GET with the caller's token; a hub error becomes an MCP tool error."""
+        try:
+            return await self.backend(ctx).get(path, **params)
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+
+    async def post(self, ctx: Context[Any, Any], path: str, body: dict[str, Any]) -> Any:
+        """POST with the caller's token; a hub error becomes an MCP tool error."""
+        try:
+            return await self.backend(ctx).post(path, body)
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+
+    async def delete(self, ctx: Context[Any, Any], path: str) -> Any:
+        """DELETE with the caller's token; a hub error becomes an MCP tool error."""
+        try:
+            return await self.backend(ctx).delete(path)
+        except BackendError as exc:
+            raise _tool_error(exc) from exc
+
 
 def _tool_error(exc: BackendError) -> ToolError:
     return ToolError(f"{exc.message} ({exc.code})")
@@ -90,19 +111,13 @@ def _register_pool_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def models_list(ctx: Context[Any, Any]) -> ModelList:
         """List the models the pool can serve right now, with how many workers serve each."""
-        try:
-            body = await tools.backend(ctx).get("/v1/models")
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body = await tools.get(ctx, "/v1/models")
         return ModelList(models=[ModelEntry.of(m) for m in body["data"]])
 
     @mcp.tool()
     async def pool_status(ctx: Context[Any, Any]) -> PoolStatus:
         """Show the pool's state: connected workers, free slots, queue depth, models served."""
-        try:
-            body = await tools.backend(ctx).get("/v1/pool/status")
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body = await tools.get(ctx, "/v1/pool/status")
         return PoolStatus.model_validate(body)
 
     @mcp.tool()
@@ -147,10 +162,7 @@ def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
         limit: Annotated[int, Field(ge=1, le=1000, description="How many, newest first.")] = 20,
     ) -> ConversationList:
         """List the user's conversations (ids, times, sizes), most recently active first."""
-        try:
-            body = await tools.backend(ctx).get("/v1/conversations", limit=limit)
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body = await tools.get(ctx, "/v1/conversations", limit=limit)
         return ConversationList(
             conversations=[ConversationSummary.model_validate(c) for c in body["data"]]
         )
@@ -161,19 +173,13 @@ def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
         conversation_id: Annotated[str, Field(min_length=1, description="Id from the list.")],
     ) -> ConversationDetail:
         """Read one of the user's conversations, decrypted: its turns and summaries."""
-        try:
-            body = await tools.backend(ctx).get(f"/v1/conversations/{conversation_id}")
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body = await tools.get(ctx, f"/v1/conversations/{conversation_id}")
         return ConversationDetail.model_validate(body)
 
     @mcp.tool()
     async def memory_export(ctx: Context[Any, Any]) -> dict[str, Any]:
         """Export everything the pool stores for the user, decrypted, as one JSON document."""
-        try:
-            body: dict[str, Any] = await tools.backend(ctx).get("/v1/memory/export")
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body: dict[str, Any] = await tools.get(ctx, "/v1/memory/export")
         return body
 
     @mcp.resource(
@@ -212,10 +218,7 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         body: dict[str, Any] = {"text": text, "tags": tags or [], "confidence": confidence}
         if key is not None:
             body["key"] = key
-        try:
-            return Fact.model_validate(await tools.backend(ctx).post("/v1/memory/facts", body))
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        return Fact.model_validate(await tools.post(ctx, "/v1/memory/facts", body))
 
     @mcp.tool()
     async def recall(
@@ -228,12 +231,9 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         ] = None,
     ) -> Recall:
         """Search the user's memory: the facts (L3) and notes (L4) most relevant to `query`."""
-        try:
-            body = await tools.backend(ctx).get(
-                "/v1/memory/recall", query=query, k=k, tags=tags, namespace=namespace
-            )
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body = await tools.get(
+            ctx, "/v1/memory/recall", query=query, k=k, tags=tags, namespace=namespace
+        )
         return Recall.model_validate(body)
 
     @mcp.tool()
@@ -242,10 +242,7 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         fact_id: Annotated[str, Field(min_length=1, description="Id from remember or recall.")],
     ) -> Forgotten:
         """Forget one fact for good (text, embedding and history)."""
-        try:
-            body = await tools.backend(ctx).delete(f"/v1/memory/facts/{fact_id}")
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body = await tools.delete(ctx, f"/v1/memory/facts/{fact_id}")
         return Forgotten.model_validate(body)
 
     @mcp.tool()
@@ -266,10 +263,7 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
             "tags": tags or [],
             "author_agent": author_agent,
         }
-        try:
-            return Note.model_validate(await tools.backend(ctx).post("/v1/memory/notes", payload))
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        return Note.model_validate(await tools.post(ctx, "/v1/memory/notes", payload))
 
     @mcp.tool()
     async def note_search(
@@ -281,12 +275,9 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         mode: Annotated[str, Field(pattern="^(hybrid|vector|keyword)$")] = "hybrid",
     ) -> NoteList:
         """Find notes: vector and full-text search fused by reciprocal rank, with snippets."""
-        try:
-            body = await tools.backend(ctx).get(
-                "/v1/memory/notes", query=query, k=k, namespace=namespace, tags=tags, mode=mode
-            )
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        body = await tools.get(
+            ctx, "/v1/memory/notes", query=query, k=k, namespace=namespace, tags=tags, mode=mode
+        )
         return NoteList(notes=[Note.model_validate(n) for n in body["data"]])
 
     @mcp.tool()
@@ -295,10 +286,7 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         note_id: Annotated[str, Field(min_length=1, description="Id from note_search.")],
     ) -> Note:
         """Read one note in full."""
-        try:
-            return Note.model_validate(await tools.backend(ctx).get(f"/v1/memory/notes/{note_id}"))
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        return Note.model_validate(await tools.get(ctx, f"/v1/memory/notes/{note_id}"))
 
     @mcp.resource(
         "memory://facts{?query}",
@@ -348,10 +336,7 @@ def _register_agent_tools(mcp: MCPServer, tools: Tools) -> None:
         body: dict[str, Any] = {"role": role, "input": input}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
-        try:
-            answer = await tools.backend(ctx).post("/v1/agents/run", body)
-        except BackendError as exc:
-            raise _tool_error(exc) from exc
+        answer = await tools.post(ctx, "/v1/agents/run", body)
         choice = answer["choices"][0]
         return SubagentAnswer(
             role=answer.get("iamine_role", role),
