@@ -128,3 +128,22 @@ def test_queue_order_is_priority_then_running_jobs_then_arrival(
 def test_pick_refuses_an_empty_choice() -> None:
     with pytest.raises(ValueError, match="eligible"):
         DeficitRouter(PoolConfig(), FakeClock()).pick([], [])
+
+
+def test_the_class_share_holds_when_a_worker_cannot_take_its_own_share() -> None:
+    fast_gpu = FakeWorker("fast", "fast", "gpu")
+    slow_gpu = FakeWorker("slow", "slow", "gpu")
+    cpu = FakeWorker("cpu", "cpu", "cpu")
+    everyone = [fast_gpu, slow_gpu, cpu]
+    router = DeficitRouter(PoolConfig(), FakeClock())
+    router.observe_speed("fast", 100.0)
+    router.observe_speed("slow", 10.0)
+    router.observe_speed("cpu", 10.0)
+    served: Counter[str] = Counter()
+    for turn in range(3000):
+        # The fast GPU is busy two picks out of three: it cannot reach its own target.
+        eligible = everyone if turn % 3 == 0 else [slow_gpu, cpu]
+        chosen = router.pick(eligible, everyone)
+        router.charge(chosen.id, 100)
+        served[chosen.hardware] += 1
+    assert served["gpu"] / 3000 == pytest.approx(0.62, abs=0.02)
