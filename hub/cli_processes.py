@@ -47,7 +47,10 @@ def worker(
     slots: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 1,
     name: Annotated[str | None, typer.Option(help="Worker name shown to the pool.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="llama.cpp CPU threads.")] = None,
-    context: Annotated[int, typer.Option(min=256, help="Context size in tokens.")] = 4096,
+    context: Annotated[
+        int | None,
+        typer.Option(min=256, help="Context size in tokens (default: the model's trained one)."),
+    ] = None,
 ) -> None:
     """Serve a model to a hub: llama.cpp in-process, or an upstream server with --upstream."""
     import socket

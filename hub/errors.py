@@ -82,6 +82,24 @@ class UpstreamFailedError(HubError):
     code = "worker_failed"
 
 
+class ContextLengthExceededError(InvalidRequestError):
+    """The prompt cannot fit the context of any worker of the model (OpenAI's code)."""
+
+    code = "context_length_exceeded"
+
+
+class PoolBusyError(HubError):
+    """Every worker of the model is alive but busy past the queue's bound; retry later."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "pool_busy"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ConflictError(HubError):
     """The request conflicts with existing state (a duplicate name, say)."""
 
@@ -158,6 +176,8 @@ def _param_from_location(loc: tuple[Any, ...]) -> str | None:
 async def _hub_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HubError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    if isinstance(exc, PoolBusyError):
+        headers = {"Retry-After": str(max(exc.retry_after_s, 1))}
     if exc.status_code >= 500:
         log.error("hub_error", code=exc.code, error=exc.message)
     return error_response(
@@ -186,6 +206,8 @@ async def _crypto_error_handler(request: Request, exc: Exception) -> JSONRespons
 _MEMORY_ERRORS: dict[str, tuple[int, str]] = {
     "invalid_namespace": (400, "invalid_request_error"),
     "namespace_forbidden": (403, "permission_error"),
+    "namespace_not_found": (404, "invalid_request_error"),
+    "namespace_exists": (409, "invalid_request_error"),
     "embedding_model_missing": (503, "server_error"),
 }
 

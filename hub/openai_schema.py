@@ -1,7 +1,8 @@
 """OpenAI chat-completions request validation and response shapes.
 
 Unknown request fields are ignored, as OpenAI-compatible servers do, so newer SDKs keep working;
-known fields are checked strictly and a bad one is reported with its ``param``.
+known fields are checked strictly (pydantic's strict mode: ``"1"`` is not an integer, ``0`` is not
+``false``) and a bad one is reported with its ``param``.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inference.protocol import Delta, Done, SamplingParams, ToolCallDelta
+from inference.protocol import MAX_TOKENS, Delta, Done, SamplingParams, ToolCallDelta
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Unknown fields pass (newer SDKs send more); known ones are strict like the request's.
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class ChatMessage(_Lenient):
@@ -74,7 +76,7 @@ class ResponseFormat(_Lenient):
 class ChatCompletionRequest(BaseModel):
     """The body of ``POST /v1/chat/completions``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -82,12 +84,12 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     tools: list[ToolSpec] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    max_tokens: Annotated[int, Field(gt=0)] | None = None
-    max_completion_tokens: Annotated[int, Field(gt=0)] | None = None
+    max_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
+    max_completion_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = None
     response_format: ResponseFormat | None = None
     n: Annotated[int, Field(ge=1, le=1)] | None = None
     metadata: dict[str, str] | None = None

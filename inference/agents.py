@@ -208,7 +208,7 @@ def fold(result: RoleResult, event: JobEvent) -> None:
             call["id"] = piece.id or call["id"]
             call["function"]["name"] += piece.function.name or ""
             call["function"]["arguments"] += piece.function.arguments or ""
-    else:
+    elif isinstance(event, Done):
         result.finish_reason, result.usage = event.finish_reason, event.usage
 
 

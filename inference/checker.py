@@ -158,7 +158,7 @@ async def _run_pinned(
                         call = run.calls.setdefault(piece.index, {"name": "", "arguments": ""})
                         call["name"] += piece.function.name or ""
                         call["arguments"] += piece.function.arguments or ""
-                else:
+                elif isinstance(event, Done):
                     run.done_at, run.done = now, event
     finally:
         # Closing the job's stream cancels the job on its worker (after a timeout, say).

@@ -15,9 +15,11 @@ Closing the stream early (the client went away) cancels the job on its worker.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,16 +30,26 @@ from inference.registry import JobHandle, WorkerRegistry
 
 BACKGROUND_PRIORITY = 50  # the hub's own jobs (compaction, extraction) wait behind user traffic
 FAILOVER_CODES = frozenset({"worker_lost", "deadline_exceeded", "engine_error", "internal_error"})
+# Failures that another worker would repeat: the request itself is at fault.
+FINAL_CODES = frozenset({"context_length_exceeded", "invalid_request"})
+POOL_BUSY = "pool_busy"
 
 
 class JobFailed(Exception):
     """The job could not be completed; ``code`` is machine-readable."""
 
-    def __init__(self, code: str, message: str, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        worker_id: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.worker_id = worker_id
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,15 @@ class Degraded:
     queue_ms: int
 
 
-JobEvent = Started | Degraded | Chunk | Done
+@dataclass(frozen=True)
+class Waiting:
+    """The job waits in the queue for a worker (repeated every ``queue_notice_s``)."""
+
+    queue_ms: int
+    predicted_s: float
+
+
+JobEvent = Waiting | Started | Degraded | Chunk | Done
 PeerForwarder = Callable[[Job], AsyncIterator[Chunk | Done]]
 
 
@@ -70,6 +90,23 @@ class _Progress:
     tool_calls: bool = False
 
 
+@dataclass(frozen=True)
+class _Placed:
+    handle: JobHandle
+    route: str
+    queue_ms: int
+
+
+@dataclass(frozen=True)
+class _Unplaced:
+    busy: bool  # workers of the model are alive, only busy (or hopelessly behind)
+    predicted_s: float
+
+
+def _ms(since: float) -> int:
+    return round((time.monotonic() - since) * 1000)
+
+
 async def _place(
     registry: WorkerRegistry,
     job: Job,
@@ -78,24 +115,76 @@ async def _place(
     priority: int,
     only: str | None,
     wait_s: float | None,
-) -> tuple[JobHandle, str, int] | None:
+    needs_context: int,
+) -> AsyncGenerator[Waiting | _Placed | _Unplaced, None]:
+    """Find a worker for the job, yielding ``Waiting`` while queued; the last item says how.
+
+    While a capable worker of the model is connected the job waits as long as the predicted
+    wait fits in ``max_queue_wait_s``, trying the fallback models once ``queue_wait_s`` has
+    passed; with none connected it waits ``queue_wait_s`` for one to return. An explicit
+    ``wait_s`` (the hub's own jobs, the checker) bounds the wait whatever the prediction.
+    """
     started = time.monotonic()
-    wait_s = registry.config.queue_wait_s if wait_s is None else wait_s
-    handle = await registry.place(
-        job, needs_tools=needs_tools, user=user, wait_s=wait_s, priority=priority, only=only
+    handle = registry.try_place(
+        job, needs_tools=needs_tools, user=user, only=only, needs_context=needs_context
     )
-    queue_ms = round((time.monotonic() - started) * 1000)
     if handle is not None:
-        return handle, ("queued" if handle.queued else "direct"), queue_ms
-    if only is not None:
-        return None  # a job pinned to one worker tests that worker: no fallback model
+        await registry.start(handle)
+        yield _Placed(handle, "direct", _ms(started))
+        return
+    config = registry.config
+    grace = config.queue_wait_s if wait_s is None else wait_s
+    bound = max(config.max_queue_wait_s, grace) if wait_s is None else wait_s
+    ticket = registry.enqueue(
+        job,
+        needs_tools=needs_tools,
+        user=user,
+        priority=priority,
+        only=only,
+        needs_context=needs_context,
+    )
+    predicted = 0.0
+    try:
+        while True:
+            elapsed = time.monotonic() - started
+            predicted = registry.predicted_wait_s(job.model, needs_tools, needs_context)
+            alive = predicted < math.inf
+            limit = bound if alive and elapsed + predicted <= bound else grace
+            if only is None and elapsed >= grace:
+                placed = await _fallback(registry, job, needs_tools, user, priority, started)
+                if placed is not None:
+                    yield placed
+                    return
+            if elapsed >= limit:
+                break
+            wait = min(limit - elapsed, registry.settings.queue_notice_s)
+            handle = await registry.await_slot(ticket, wait)
+            if handle is not None:
+                await registry.start(handle)
+                yield _Placed(handle, "queued", _ms(started))
+                return
+            if time.monotonic() - started < limit:
+                yield Waiting(_ms(started), predicted)
+    finally:
+        registry.withdraw(ticket)
+    yield _Unplaced(busy=predicted < math.inf, predicted_s=predicted)
+
+
+async def _fallback(
+    registry: WorkerRegistry,
+    job: Job,
+    needs_tools: bool,
+    user: str,
+    priority: int,
+    started: float,
+) -> _Placed | None:
     for model in registry.config.fallbacks.get(job.model, []):
         alternative = job.model_copy(update={"model": model})
         handle = await registry.place(
             alternative, needs_tools=needs_tools, user=user, wait_s=0, priority=priority
         )
         if handle is not None:
-            return handle, "fallback", round((time.monotonic() - started) * 1000)
+            return _Placed(handle, "fallback", _ms(started))
     return None
 
 
@@ -109,32 +198,65 @@ async def run_job(
     forward: PeerForwarder | None = None,
     only: str | None = None,
     wait_s: float | None = None,
-) -> AsyncIterator[JobEvent]:
-    """Yield ``Started`` (or ``Degraded``), then chunks and one ``done``; raise JobFailed.
+    needs_context: int = 0,
+    notify_waiting: bool = False,
+) -> AsyncGenerator[JobEvent, None]:
+    """Yield ``Waiting``… then ``Started`` (or ``Degraded``), chunks and one ``done``.
 
+    Raises JobFailed: ``pool_busy`` when the model's workers are alive but cannot take the job
+    within ``max_queue_wait_s`` (never a degraded answer for a busy, living model), or the
+    worker's failure when no other worker could take over.
     ``only`` pins the job to one worker id: no fallback model, no peer, no failover elsewhere.
-    ``wait_s`` bounds the wait in the queue (default: the pool config's ``queue_wait_s``).
+    ``wait_s`` bounds the wait in the queue (default: the pool config's policy).
+    ``needs_context`` keeps the job off workers whose context cannot hold its prompt.
+    ``notify_waiting`` yields a ``Waiting`` every ``queue_notice_s`` while the job is queued.
     """
     started = time.monotonic()
-    placed = await _place(registry, job, needs_tools, user, priority, only, wait_s)
-    if placed is None:
-        queue_ms = round((time.monotonic() - started) * 1000)
+    placed: _Placed | _Unplaced | None = None
+    # aclosing: a client that leaves while queued must take its ticket out of the queue now.
+    steps = _place(registry, job, needs_tools, user, priority, only, wait_s, needs_context)
+    async with aclosing(steps):
+        async for step in steps:
+            if isinstance(step, Waiting):
+                if notify_waiting:
+                    yield step
+            else:
+                placed = step
+    assert placed is not None
+    if isinstance(placed, _Unplaced):
+        queue_ms = _ms(started)
         if forward is not None and only is None:
             yield Started("peer", "peer pool", job.model, "forwarded", queue_ms)
             async for event in forward(job):
                 yield event
             return
-        waited = registry.config.queue_wait_s if wait_s is None else wait_s
-        reason = (
-            f"no worker serving {job.model!r} was free within "
-            f"{waited:g} s and no fallback model was free"
-        )
-        yield Degraded(reason, queue_ms)
+        if placed.busy and only is None:
+            raise JobFailed(
+                POOL_BUSY,
+                f"every worker serving {job.model!r} is busy; about "
+                f"{math.ceil(placed.predicted_s)} s of work is queued ahead",
+                retry_after_s=math.ceil(min(placed.predicted_s, registry.config.max_queue_wait_s)),
+            )
+        yield Degraded(_no_worker_reason(registry, job, only), queue_ms)
         return
-    handle, route, queue_ms = placed
-    yield Started(handle.worker.id, handle.worker.name, handle.job.model, route, queue_ms)
-    async for event in _relay(registry, handle, needs_tools, user, priority, only is not None):
-        yield event
+    handle = placed.handle
+    yield Started(
+        handle.worker.id, handle.worker.name, handle.job.model, placed.route, placed.queue_ms
+    )
+    relay = _relay(registry, handle, needs_tools, user, priority, only is not None, needs_context)
+    async with aclosing(relay):
+        async for event in relay:
+            yield event
+
+
+def _no_worker_reason(registry: WorkerRegistry, job: Job, only: str | None) -> str:
+    if only is not None:
+        return f"worker {only!r} could not take the job"
+    waited = registry.config.queue_wait_s
+    return (
+        f"no worker serving {job.model!r} is connected and none came back within {waited:g} s; "
+        "no fallback model was free"
+    )
 
 
 async def _relay(
@@ -144,7 +266,8 @@ async def _relay(
     user: str,
     priority: int,
     pinned: bool = False,
-) -> AsyncIterator[Chunk | Done]:
+    needs_context: int = 0,
+) -> AsyncGenerator[Chunk | Done, None]:
     settings = registry.settings
     original = handle.job
     progress = _Progress(text=[])
@@ -184,6 +307,7 @@ async def _relay(
             wait_s=registry.config.queue_wait_s,
             avoid=frozenset(tried),
             priority=priority,
+            needs_context=needs_context,
         )
         if next_handle is None:
             break
@@ -195,6 +319,8 @@ async def _relay(
 
 def _next_job(original: Job, progress: _Progress, failure: Error, worker_id: str) -> Job | None:
     """The job to send to another worker, or None when this failure must reach the caller."""
+    if failure.code in FINAL_CODES:
+        return None
     if not progress.chunks:
         return original.model_copy(update={"job_id": uuid.uuid4().hex})
     if progress.tool_calls or failure.code not in FAILOVER_CODES:

@@ -114,7 +114,7 @@ class LlamaEngine:
     def __init__(
         self,
         model_path: Path | str,
-        n_ctx: int = 4096,
+        n_ctx: int | None = None,
         n_threads: int | None = None,
         *,
         chat_format: str | None = None,
@@ -156,7 +156,7 @@ class LlamaEngine:
             try:
                 llama = llama_cpp.Llama(
                     model_path=str(self._model_path),
-                    n_ctx=self._n_ctx,
+                    n_ctx=self._n_ctx or 0,  # 0: the context the model was trained with
                     n_threads=self._n_threads,
                     n_gpu_layers=self._n_gpu_layers,
                     chat_format=self._chat_format,
@@ -167,6 +167,7 @@ class LlamaEngine:
                 raise EngineError(ErrorCode.ENGINE_ERROR, message) from exc
             self._meter.install(llama, llama_cpp)
             self._llama = llama
+            self._n_ctx = llama.n_ctx()
 
     def close(self) -> None:
         """Free the model; a later job loads it again."""
@@ -176,7 +177,9 @@ class LlamaEngine:
                 self._llama = None
 
     def models(self) -> list[ModelInfo]:
-        """The one model this engine serves."""
+        """The one model this engine serves, with the context it was loaded with."""
+        self.load()
+        assert self._n_ctx is not None
         return [
             ModelInfo(
                 id=self.model_id,
@@ -457,6 +460,8 @@ def _sampling(params: SamplingParams) -> dict[str, Any]:
     kwargs: dict[str, Any] = params.model_dump(
         include={"max_tokens", "temperature", "top_p", "stop", "seed"}, exclude_none=True
     )
+    if "seed" in kwargs:
+        kwargs["seed"] %= 2**32  # llama.cpp seeds are 32-bit unsigned; OpenAI's are 64-bit
     response_format = params.response_format or {}
     if response_format.get("type") == "json_object":
         kwargs["response_format"] = response_format

@@ -47,7 +47,18 @@ class PoolConfig(BaseModel):
         description="Per model, the models to try in order when it has no free worker.",
     )
     queue_wait_s: float = Field(
-        10.0, ge=0, le=600, description="Longest wait in the queue for a worker of the model."
+        10.0,
+        ge=0,
+        le=600,
+        description="Wait for a worker of the model before trying its fallbacks; also how long "
+        "a model with no connected worker waits for one to return before a degraded answer.",
+    )
+    max_queue_wait_s: float = Field(
+        300.0,
+        ge=0,
+        le=3600,
+        description="Longest wait in the queue while the model's workers are alive but busy; a "
+        "job whose predicted wait is longer gets 429 `pool_busy` with Retry-After.",
     )
     default_expected_tokens: int = Field(
         256, gt=0, description="Tokens charged for a job that sets no max_tokens."

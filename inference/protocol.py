@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
+# Bound of every token count on the wire: far above any context, far below float overflow.
+MAX_TOKENS = 1 << 24
 
 Hardware = Literal["gpu", "cpu"]
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -25,6 +27,7 @@ class ErrorCode(StrEnum):
     MALFORMED_JSON = "malformed_json"
     UNKNOWN_TYPE = "unknown_type"
     INVALID_FRAME = "invalid_frame"
+    FRAME_TOO_LARGE = "frame_too_large"
     UNEXPECTED_FRAME = "unexpected_frame"
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
@@ -63,18 +66,18 @@ class ModelInfo(_Model):
     """One model a worker serves."""
 
     id: str = Field(min_length=1)
-    context_size: int = Field(gt=0)
+    context_size: int = Field(gt=0, le=MAX_TOKENS)
     supports_tools: bool = False
 
 
 class SamplingParams(_Model):
     """Sampling parameters of a job; ``None`` means the engine's default."""
 
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     stop: list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
     response_format: dict[str, Any] | None = None
 
     @field_validator("stop", mode="before")
@@ -109,9 +112,9 @@ class Delta(_Model):
 class Usage(_Model):
     """Token counts of one job; ``estimated`` is true when they are not the model's own counts."""
 
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
+    prompt_tokens: int = Field(ge=0, le=MAX_TOKENS)
+    completion_tokens: int = Field(ge=0, le=MAX_TOKENS)
+    total_tokens: int = Field(ge=0, le=MAX_TOKENS)
     estimated: bool = False
 
 
@@ -124,7 +127,7 @@ class Hello(_Model):
     worker_name: str = Field(min_length=1)
     models: list[ModelInfo]
     hardware: Hardware
-    slots: int = Field(ge=1)
+    slots: int = Field(ge=1, le=1024)
     version: str
 
 
@@ -225,7 +228,7 @@ def parse_frame(text: str | bytes) -> Frame:
     """Parse one WebSocket message into a frame, raising ``ProtocolError`` on anything invalid."""
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also int literals > 4300 digits
         raise ProtocolError(ErrorCode.MALFORMED_JSON, f"frame is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.MALFORMED_JSON, "frame must be a JSON object")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,7 +21,17 @@ from uuid import UUID
 import structlog
 
 from inference.pool_config import PoolConfig
-from inference.protocol import Cancel, Chunk, Done, Error, Frame, Hardware, Job, ModelInfo
+from inference.protocol import (
+    Cancel,
+    Chunk,
+    Done,
+    Error,
+    Frame,
+    Hardware,
+    InferenceError,
+    Job,
+    ModelInfo,
+)
 from inference.router import DeficitRouter, FairQueue, Waiter
 from inference.settings import InferenceSettings
 
@@ -30,6 +41,21 @@ JobFrame = Chunk | Done | Error
 WORKER_LOST = "worker_lost"
 MODEL_MISMATCH = "model_mismatch"
 UNKNOWN_MODEL = "unknown_model"
+OUTPUT_LIMIT = "output_limit_exceeded"
+# A worker's speed before the hub has measured it, for wait predictions only (never for routing).
+UNMEASURED_TOKENS_PER_S = 10.0
+# Output allowance of a job: its token budget with 10 % + 16 tokens of slack, each token at most
+# this many characters (llama.cpp vocabularies top out far below; 63 MB answers do not).
+OUTPUT_SLACK = 1.1
+OUTPUT_SLACK_TOKENS = 16
+MAX_CHARS_PER_TOKEN = 32
+
+
+class OutputLimitExceeded(InferenceError):
+    """A worker sent more output for a job than its token budget allows: it is cut off."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(OUTPUT_LIMIT, message)
 
 
 @dataclass(eq=False)
@@ -53,18 +79,33 @@ class WorkerLink:
     tools_ok: bool | None = None
     jobs_done: int = 0
     jobs_failed: int = 0
+    # The token the worker authenticated with: revoking it (or disabling its owner) ends the link.
+    token_id: UUID | None = None
 
     @property
     def free_slots(self) -> int:
         """Slots not taken by a running job (a cancelled job holds its slot until acknowledged)."""
         return self.slots - len(self.jobs)
 
-    def reap_cancelled(self, older_than: float) -> None:
-        """Give up on cancelled jobs whose worker never acknowledged the cancel."""
+    def reap_cancelled(self, older_than: float) -> list[JobHandle]:
+        """Give up on cancelled jobs whose worker never acknowledged the cancel; return them."""
+        reaped = []
         for job_id, handle in list(self.jobs.items()):
             if handle.cancelled_at is not None and handle.cancelled_at < older_than:
                 del self.jobs[job_id]
                 handle.finished = True
+                reaped.append(handle)
+        return reaped
+
+    def can_serve(self, model: str, needs_tools: bool, needs_context: int) -> bool:
+        """Whether this worker could ever take the job (busy or not)."""
+        info = self.models.get(model)
+        return (
+            self.excluded is None
+            and info is not None
+            and info.context_size >= needs_context
+            and (not needs_tools or (info.supports_tools and self.tools_ok is not False))
+        )
 
 
 @dataclass(eq=False)
@@ -81,6 +122,26 @@ class JobHandle:
     started_at: float = field(default_factory=time.monotonic)
     first_chunk_at: float | None = None
     queued: bool = False
+    # Output so far (one chunk is at least one token) and its allowance, set at placement.
+    chunks: int = 0
+    chars: int = 0
+    max_chunks: int = 0
+    max_chars: int = 0
+    # Whether the router's charge was corrected to the real output (once, on any ending).
+    accounted: bool = False
+
+    def count(self, chunk: Chunk) -> None:
+        """Add a chunk to the output; raise :class:`OutputLimitExceeded` past the allowance."""
+        self.chunks += 1
+        delta = chunk.delta
+        self.chars += len(delta.content or "")
+        for call in delta.tool_calls or []:
+            self.chars += len(call.function.arguments or "") + len(call.function.name or "")
+        if self.chunks > self.max_chunks or self.chars > self.max_chars:
+            raise OutputLimitExceeded(
+                f"job {self.job.job_id} exceeded its output allowance "
+                f"({self.max_chunks} chunks, {self.max_chars} characters)"
+            )
 
     async def stream(
         self, first_timeout_s: float, idle_timeout_s: float
@@ -106,7 +167,7 @@ class JobHandle:
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """A model served by the pool right now."""
+    """A model served by the pool right now, or seen lately (``workers`` 0)."""
 
     id: str
     context_size: int
@@ -115,11 +176,37 @@ class ModelSummary:
     free_slots: int
 
 
+@dataclass
+class _Seen:
+    context_size: int
+    supports_tools: bool
+    last_seen: float
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A job waiting in the queue; ``future`` resolves to its handle when a slot is found."""
+
+    job: Job
+    user: str
+    expected: int
+    needs_context: int
+    only: str | None
+    waiter: Waiter
+    future: asyncio.Future[JobHandle]
+    taken: bool = False
+
+
 ExclusionSink = Callable[[WorkerLink, str, str], None]
 
 
 class WorkerRegistry:
-    """Connected workers by id, placement through the router and queue, frame dispatch."""
+    """Connected workers by id, placement through the router and queue, frame dispatch.
+
+    Placement is transactional: a job is attached to a worker only after its charge is booked,
+    and any failure before the job frame is sent frees the slot again. Every ending of a job
+    (done, error, cancel, reap, failover) corrects the router's charge to the output received.
+    """
 
     def __init__(
         self,
@@ -135,7 +222,8 @@ class WorkerRegistry:
         self.workers: dict[str, WorkerLink] = {}
         self._clock = clock
         self._on_exclusion = on_exclusion
-        self._pending: dict[Waiter, tuple[Job, int, asyncio.Future[JobHandle], str | None]] = {}
+        self._pending: dict[Waiter, Ticket] = {}
+        self._seen: dict[str, _Seen] = {}
         self._ids = itertools.count(1)
 
     def new_worker_id(self) -> str:
@@ -152,6 +240,9 @@ class WorkerRegistry:
         if link.excluded is not None:
             return
         link.excluded = reason
+        for model in link.models:
+            if not self.serves(model):
+                self._seen.pop(model, None)  # an excluded worker's models are not "coming back"
         log.warning("worker_excluded", worker=link.id, name=link.name, reason=reason, detail=detail)
         if self._on_exclusion is not None:
             self._on_exclusion(link, reason, detail)
@@ -178,6 +269,7 @@ class WorkerRegistry:
         outside = [m for m in link.models if not self.config.allows(m)]
         if outside:
             self.exclude(link, UNKNOWN_MODEL, f"announced models outside the catalog: {outside}")
+        self._remember_models(link)
         self._release_waiters()
 
     async def remove(self, worker_id: str, reason: str) -> None:
@@ -185,6 +277,7 @@ class WorkerRegistry:
         link = self.workers.pop(worker_id, None)
         if link is None:
             return
+        self._remember_models(link)
         for handle in list(link.jobs.values()):
             handle.frames.put_nowait(
                 Error(
@@ -198,14 +291,26 @@ class WorkerRegistry:
         self.router.forget(worker_id)
         log.info("worker_left", worker=worker_id, reason=reason)
 
+    def _remember_models(self, link: WorkerLink) -> None:
+        if link.excluded is not None:
+            return
+        now = self._clock()
+        for info in link.models.values():
+            self._seen[info.id] = _Seen(info.context_size, info.supports_tools, now)
+
+    def recently_seen(self, model: str) -> bool:
+        """Whether a worker served the model within ``model_memory_s`` (a restart is coming)."""
+        seen = self._seen.get(model)
+        return seen is not None and self._clock() - seen.last_seen <= self.settings.model_memory_s
+
     def models(self) -> list[ModelSummary]:
-        """Models served by connected, non-excluded workers, with worker counts."""
+        """Models served by connected, non-excluded workers, then those seen lately (0 workers)."""
         by_model: dict[str, list[tuple[WorkerLink, ModelInfo]]] = {}
         for link in self.workers.values():
             if link.excluded is None:
                 for info in link.models.values():
                     by_model.setdefault(info.id, []).append((link, info))
-        return [
+        live = [
             ModelSummary(
                 id=model,
                 context_size=max(info.context_size for _, info in entries),
@@ -213,43 +318,114 @@ class WorkerRegistry:
                 workers=len(entries),
                 free_slots=sum(max(link.free_slots, 0) for link, _ in entries),
             )
-            for model, entries in sorted(by_model.items())
+            for model, entries in by_model.items()
         ]
+        lately = [
+            ModelSummary(model, seen.context_size, seen.supports_tools, workers=0, free_slots=0)
+            for model, seen in self._seen.items()
+            if model not in by_model and self.recently_seen(model)
+        ]
+        return sorted([*live, *lately], key=lambda m: m.id)
+
+    def model(self, model: str) -> ModelSummary | None:
+        """One model of :meth:`models`, or None when it is neither served nor seen lately."""
+        return next((m for m in self.models() if m.id == model), None)
 
     def serves(self, model: str) -> bool:
         """Whether any connected, non-excluded worker serves the model."""
         return any(model in link.models and link.excluded is None for link in self.workers.values())
 
+    def context_limit(self, model: str) -> int | None:
+        """The largest context among the model's workers (live, else seen lately), if known."""
+        summary = self.model(model)
+        return summary.context_size if summary is not None else None
+
+    def capable(self, model: str, needs_tools: bool, needs_context: int = 0) -> list[WorkerLink]:
+        """Connected workers that could run the job once a slot frees (busy or not)."""
+        return [
+            link
+            for link in self.workers.values()
+            if link.can_serve(model, needs_tools, needs_context)
+        ]
+
     def eligible(
-        self, model: str, needs_tools: bool, avoid: frozenset[str], only: str | None = None
+        self,
+        model: str,
+        needs_tools: bool,
+        avoid: frozenset[str],
+        only: str | None = None,
+        needs_context: int = 0,
     ) -> list[WorkerLink]:
         """Workers that could take this job now (only the worker ``only`` when given)."""
         grace_start = self._clock() - self.settings.cancel_grace_s
         for link in self.workers.values():
-            link.reap_cancelled(grace_start)
+            for handle in link.reap_cancelled(grace_start):
+                self._correct_charge(handle)
         return [
             link
             for link in self.workers.values()
-            if link.excluded is None
-            and link.id not in avoid
+            if link.id not in avoid
             and (only is None or link.id == only)
             and link.free_slots > 0
-            and model in link.models
-            and (
-                not needs_tools
-                or (link.models[model].supports_tools and link.tools_ok is not False)
-            )
+            and link.can_serve(model, needs_tools, needs_context)
         ]
+
+    def predicted_wait_s(self, model: str, needs_tools: bool, needs_context: int = 0) -> float:
+        """Seconds until a queued job of the model would start, from the work ahead of it.
+
+        Work ahead: the tokens still expected from jobs running on the model's capable workers
+        plus those of jobs queued for the model; capacity: their measured speeds times slots.
+        """
+        capable = self.capable(model, needs_tools, needs_context)
+        if not capable:
+            return math.inf
+        capacity = sum(
+            (self.router.speed(link.id) or UNMEASURED_TOKENS_PER_S) * link.slots for link in capable
+        )
+        running = sum(
+            max(h.expected_tokens - h.chunks, 0) for link in capable for h in link.jobs.values()
+        )
+        queued = sum(t.expected for t in self._pending.values() if t.job.model == model)
+        return (running + queued) / capacity
 
     def running_by_user(self) -> Counter[str]:
         """Running jobs per user (for queue fairness)."""
         return Counter(h.user for link in self.workers.values() for h in link.jobs.values())
 
+    def expected_tokens(self, job: Job) -> int:
+        """Tokens a job is charged at placement: its max_tokens, else the pool default."""
+        return job.params.max_tokens or self.config.default_expected_tokens
+
     def _assign(self, link: WorkerLink, job: Job, user: str, expected: int) -> JobHandle:
-        handle = JobHandle(job=job, worker=link, user=user, expected_tokens=expected)
-        link.jobs[job.job_id] = handle
+        # Charge first: if booking fails, nothing is attached and no slot is taken.
         self.router.charge(link.id, expected)
+        budget = job.params.max_tokens or link.models[job.model].context_size
+        allowance = math.ceil(budget * OUTPUT_SLACK) + OUTPUT_SLACK_TOKENS
+        handle = JobHandle(
+            job=job,
+            worker=link,
+            user=user,
+            expected_tokens=expected,
+            max_chunks=allowance,
+            max_chars=allowance * MAX_CHARS_PER_TOKEN,
+        )
+        link.jobs[job.job_id] = handle
         return handle
+
+    def try_place(
+        self,
+        job: Job,
+        *,
+        needs_tools: bool,
+        user: str,
+        avoid: frozenset[str] = frozenset(),
+        only: str | None = None,
+        needs_context: int = 0,
+    ) -> JobHandle | None:
+        """Attach the job to the router's choice among free workers now (not sent yet)."""
+        return self._try_place(
+            job, needs_tools, avoid, user, self.expected_tokens(job), only, needs_context
+        )
 
     def _try_place(
         self,
@@ -259,8 +435,9 @@ class WorkerRegistry:
         user: str,
         expected: int,
         only: str | None = None,
+        needs_context: int = 0,
     ) -> JobHandle | None:
-        eligible = self.eligible(job.model, needs_tools, avoid, only)
+        eligible = self.eligible(job.model, needs_tools, avoid, only, needs_context)
         if not eligible:
             return None
         chosen = self.router.pick(eligible, self.workers.values())
@@ -273,14 +450,79 @@ class WorkerRegistry:
         for waiter in self.queue.ordered(self.running_by_user()):
             if not any(w.free_slots > 0 and w.excluded is None for w in self.workers.values()):
                 return  # every slot is taken: the rest of the queue cannot move now
-            job, expected, future, only = self._pending[waiter]
-            if future.done():
+            ticket = self._pending[waiter]
+            if ticket.future.done():
                 continue
             handle = self._try_place(
-                job, waiter.needs_tools, waiter.avoid, waiter.user, expected, only
+                ticket.job,
+                waiter.needs_tools,
+                waiter.avoid,
+                waiter.user,
+                ticket.expected,
+                ticket.only,
+                ticket.needs_context,
             )
             if handle is not None:
-                future.set_result(handle)
+                handle.queued = True
+                ticket.future.set_result(handle)
+
+    def enqueue(
+        self,
+        job: Job,
+        *,
+        needs_tools: bool,
+        user: str,
+        priority: int = 0,
+        avoid: frozenset[str] = frozenset(),
+        only: str | None = None,
+        needs_context: int = 0,
+    ) -> Ticket:
+        """Queue a job for the next fitting slot (:meth:`await_slot`, then :meth:`withdraw`)."""
+        waiter = self.queue.push(user, job.model, needs_tools, self._clock(), priority, avoid)
+        future: asyncio.Future[JobHandle] = asyncio.get_running_loop().create_future()
+        ticket = Ticket(job, user, self.expected_tokens(job), needs_context, only, waiter, future)
+        self._pending[waiter] = ticket
+        return ticket
+
+    async def await_slot(self, ticket: Ticket, timeout_s: float) -> JobHandle | None:
+        """Wait up to ``timeout_s`` for the ticket's slot; the handle is then the caller's."""
+        deadline = self._clock() + timeout_s
+        while not ticket.future.done():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return None
+            # Wake at least once per cancel grace period: an unacknowledged cancel frees its
+            # slot by time, not by an event.
+            await asyncio.wait(
+                {ticket.future}, timeout=min(remaining, self.settings.cancel_grace_s)
+            )
+            if not ticket.future.done():
+                self._release_waiters()
+        ticket.taken = True
+        return ticket.future.result()
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """Take a ticket out of the queue; a slot handed to it but not taken is given back."""
+        if self._pending.pop(ticket.waiter, None) is None:
+            return
+        self.queue.remove(ticket.waiter)
+        if not ticket.future.done():
+            ticket.future.cancel()
+        elif not ticket.taken:
+            self._free(ticket.future.result())
+
+    async def start(self, handle: JobHandle) -> None:
+        """Send a placed job to its worker; a worker that cannot take it ends it ``worker_lost``."""
+        try:
+            await handle.worker.send(handle.job)
+        except (OSError, RuntimeError) as exc:
+            self._free(handle)
+            handle.frames.put_nowait(
+                Error(job_id=handle.job.job_id, code=WORKER_LOST, message=str(exc))
+            )
+        except BaseException:
+            self._free(handle)
+            raise
 
     async def place(
         self,
@@ -292,64 +534,38 @@ class WorkerRegistry:
         avoid: frozenset[str] = frozenset(),
         priority: int = 0,
         only: str | None = None,
+        needs_context: int = 0,
     ) -> JobHandle | None:
         """Send the job to the router's choice, queueing up to ``wait_s`` when none is free.
 
         ``only`` pins the job to one worker id (the checker tests workers one by one).
         """
-        expected = job.params.max_tokens or self.config.default_expected_tokens
-        handle = self._try_place(job, needs_tools, avoid, user, expected, only)
+        handle = self.try_place(
+            job,
+            needs_tools=needs_tools,
+            user=user,
+            avoid=avoid,
+            only=only,
+            needs_context=needs_context,
+        )
         if handle is None and wait_s > 0:
-            handle = await self._wait(
-                job, needs_tools, user, wait_s, avoid, priority, expected, only
+            ticket = self.enqueue(
+                job,
+                needs_tools=needs_tools,
+                user=user,
+                priority=priority,
+                avoid=avoid,
+                only=only,
+                needs_context=needs_context,
             )
-            if handle is not None:
-                handle.queued = True
+            try:
+                handle = await self.await_slot(ticket, wait_s)
+            finally:
+                self.withdraw(ticket)
         if handle is None:
             return None
-        try:
-            await handle.worker.send(job)
-        except (OSError, RuntimeError) as exc:
-            await self.finish(handle)
-            handle.frames.put_nowait(Error(job_id=job.job_id, code=WORKER_LOST, message=str(exc)))
+        await self.start(handle)
         return handle
-
-    async def _wait(
-        self,
-        job: Job,
-        needs_tools: bool,
-        user: str,
-        wait_s: float,
-        avoid: frozenset[str],
-        priority: int,
-        expected: int,
-        only: str | None,
-    ) -> JobHandle | None:
-        future: asyncio.Future[JobHandle] = asyncio.get_running_loop().create_future()
-        waiter = self.queue.push(user, job.model, needs_tools, self._clock(), priority, avoid)
-        self._pending[waiter] = (job, expected, future, only)
-        deadline = self._clock() + wait_s
-        try:
-            while not future.done():
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                # Wake at least once per cancel grace period: an unacknowledged cancel frees
-                # its slot by time, not by an event.
-                await asyncio.wait({future}, timeout=min(remaining, self.settings.cancel_grace_s))
-                if not future.done():
-                    self._release_waiters()
-        except BaseException:
-            # Cancelled (the client left) after a slot was already handed to us: give it back.
-            if future.done() and not future.cancelled():
-                self._free(future.result())
-            raise
-        finally:
-            self.queue.remove(waiter)
-            del self._pending[waiter]
-            if not future.done():
-                future.cancel()
-        return future.result() if future.done() and not future.cancelled() else None
 
     async def finish(self, handle: JobHandle) -> None:
         """Release the job's slot (idempotent) and hand it to the queue."""
@@ -357,10 +573,19 @@ class WorkerRegistry:
 
     def _free(self, handle: JobHandle) -> None:
         if handle.finished and handle.job.job_id not in handle.worker.jobs:
+            self._correct_charge(handle)
             return
         handle.finished = True
         handle.worker.jobs.pop(handle.job.job_id, None)
+        self._correct_charge(handle)
         self._release_waiters()
+
+    def _correct_charge(self, handle: JobHandle) -> None:
+        """Replace the job's expected tokens by its real output, once, whatever ended it."""
+        if handle.accounted:
+            return
+        handle.accounted = True
+        self.router.charge(handle.worker.id, handle.chunks - handle.expected_tokens)
 
     async def cancel(self, handle: JobHandle) -> None:
         """Tell the worker to stop the job; its slot frees when the worker acknowledges.
@@ -380,11 +605,17 @@ class WorkerRegistry:
             await self.finish(handle)
 
     async def deliver(self, link: WorkerLink, frame: JobFrame) -> bool:
-        """Route a worker's job frame to its job; False when the job is not running there."""
+        """Route a worker's job frame to its job; False when the job is not running there.
+
+        Raises :class:`OutputLimitExceeded` when a chunk takes the job past its allowance: the
+        caller cuts the worker off, which ends its jobs ``worker_lost`` (they fail over).
+        """
         assert frame.job_id is not None
         handle = link.jobs.get(frame.job_id)
         if handle is None:
             return False
+        if isinstance(frame, Chunk):
+            handle.count(frame)
         if handle.cancelled_at is not None:
             if isinstance(frame, Done | Error):
                 await self.finish(handle)
@@ -416,6 +647,7 @@ class WorkerRegistry:
     def _account(self, handle: JobHandle, done: Done) -> None:
         tokens = done.usage.completion_tokens
         handle.worker.tokens_served += tokens
+        handle.accounted = True
         self.router.charge(handle.worker.id, tokens - handle.expected_tokens)
         if handle.first_chunk_at is not None and tokens > 1:
             elapsed = self._clock() - handle.first_chunk_at

@@ -25,6 +25,8 @@ from inference.pool_config import PoolConfig
 from inference.protocol import Hardware
 
 DEFAULT_SPEED = 1.0
+# The most tokens one charge may book: a worker's absurd usage report must not overflow a float.
+MAX_CHARGE = 10**9
 
 
 class Candidate(Protocol):
@@ -81,6 +83,7 @@ class DeficitRouter:
 
     def charge(self, worker_id: str, tokens: float) -> None:
         """Book ``tokens`` of work (negative to correct an over-estimate) to a worker."""
+        tokens = min(max(tokens, -MAX_CHARGE), MAX_CHARGE)
         amount = tokens * self._growth()
         stat = self._stats[worker_id]
         stat.raw = max(stat.raw + amount, 0.0)
@@ -88,7 +91,7 @@ class DeficitRouter:
 
     def observe_speed(self, worker_id: str, tokens_per_s: float, weight: float = 0.3) -> None:
         """Fold a measured generation speed into the worker's moving average."""
-        if tokens_per_s <= 0 or math.isnan(tokens_per_s):
+        if not 0 < tokens_per_s < math.inf:
             return
         stat = self._stats[worker_id]
         stat.speed = (

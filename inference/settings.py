@@ -40,6 +40,23 @@ class InferenceSettings(BaseModel):
     job_attempts: int = Field(
         2, ge=1, description="Workers tried for a job that fails before producing any output."
     )
+    model_memory_s: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds a model stays known after its last worker left: its requests wait "
+        "for a worker to return (then get a degraded answer) instead of a 404.",
+    )
+    queue_notice_s: float = Field(
+        5.0, gt=0, description="Seconds between SSE comments sent to a stream waiting in the queue."
+    )
+    max_frame_bytes: int = Field(
+        1 << 20,
+        ge=1024,
+        description="Largest WebSocket message a worker may send; a bigger one cuts it off.",
+    )
+    max_hello_bytes: int = Field(
+        64 << 10, ge=1024, description="Largest `hello` frame, checked before authentication."
+    )
     local_worker: bool = Field(
         True, description="`iamine serve` starts a worker process on the local model."
     )
@@ -50,6 +67,8 @@ class InferenceSettings(BaseModel):
     local_worker_threads: int | None = Field(
         None, ge=1, description="CPU threads of the local worker's llama.cpp (default: all cores)."
     )
-    local_worker_context: int = Field(
-        4096, ge=256, description="Context size (tokens) the local worker loads its model with."
+    local_worker_context: int | None = Field(
+        None,
+        ge=256,
+        description="Context size (tokens) of the local worker (default: the model's trained one).",
     )

@@ -311,7 +311,7 @@ async def _pipeline_sse(
                     yield _chunk(cid, created, model, {}, finish_reason="stop")
             elif isinstance(event, Chunk):
                 yield _chunk(cid, created, model, event.delta.model_dump(exclude_none=True))
-            else:
+            elif isinstance(event, Done):
                 yield _chunk(cid, created, model, {}, finish_reason=event.finish_reason)
     except JobFailed as exc:
         message = worker_failed_message(exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,6 +15,7 @@ from sse_starlette import EventSourceResponse
 from hub.auth import Principal
 from hub.deps import State, UserPrincipal, bearer_token
 from hub.errors import (
+    ContextLengthExceededError,
     InvalidRequestError,
     ModelNotFoundError,
 )
@@ -28,6 +30,7 @@ from hub.relay import (
     QUEUE_HEADER,
     ROUTE_HEADER,
     SERVED_HEADER,
+    degrade_late,
     degraded_answer,
     route_headers,
     sse_events,
@@ -37,8 +40,10 @@ from hub.review import REVIEW_HEADER, AutoReview, last_user_text
 from hub.routes.memory import remember_exchange
 from hub.semantic import NO_MEMORY, ChatMemory
 from hub.state import HubState
-from inference.dispatch import Degraded, JobEvent, JobFailed, run_job
+from inference.budget import prompt_tokens_floor
+from inference.dispatch import Degraded, JobEvent, JobFailed, Waiting, run_job
 from inference.protocol import Chunk, Done, Job
+from inference.registry import ModelSummary, WorkerRegistry
 from memory.conversations import (
     is_valid_conversation_id,
     new_conversation_id,
@@ -52,25 +57,36 @@ CONVERSATION_HEADER = "X-Conversation-Id"
 MEMORY_HEADER = "X-Iamine-Memory"
 
 
+def _model_object(model: ModelSummary) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "iamine-pool",
+        "context_length": model.context_size,
+        "supports_tools": model.supports_tools,
+        "workers": model.workers,
+        "free_slots": model.free_slots,
+    }
+
+
 @router.get("/models")
 async def list_models(state: State, _: UserPrincipal) -> dict[str, Any]:
-    """Models served by connected workers, in OpenAI's list shape, with worker counts."""
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": m.id,
-                "object": "model",
-                "created": 0,
-                "owned_by": "iamine-pool",
-                "context_length": m.context_size,
-                "supports_tools": m.supports_tools,
-                "workers": m.workers,
-                "free_slots": m.free_slots,
-            }
-            for m in state.workers.models()
-        ],
-    }
+    """Models served by connected workers (and those seen lately, with 0 workers), OpenAI's shape.
+
+    A model whose workers just left stays listed for ``model_memory_s``: its requests queue
+    for a worker to return instead of failing.
+    """
+    return {"object": "list", "data": [_model_object(m) for m in state.workers.models()]}
+
+
+@router.get("/models/{model_id:path}")
+async def retrieve_model(model_id: str, state: State, _: UserPrincipal) -> dict[str, Any]:
+    """One model of ``/v1/models`` (OpenAI's retrieve), or 404 ``model_not_found``."""
+    model = state.workers.model(model_id)
+    if model is None:
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist in this pool.")
+    return _model_object(model)
 
 
 def _conversation_id(request: Request, body: ChatCompletionRequest) -> str:
@@ -99,6 +115,50 @@ def _job(
         params=body.sampling(),
         deadline_s=deadline_s,
     )
+
+
+def _check_fit(registry: WorkerRegistry, job: Job) -> int:
+    """Refuse what no worker of the model can hold; return the context the prompt needs.
+
+    Decided before dispatch from the largest context among the model's workers (connected, or
+    seen lately): ``max_tokens`` above it is a 400 on ``max_tokens``, a prompt above it a 400
+    ``context_length_exceeded`` on ``messages``. A model known only by policy has no context
+    to judge by yet; its workers decide.
+    """
+    limit = registry.context_limit(job.model)
+    if limit is None:
+        return 0
+    wanted = job.params.max_tokens
+    if wanted is not None and wanted > limit:
+        raise InvalidRequestError(
+            f"max_tokens is too large: {wanted}. The model '{job.model}' has a context of "
+            f"{limit} tokens, prompt and answer together.",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    needed = prompt_tokens_floor(job.messages, job.tools)
+    if needed >= limit:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {limit} tokens. However, your messages "
+            f"resulted in at least {needed} tokens. Please reduce the length of the messages.",
+            param="messages",
+        )
+    return needed
+
+
+def _degraded_text(model: str, degraded: Degraded) -> str:
+    return (
+        f"[iamine: degraded answer] The pool could not serve '{model}' right now "
+        f"({degraded.reason}). Nothing was generated; please retry shortly."
+    )
+
+
+async def _first_event(events: AsyncIterator[JobEvent], stream: bool) -> JobEvent:
+    """The event that decides the response: a stream may start while queued, JSON waits."""
+    event = await anext(events)
+    while isinstance(event, Waiting) and not stream:
+        event = await anext(events)
+    return event
 
 
 def _messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -164,7 +224,11 @@ async def chat_completions(
     """Answer a chat on a pool worker, as JSON or as an SSE stream of chunks."""
     conversation_id = _conversation_id(request, body)
     registry = state.workers
-    if not (registry.serves(body.model) or registry.config.knows(body.model)):
+    if not (
+        registry.serves(body.model)
+        or registry.recently_seen(body.model)
+        or registry.config.knows(body.model)
+    ):
         raise ModelNotFoundError(
             f"The model '{body.model}' is not served by this pool. GET /v1/models lists them.",
             param="model",
@@ -174,12 +238,18 @@ async def chat_completions(
     )
     memory = await _recall(state, request, principal, body)
     job = _job(body, registry.settings.job_deadline_s, memory.injection.message)
+    needs_context = _check_fit(registry, job)
     user = str(principal.user_id)
     events: AsyncIterator[JobEvent] = run_job(
-        registry, job, needs_tools=body.wants_tools(), user=user
+        registry,
+        job,
+        needs_tools=body.wants_tools(),
+        user=user,
+        needs_context=needs_context,
+        notify_waiting=True,
     )
     try:
-        first = await anext(events)
+        first = await _first_event(events, body.stream)
     except JobFailed as exc:
         raise worker_failed(exc) from exc
     headers = {CONVERSATION_HEADER: conversation_id, **route_headers(first, body.model)}
@@ -188,11 +258,7 @@ async def chat_completions(
     state.metrics.routes.labels(headers[ROUTE_HEADER]).inc()
     state.metrics.queue_wait.observe(int(headers[QUEUE_HEADER]) / 1000)
     if isinstance(first, Degraded):
-        text = (
-            f"[iamine: degraded answer] The pool could not serve '{job.model}' right now "
-            f"({first.reason}). Nothing was generated; please retry shortly."
-        )
-        events = degraded_answer(job.job_id, job.model, text)
+        events = degraded_answer(job.job_id, job.model, _degraded_text(job.model, first))
     else:
         events = _record(
             state, request, principal, conversation_id, body, events, mine=memory.enabled
@@ -200,6 +266,8 @@ async def chat_completions(
         if review is not None:
             headers[REVIEW_HEADER] = "on"
             events = review.capture(events, headers[SERVED_HEADER])
+        # A stream that started while queued may still end degraded (no worker came back).
+        events = degrade_late(events, job.job_id, job.model, partial(_degraded_text, job.model))
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         sse = sse_events(events, body.model, include_usage)

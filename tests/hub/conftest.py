@@ -94,15 +94,17 @@ def live_hub(
     name = f"live_{uuid.uuid4().hex[:12]}"
     url, user_token, worker_token = asyncio.run(_prepare(pg_admin_uri, name))
     port = free_port()
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("hub"),
-        database_url=url,
-        inference=InferenceSettings(
+    defaults: dict[str, Any] = {
+        "inference": InferenceSettings(
             local_worker=False, heartbeat_interval_s=1, first_token_timeout_s=30
         ),
         # Fact extraction would put jobs of its own on the tests' workers; it has its own tests.
-        memory=MemorySettings(embedding_model_dir=embedding_model_dir, facts_extraction=False),
-        **hub_overrides,
+        "memory": MemorySettings(embedding_model_dir=embedding_model_dir, facts_extraction=False),
+    }
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("hub"),
+        database_url=url,
+        **(defaults | hub_overrides),
     )
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False

@@ -83,6 +83,15 @@ async def models(hub: LiveHub) -> set[str]:
     return {m["id"] for m in response.json()["data"]}
 
 
+async def worker_counts(hub: LiveHub) -> dict[str, int]:
+    """``/v1/models`` as model id → connected workers (0 for a model seen lately)."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(
+            f"{hub.url}/v1/models", headers={"Authorization": f"Bearer {hub.user_token}"}
+        )
+    return {m["id"]: m["workers"] for m in response.json()["data"]}
+
+
 async def answer(ws: ClientConnection, job: dict[str, Any], text: str) -> None:
     """Finish a job with one chunk of text and a done frame."""
     await ws.send(

@@ -109,6 +109,15 @@ def test_models_advertises_id_context_size_and_tool_support(engine: LlamaEngine)
     assert (model.id, model.context_size, model.supports_tools) == ("smollm2", 2048, True)
 
 
+def test_without_a_context_size_the_model_loads_the_context_it_was_trained_with() -> None:
+    engine = LlamaEngine(bundled_model_path(), n_threads=1, model_id="smollm2")
+    try:
+        [model] = engine.models()
+        assert model.context_size == engine.llama.n_ctx_train() == 8192
+    finally:
+        engine.close()
+
+
 @pytest.mark.anyio
 async def test_streamed_text_ends_with_one_finish_whose_usage_matches_llama_cpp(
     engine: LlamaEngine,
