@@ -40,6 +40,7 @@ class HubBackend:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
+        check_path(path)
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = await self._client.request(
@@ -49,6 +50,9 @@ class HubBackend:
                 params=query,
                 headers={**self._headers, **(headers or {})},
             )
+        except httpx.InvalidURL as exc:
+            message = f"The request cannot be sent: {exc}"
+            raise BackendError(400, "invalid_request", message) from exc
         except httpx.HTTPError as exc:
             raise BackendError(503, "hub_unreachable", f"The hub did not answer: {exc}") from exc
         if response.status_code >= 400:
@@ -75,6 +79,22 @@ class HubBackend:
         """POST and return the JSON answer with the response headers."""
         response = await self._call("POST", path, body=body, headers=headers)
         return response.json(), response.headers
+
+
+def check_path(path: str) -> None:
+    """Refuse a path that is not plainly one hub API resource (a last guard behind the ids).
+
+    httpx resolves ``.`` and ``..`` segments and would read ``?`` or ``#`` as a query or a
+    fragment, so a client's text that slipped into a path could address another route.
+    """
+    segments = path.split("/")
+    if (
+        not path.startswith("/v1/")
+        or any(segment in {"", ".", ".."} for segment in segments[1:])
+        or any(char in path for char in "?#\\")
+        or not path.isprintable()
+    ):
+        raise BackendError(400, "invalid_id", f"Refusing to call {path[:80]!r}: not a hub path.")
 
 
 def _error(response: httpx.Response) -> BackendError:

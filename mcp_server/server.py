@@ -14,11 +14,24 @@ from typing import Annotated, Any
 
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from pydantic import Field
 
 from inference.roles import BUILTIN_ROLES, Role
 from mcp_server.backend import BackendError, HubBackend
+from mcp_server.ids import (
+    ConversationId,
+    FactId,
+    InvalidId,
+    Namespace,
+    NoteId,
+    RoleName,
+    conversation_path,
+    fact_path,
+    note_path,
+    parse_conversation_id,
+    parse_namespace,
+)
 from mcp_server.schemas import (
     ChatAnswer,
     ConversationDetail,
@@ -35,6 +48,8 @@ from mcp_server.schemas import (
     Recall,
     SubagentAnswer,
 )
+from memory.facts import KEY_PATTERN, MAX_FACT_CHARS, TAG_PATTERN
+from memory.notes import MAX_AGENT_CHARS, MAX_BODY_CHARS, MAX_TITLE_CHARS
 
 INSTRUCTIONS = (
     "iamine hub: a cooperative AI pool with four-tier memory. Use `remember` for lasting facts "
@@ -92,8 +107,25 @@ class Tools:
             raise _tool_error(exc) from exc
 
 
-def _tool_error(exc: BackendError) -> ToolError:
+def _tool_error(exc: BackendError | InvalidId) -> ToolError:
     return ToolError(f"{exc.message} ({exc.code})")
+
+
+def _resource_error(exc: BackendError | InvalidId) -> ResourceError:
+    """A hub error or a bad id as a resource error: the caller's mistake (invalid params) unless
+    the hub itself failed."""
+    message = f"{exc.message} ({exc.code})"
+    if isinstance(exc, BackendError) and exc.status >= 500:
+        return ResourceError(message)
+    return ResourceNotFoundError(message)
+
+
+def _parsed[T](parse: Callable[[T], str], value: T) -> str:
+    """``parse(value)`` (an id or a hub path); an invalid id becomes an MCP tool error."""
+    try:
+        return parse(value)
+    except InvalidId as exc:
+        raise _tool_error(exc) from exc
 
 
 def build_server(client: httpx.AsyncClient, token_source: TokenSource) -> MCPServer:
@@ -129,7 +161,8 @@ def _register_pool_tools(mcp: MCPServer, tools: Tools) -> None:
         ] = None,
         system: Annotated[str | None, Field(description="Optional system prompt.")] = None,
         conversation_id: Annotated[
-            str | None, Field(description="Continue a conversation (recorded in memory).")
+            ConversationId | None,
+            Field(description="Continue a conversation (recorded in memory)."),
         ] = None,
         max_tokens: Annotated[int, Field(gt=0, le=4096, description="Answer length cap.")] = 256,
     ) -> ChatAnswer:
@@ -140,11 +173,15 @@ def _register_pool_tools(mcp: MCPServer, tools: Tools) -> None:
             if model is None:
                 served = (await backend.get("/v1/models"))["data"]
                 if not served:
-                    raise ToolError("No model is served by the pool right now.")
+                    raise ToolError("No model is served by the pool right now. (model_not_found)")
                 model = str(served[0]["id"])
             messages = [{"role": "system", "content": system}] if system else []
             messages.append({"role": "user", "content": message})
-            headers = {"X-Conversation-Id": conversation_id} if conversation_id else None
+            headers = (
+                {"X-Conversation-Id": _parsed(parse_conversation_id, conversation_id)}
+                if conversation_id is not None
+                else None
+            )
             body, response_headers = await backend.post_with_headers(
                 "/v1/chat/completions",
                 {"model": model, "messages": messages, "max_tokens": max_tokens},
@@ -170,10 +207,10 @@ def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def conversation_get(
         ctx: Context[Any, Any],
-        conversation_id: Annotated[str, Field(min_length=1, description="Id from the list.")],
+        conversation_id: Annotated[ConversationId, Field(description="Id from the list.")],
     ) -> ConversationDetail:
         """Read one of the user's conversations, decrypted: its turns and summaries."""
-        body = await tools.get(ctx, f"/v1/conversations/{conversation_id}")
+        body = await tools.get(ctx, _parsed(conversation_path, conversation_id))
         return ConversationDetail.model_validate(body)
 
     @mcp.tool()
@@ -188,16 +225,21 @@ def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
         mime_type="application/json",
     )
     async def conversation_resource(conversation_id: str, ctx: Context[Any, Any]) -> str:
+        # Parsed in the body, not by the signature: a bad id is the caller's error, not a crash.
         try:
-            body = await tools.backend(ctx).get(f"/v1/conversations/{conversation_id}")
-        except BackendError as exc:
-            raise ValueError(exc.message) from exc
+            body = await tools.backend(ctx).get(conversation_path(conversation_id))
+        except (BackendError, InvalidId) as exc:
+            raise _resource_error(exc) from exc
         return json.dumps(body)
 
 
-Tags = Annotated[list[str] | None, Field(description="Lower-case tags to filter or label by.")]
-Namespace = Annotated[
-    str, Field(description="`user:me` (private), `pool:<name>` (shared) or `fed:<name>`.")
+# The hub's own limits, published in the tools' schemas so an agent sees them before calling.
+MAX_QUERY_CHARS = 2000
+Tag = Annotated[str, Field(pattern=TAG_PATTERN)]
+Key = Annotated[str, Field(pattern=KEY_PATTERN)]
+Tags = Annotated[list[Tag] | None, Field(description="Lower-case tags to filter or label by.")]
+Query = Annotated[
+    str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What you want to know.")
 ]
 
 
@@ -205,9 +247,14 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def remember(
         ctx: Context[Any, Any],
-        text: Annotated[str, Field(min_length=1, description="One fact, one short sentence.")],
+        text: Annotated[
+            str,
+            Field(
+                min_length=1, max_length=MAX_FACT_CHARS, description="One fact, one short sentence."
+            ),
+        ],
         key: Annotated[
-            str | None,
+            Key | None,
             Field(description="What it is about (`home_city`); a newer fact with it replaces."),
         ] = None,
         tags: Tags = None,
@@ -223,11 +270,11 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def recall(
         ctx: Context[Any, Any],
-        query: Annotated[str, Field(min_length=1, description="What you want to know.")],
+        query: Query,
         k: Annotated[int, Field(ge=1, le=100, description="Results per tier.")] = 5,
         tags: Tags = None,
         namespace: Annotated[
-            list[str] | None, Field(description="Only notes of these namespaces.")
+            list[Namespace] | None, Field(description="Only notes of these namespaces.")
         ] = None,
     ) -> Recall:
         """Search the user's memory: the facts (L3) and notes (L4) most relevant to `query`."""
@@ -239,20 +286,24 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def forget(
         ctx: Context[Any, Any],
-        fact_id: Annotated[str, Field(min_length=1, description="Id from remember or recall.")],
+        fact_id: FactId,
     ) -> Forgotten:
         """Forget one fact for good (text, embedding and history)."""
-        body = await tools.delete(ctx, f"/v1/memory/facts/{fact_id}")
+        body = await tools.delete(ctx, _parsed(fact_path, fact_id))
         return Forgotten.model_validate(body)
 
     @mcp.tool()
     async def note_write(
         ctx: Context[Any, Any],
-        body: Annotated[str, Field(min_length=1, description="The note's text.")],
-        title: str = "",
+        body: Annotated[
+            str, Field(min_length=1, max_length=MAX_BODY_CHARS, description="The note's text.")
+        ],
+        title: Annotated[str, Field(max_length=MAX_TITLE_CHARS)] = "",
         namespace: Namespace = "user:me",
         tags: Tags = None,
-        author_agent: Annotated[str, Field(description="Which agent writes it.")] = "",
+        author_agent: Annotated[
+            str, Field(max_length=MAX_AGENT_CHARS, description="Which agent writes it.")
+        ] = "",
     ) -> Note:
         """Write a note for the user's agents (or a shared namespace); searchable by meaning
         and by keywords. Notes are stored in clear so they can be searched by keywords."""
@@ -268,9 +319,11 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def note_search(
         ctx: Context[Any, Any],
-        query: Annotated[str, Field(min_length=1, description="Search text.")],
+        query: Annotated[Query, Field(description="Search text.")],
         k: Annotated[int, Field(ge=1, le=100)] = 10,
-        namespace: Annotated[list[str] | None, Field(description="Namespaces to search.")] = None,
+        namespace: Annotated[
+            list[Namespace] | None, Field(description="Namespaces to search.")
+        ] = None,
         tags: Tags = None,
         mode: Annotated[str, Field(pattern="^(hybrid|vector|keyword)$")] = "hybrid",
     ) -> NoteList:
@@ -283,10 +336,10 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def note_get(
         ctx: Context[Any, Any],
-        note_id: Annotated[str, Field(min_length=1, description="Id from note_search.")],
+        note_id: NoteId,
     ) -> Note:
         """Read one note in full."""
-        return Note.model_validate(await tools.get(ctx, f"/v1/memory/notes/{note_id}"))
+        return Note.model_validate(await tools.get(ctx, _parsed(note_path, note_id)))
 
     @mcp.resource(
         "memory://facts{?query}",
@@ -297,7 +350,7 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         try:
             body = await tools.backend(ctx).get("/v1/memory/facts", query=query or None, k=100)
         except BackendError as exc:
-            raise ValueError(exc.message) from exc
+            raise _resource_error(exc) from exc
         return json.dumps(FactList(facts=body["data"]).model_dump())
 
     @mcp.resource(
@@ -307,13 +360,14 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
     )
     async def note_resource(namespace: str, note_id: str, ctx: Context[Any, Any]) -> str:
         try:
-            body = await tools.backend(ctx).get(f"/v1/memory/notes/{note_id}")
-        except BackendError as exc:
-            raise ValueError(exc.message) from exc
+            namespace = parse_namespace(namespace)
+            body = await tools.backend(ctx).get(note_path(note_id))
+        except (BackendError, InvalidId) as exc:
+            raise _resource_error(exc) from exc
         if body.get("namespace") != namespace and not (
             namespace == "user:me" and str(body.get("namespace", "")).startswith("user:")
         ):
-            raise ValueError(f"Note {note_id} is not in {namespace}.")
+            raise ResourceNotFoundError(f"Note {note_id} is not in {namespace}. (not_found)")
         return json.dumps(body)
 
 
@@ -321,13 +375,7 @@ def _register_agent_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool()
     async def subagent_run(
         ctx: Context[Any, Any],
-        role: Annotated[
-            str,
-            Field(
-                description="scout (explore), coder (write code), tank (hard problems), "
-                "reviewer (critique), or a role the pool configured."
-            ),
-        ],
+        role: RoleName,
         input: Annotated[str, Field(min_length=1, description="The task for the sub-agent.")],
         max_tokens: Annotated[int | None, Field(gt=0, description="Tighter token budget.")] = None,
     ) -> SubagentAnswer:

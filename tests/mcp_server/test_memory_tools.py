@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
+from mcp import MCPError
+from mcp.types import INVALID_PARAMS
 
 from tests.hub.conftest import LiveHub
 from tests.mcp_server.test_server import http_client
@@ -83,3 +86,38 @@ async def test_bad_memory_arguments_are_tool_errors(live_hub: LiveHub) -> None:
     assert bad_tag.is_error
     assert bad_id.is_error
     assert bad_mode.is_error
+
+
+async def test_an_id_that_is_a_path_is_refused_and_memory_survives(live_hub: LiveHub) -> None:
+    async with http_client(live_hub, live_hub.user_token) as client:
+        stored = await client.call_tool("remember", {"text": "Alice's bike is a green Brompton."})
+        assert stored.structured_content is not None
+        fact_id = stored.structured_content["id"]
+        wipe = await client.call_tool("forget", {"fact_id": "../../memory"})
+        sneaky = await client.call_tool("forget", {"fact_id": f"{fact_id}/../../../memory"})
+        listing = await client.call_tool("note_get", {"note_id": "..%2F..%2Fexport"})
+        export = await client.call_tool("conversation_get", {"conversation_id": ".."})
+    async with httpx.AsyncClient(base_url=live_hub.url) as http:
+        fact = await http.get(
+            f"/v1/memory/facts/{fact_id}",
+            headers={"Authorization": f"Bearer {live_hub.user_token}"},
+        )
+    assert fact.status_code == 200, "the fact was deleted through a path in an id"
+    assert fact.json()["text"] == "Alice's bike is a green Brompton."
+    assert wipe.is_error and sneaky.is_error and listing.is_error and export.is_error
+    assert "validation error for forgetArguments" in wipe.content[0].text  # type: ignore[union-attr]
+    assert "invalid_id" in export.content[0].text  # type: ignore[union-attr]
+
+
+async def test_a_resource_uri_with_a_bad_id_is_an_invalid_params_error(live_hub: LiveHub) -> None:
+    async with http_client(live_hub, live_hub.user_token) as client:
+        for uri in (
+            "notes://user:me/not-a-uuid",
+            "notes://user:me/..",
+            "notes://nobody/0190b3c0-0000-7000-8000-000000000000",
+            "conversation://%2E%2E",
+            "conversation://a%20b",
+        ):
+            with pytest.raises(MCPError) as refused:
+                await client.read_resource(uri)
+            assert refused.value.error.code == INVALID_PARAMS, (uri, refused.value.error)

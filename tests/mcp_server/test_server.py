@@ -22,10 +22,12 @@ pytestmark = pytest.mark.anyio
 
 
 @asynccontextmanager
-async def http_client(hub: LiveHub, token: str | None) -> AsyncIterator[Client]:
+async def http_client(
+    hub: LiveHub, token: str | None, timeout_s: float = 30
+) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
-        httpx2.AsyncClient(headers=headers) as http,
+        httpx2.AsyncClient(headers=headers, timeout=timeout_s) as http,
         Client(streamable_http_client(f"{hub.url}/mcp", http_client=http)) as client,
     ):
         yield client
