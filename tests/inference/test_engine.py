@@ -113,7 +113,8 @@ def test_without_a_context_size_the_model_loads_the_context_it_was_trained_with(
     engine = LlamaEngine(bundled_model_path(), n_threads=1, model_id="smollm2")
     try:
         [model] = engine.models()
-        assert model.context_size == engine.llama.n_ctx_train() == 8192
+        trained = int(engine.llama.metadata["llama.context_length"])
+        assert model.context_size == trained == 8192
     finally:
         engine.close()
 
