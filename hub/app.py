@@ -45,6 +45,7 @@ from hub.routes import (
     workers,
 )
 from hub.scheduler import Scheduler
+from hub.schemas import ERROR_RESPONSES
 from hub.semantic import SemanticMemory, embedding_model_dir, pool_extractor
 from hub.state import HubState
 from inference.dispatch import JobFailed, complete_text
@@ -175,6 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="OpenAI-compatible API and MCP memory server of a cooperative AI pool.",
         lifespan=_lifespan(settings, metrics, mcp),
+        responses=ERROR_RESPONSES,
     )
     install_error_handlers(app)
     app.include_router(health.router)

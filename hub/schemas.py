@@ -1,13 +1,81 @@
-"""Request and response bodies of the hub's own (non-OpenAI) HTTP API."""
+"""Request and response bodies of the hub's own (non-OpenAI) HTTP API, and their strict base.
+
+Every public request body derives from :class:`StrictBody`: a JSON value is taken as its own type,
+never coerced, so what the OpenAPI schema refuses the hub refuses too.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from hub.accounts import TokenRecord, User
+
+
+class StrictBody(BaseModel):
+    """Base of public request bodies: pydantic's strict mode, so no JSON value is coerced.
+
+    The default (lax) mode reads ``false`` as ``0``, ``"1"`` as ``1`` and ``1`` as ``true``: a body
+    the schema calls invalid would be accepted. FastAPI validates the body after ``json.loads``, in
+    pydantic's Python mode, where strict mode also refuses the strings JSON carries datetimes and
+    UUIDs in: declare such fields with :data:`JsonDatetime` and :data:`JsonUUID`.
+    """
+
+    model_config = ConfigDict(strict=True)
+
+
+def _iso_datetime(value: object) -> object:
+    """A datetime as JSON carries it: an ISO 8601 string (lax mode also takes numbers)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("Input should be an ISO 8601 date-time string")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("Input should be an ISO 8601 date-time string") from None
+
+
+JsonDatetime = Annotated[AwareDatetime, Strict(False), BeforeValidator(_iso_datetime)]
+"""A timezone-aware datetime given as an ISO 8601 string, in a :class:`StrictBody`."""
+
+JsonUUID = Annotated[UUID, Strict(False)]
+"""A UUID given as a string, in a :class:`StrictBody` (lax UUIDs accept only strings and UUIDs)."""
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong: OpenAI's error object."""
+
+    message: str = Field(description="For people: what was wrong and how to fix it.")
+    type: str = Field(description="OpenAI's error type, like `invalid_request_error`.")
+    param: str | None = Field(description="The request field, parameter or header at fault.")
+    code: str = Field(description="Machine-readable code, like `invalid_value` or `not_found`.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error the hub answers (``hub/errors.py`` writes it)."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Invalid request; `param` names what is wrong."},
+    401: {"model": ErrorBody, "description": "No valid bearer token."},
+    403: {"model": ErrorBody, "description": "The token lacks the scope (or memory key) needed."},
+    404: {"model": ErrorBody, "description": "No such route or resource (or not the caller's)."},
+    "4XX": {
+        "model": ErrorBody,
+        "description": "Another client error (409 conflict, 413 body too large, 429 pool busy).",
+    },
+}
+"""Error answers every route may give, declared once for the OpenAPI schema (``create_app``).
+
+Declaring ``4XX`` also keeps FastAPI from documenting a 422 the hub never sends: validation errors
+are 400s in the error shape above.
+"""
 
 
 class TokenOut(BaseModel):
@@ -45,7 +113,7 @@ class IssuedTokenOut(TokenOut):
     token: str
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(StrictBody):
     """Ask for a new token."""
 
     model_config = ConfigDict(extra="forbid")
@@ -59,12 +127,19 @@ class TokenCreate(BaseModel):
         return now + timedelta(seconds=self.expires_in_s) if self.expires_in_s else None
 
 
-class UserCreate(BaseModel):
+# The users table's CHECK: refused here first, so no NUL or newline ever reaches PostgreSQL.
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+
+
+class UserCreate(StrictBody):
     """Create a user (admin)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(
+        pattern=USER_NAME_PATTERN,
+        description="1-64 letters, digits and _ . @ -, starting with a letter or digit.",
+    )
 
 
 class UserOut(BaseModel):

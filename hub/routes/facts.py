@@ -14,10 +14,11 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from hub.deps import Semantic, UserCallerDep
 from hub.errors import InvalidRequestError, NotFoundError
+from hub.schemas import JsonDatetime, JsonUUID, StrictBody
 from memory import facts
 from memory.conversations import CONVERSATION_ID
 from memory.facts import KEY_PATTERN, MAX_FACT_CHARS, TAG_PATTERN, Fact, NewFact
@@ -40,7 +41,7 @@ TagsQuery = Annotated[
 KQuery = Annotated[int, Query(ge=1, le=100, description="How many results.")]
 
 
-class FactBody(BaseModel):
+class FactBody(StrictBody):
     """A fact to remember about the caller."""
 
     model_config = ConfigDict(extra="forbid")
@@ -56,11 +57,11 @@ class FactBody(BaseModel):
         default_factory=list, max_length=MAX_TAGS, description="Lower-case tags, stored in clear."
     )
     confidence: float = Field(1.0, ge=0, le=1, description="How sure the writer is, 0 to 1.")
-    valid_from: AwareDatetime | None = Field(None, description="When it became true (now).")
+    valid_from: JsonDatetime | None = Field(None, description="When it became true (now).")
     source_conversation: str | None = Field(
         None, pattern=CONVERSATION_ID.pattern, description="Conversation it came from."
     )
-    supersedes: list[UUID] = Field(
+    supersedes: list[JsonUUID] = Field(
         default_factory=list, max_length=32, description="Ids of facts this one replaces."
     )
 

@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.deps import State
@@ -41,7 +41,7 @@ async def readyz(state: State) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
     """Prometheus metrics of this hub process."""
     state.metrics.collect_workers()

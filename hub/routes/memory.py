@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool
 
 from hub import accounts
 from hub.auth import Principal
@@ -27,6 +27,7 @@ from hub.deps import State, UserCaller, UserCallerDep
 from hub.errors import InvalidRequestError
 from hub.routes.conversations import conversation_body
 from hub.routes.recall import erase_semantic, export_semantic
+from hub.schemas import StrictBody
 from hub.state import HubState
 from memory import l1, l2
 from memory.compaction import CompactionRequest
@@ -38,7 +39,7 @@ log = structlog.get_logger()
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 
 
-class MemorySettingsBody(BaseModel):
+class MemorySettingsBody(StrictBody):
     """The caller's memory opt-in: L2 conversations, and compaction of long ones."""
 
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +50,7 @@ class MemorySettingsBody(BaseModel):
     )
 
 
-class LinkBody(BaseModel):
+class LinkBody(StrictBody):
     """Another token of the caller's, to be given access to the caller's memory."""
 
     model_config = ConfigDict(extra="forbid")

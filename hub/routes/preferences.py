@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool
 
 from hub.deps import State, UserCallerDep
 from hub.preferences import Preferences, load_preferences, save_preferences
+from hub.schemas import StrictBody
 
 router = APIRouter(prefix="/v1", tags=["agents"])
 
 
-class PreferencesBody(BaseModel):
+class PreferencesBody(StrictBody):
     """The caller's preferences."""
 
     model_config = ConfigDict(extra="forbid")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Self
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from hub.deps import AdminPrincipal, State
 from hub.errors import NotFoundError
+from hub.schemas import StrictBody
 from inference.red import (
     PlaybookVersion,
     current_playbook,
@@ -21,12 +22,14 @@ from inference.red import (
 router = APIRouter(prefix="/admin/api/red", tags=["admin"])
 
 
-class PlaybookChange(BaseModel):
+class PlaybookChange(StrictBody):
     """Either roll the playbook back to an older version, or set its text."""
 
     model_config = ConfigDict(extra="forbid")
 
-    rollback_to: int | None = Field(None, ge=1, description="Version whose text becomes current.")
+    rollback_to: int | None = Field(
+        None, ge=1, le=2**63 - 1, description="Version whose text becomes current (a bigint)."
+    )
     text: str | None = Field(None, max_length=20_000, description="New playbook text.")
 
     @model_validator(mode="after")

@@ -1,0 +1,97 @@
+"""Public request bodies are strict, and every route declares the error answers it gives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hub.app import create_app
+from hub.config import Settings
+from tests.hub.test_errors import assert_openai_error
+from tests.memory.hub_driver import bearer, new_user
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+FACT = {"text": "Lives in Lyon."}
+
+# (method, path, body, the param at fault): each value is JSON of another type than the schema's,
+# which pydantic's lax mode would have coerced.
+COERCIBLE: list[tuple[str, str, dict[str, Any], str | None]] = [
+    ("POST", "/v1/chat/completions", {**CHAT, "max_tokens": "5"}, "max_tokens"),
+    ("POST", "/v1/chat/completions", {**CHAT, "max_tokens": 5.0}, "max_tokens"),
+    ("POST", "/v1/chat/completions", {**CHAT, "stream": 0}, "stream"),
+    ("POST", "/v1/chat/completions", {**CHAT, "temperature": "0.5"}, "temperature"),
+    ("POST", "/v1/chat/completions", {**CHAT, "seed": True}, "seed"),
+    ("POST", "/v1/chat/completions", {**CHAT, "stream_options": {"include_usage": 1}}, None),
+    ("POST", "/v1/tokens", {"expires_in_s": "60"}, "expires_in_s"),
+    ("POST", "/v1/memory/facts", {**FACT, "confidence": "0.5"}, "confidence"),
+    ("POST", "/v1/memory/facts", {**FACT, "valid_from": 0}, "valid_from"),
+    ("POST", "/v1/memory/facts", {**FACT, "valid_from": "1700000000"}, "valid_from"),
+    ("POST", "/v1/memory/facts", {**FACT, "supersedes": [1]}, None),
+    ("PUT", "/v1/preferences", {"auto_review": "true"}, "auto_review"),
+]
+
+
+@pytest.fixture
+def alice(client: TestClient, admin_token: str) -> dict[str, str]:
+    """Alice's ``Authorization`` header."""
+    return bearer(new_user(client, admin_token, "alice"))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    COERCIBLE,
+    ids=[
+        f"{path} {next(iter(set(body) - {'model', 'messages', 'text'}))}"
+        for _, path, body, _ in COERCIBLE
+    ],
+)
+def test_a_json_value_of_another_type_is_refused_not_coerced(
+    client: TestClient,
+    alice: dict[str, str],
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    param: str | None,
+) -> None:
+    response = client.request(method, path, json=body, headers=alice)
+    assert response.status_code == 400, response.text
+    assert_openai_error(response.json(), "invalid_value")
+    if param is not None:
+        assert response.json()["error"]["param"] == param
+
+
+def test_datetimes_and_uuids_still_come_as_iso_strings(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    first = client.post("/v1/memory/facts", json=FACT, headers=alice)
+    assert first.status_code == 201, first.text
+    body = {
+        "text": "Lives in Paris.",
+        "valid_from": "2026-01-02T03:04:05+00:00",
+        "supersedes": [first.json()["id"]],
+    }
+    second = client.post("/v1/memory/facts", json=body, headers=alice)
+    assert second.status_code == 201, second.text
+
+
+def test_every_operation_declares_the_error_shape_and_no_422() -> None:
+    document = create_app(Settings(data_dir="unused")).openapi()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, f"{method.upper()} {path}"
+            for status in ("400", "401", "403", "404", "4XX"):
+                # /metrics answers text: FastAPI files its error answers under that media type.
+                (content,) = responses[status]["content"].values()
+                assert content["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, path
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "alice\n", "", "-alice", "a" * 65, "al ice"])
+def test_a_user_name_the_database_would_refuse_is_a_400_naming_it(
+    client: TestClient, admin_token: str, name: str
+) -> None:
+    response = client.post("/admin/api/users", json={"name": name}, headers=bearer(admin_token))
+    assert response.status_code == 400, response.text
+    assert_openai_error(response.json(), "invalid_value", param="name")
