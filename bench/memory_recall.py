@@ -33,7 +33,6 @@ from hub.observability import configure_logging
 from memory.embeddings import Embedder, install_model
 from memory.notes import NewNote, add_note
 from memory.recall import RecallQuery, SearchMode, recall
-from memory.settings import MemorySettings
 
 DEFAULT_SET = Path(__file__).resolve().parent.parent / "tests/memory/data/recall_set.json"
 CUTOFFS = (1, 5, 10)
@@ -47,9 +46,7 @@ async def ingest(
     ids: dict[UUID, str] = {}
     for turn, vector in zip(turns, vectors, strict=True):
         note = NewNote(f"user:{user_id}", turn["text"], tags=(turn["conversation"],))
-        stored = await add_note(
-            conn, user_id, note, vector, now=datetime.now(UTC), settings=MemorySettings()
-        )
+        stored = await add_note(conn, user_id, note, vector, now=datetime.now(UTC))
         ids[stored.id] = turn["id"]
     return ids
 

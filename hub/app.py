@@ -36,6 +36,7 @@ from hub.routes import (
     health,
     jobs,
     memory,
+    namespaces,
     notes,
     pool,
     preferences,
@@ -190,6 +191,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(memory.router)
     app.include_router(facts.router)
     app.include_router(notes.router)
+    app.include_router(namespaces.router)
     app.include_router(recall.router)
     app.include_router(jobs.router)
     app.include_router(red.router)

@@ -4,7 +4,9 @@ The chat path stays lean: a user's memory opt-in is cached for ``recall_cache_tt
 through this hub's API clears it at once), so a user with memory off costs a dictionary lookup;
 with memory on, the last user message is embedded (about 5 ms), then on one connection the data
 key is unwrapped (one primary-key lookup) and one search statement (:func:`memory.recall.recall`)
-finds facts and notes.
+finds facts and notes: the user's own, and those of the shared namespaces they are subscribed to
+(checked in that statement). The injected message quotes them as reference data, each labelled
+in words (never a user, token or namespace id: the worker reads it).
 A recall that cannot run (model not installed, a database error) never fails the chat: it
 injects nothing, and says so in the log.
 """

@@ -31,6 +31,18 @@ class InvalidNamespace(MemoryStoreError):
 
 
 class NamespaceForbidden(MemoryStoreError):
-    """The caller may not read or write this namespace (another user's, or a write rule's)."""
+    """The caller may not read or write this namespace (not theirs, unsubscribed, a rule)."""
 
     code = "namespace_forbidden"
+
+
+class NamespaceNotFound(MemoryStoreError):
+    """No shared namespace has this name (the admin, or a user they allowed, makes them)."""
+
+    code = "namespace_not_found"
+
+
+class NamespaceExists(MemoryStoreError):
+    """A shared namespace of that name exists already."""
+
+    code = "namespace_exists"

@@ -4,9 +4,8 @@ Namespaces:
 
 - ``user:<user id>`` — private to one user (``user:me`` names the caller's own). Nobody else
   reads or writes it, whatever filter they send: every query also checks ``owner_id`` in SQL.
-- ``pool:<name>`` — shared by every user of this pool. The first note written there creates the
-  namespace, owned by its writer, with the write rule ``notes_default_write_rule``: ``members``
-  (any user may write) or ``owner`` (only the owner). The owner may change it.
+- ``pool:<name>`` — shared by the users subscribed to it. Only the admin (or a user the admin
+  allowed) creates one, never a first note: ``memory/namespaces.py`` holds who reads and writes.
 - ``fed:<name>`` — like ``pool:``, and to be synced between pools by federation later.
 
 Notes are stored in plaintext: full-text search needs the words, and a ``tsvector`` of an
@@ -26,28 +25,19 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from uuid import UUID
 
 import asyncpg
 
 from memory.embeddings import MODEL_DIM, MODEL_NAME, Vector
 from memory.errors import InvalidNamespace, NamespaceForbidden
-from memory.settings import MemorySettings
+from memory.namespaces import READABLE_NOTE, SHARED_NAME, check_write
 
-SHARED_NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
 NAMESPACE_PATTERN = rf"^(user:(me|[0-9a-f-]{{36}})|(pool|fed):{SHARED_NAME})$"
 _NAMESPACE = re.compile(NAMESPACE_PATTERN)
 MAX_TITLE_CHARS = 200
 MAX_BODY_CHARS = 32_000
 MAX_AGENT_CHARS = 64
-
-
-class WriteRule(StrEnum):
-    """Who may write to a shared namespace."""
-
-    MEMBERS = "members"
-    OWNER = "owner"
 
 
 @dataclass(frozen=True)
@@ -63,7 +53,10 @@ class NewNote:
 
 @dataclass(frozen=True)
 class Note:
-    """A stored note (a tombstone has ``deleted_at`` and no content)."""
+    """A stored note (a tombstone has ``deleted_at`` and no content).
+
+    ``mine``: the reader wrote it; ``author``: the writer's user name (None once deleted).
+    """
 
     id: UUID
     namespace: str
@@ -78,16 +71,7 @@ class Note:
     updated_at: datetime
     deleted_at: datetime | None
     mine: bool
-
-
-@dataclass(frozen=True)
-class Namespace:
-    """A shared namespace and its write rule."""
-
-    name: str
-    write_rule: WriteRule
-    owned: bool
-    notes: int
+    author: str | None = None
 
 
 NOTE_COLUMNS = (
@@ -96,26 +80,31 @@ NOTE_COLUMNS = (
 )
 
 
-# Statements are built once from the constant column list; no value is ever formatted in.
+_NOTE_FIELDS = ", ".join(f"n.{c}" for c in NOTE_COLUMNS.split(", "))
+_AUTHOR = "LEFT JOIN users u ON u.id = n.author_id"
+
+# Statements are built once from constants; no value is ever formatted in.
 _INSERT_SQL = (
-    "INSERT INTO notes (id, namespace, owner_id, author_id, author_agent, title, body, "  # noqa: S608
-    "tags, embedding, embedding_model, embedding_dim, content_hash, created_at, updated_at) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) "
-    f"RETURNING {NOTE_COLUMNS}"
+    "WITH n AS (INSERT INTO notes (id, namespace, owner_id, author_id, author_agent, title, "  # noqa: S608
+    "body, tags, embedding, embedding_model, embedding_dim, content_hash, created_at, "
+    "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) "
+    f"RETURNING *) SELECT {_NOTE_FIELDS}, u.name AS author_name FROM n {_AUTHOR}"
 )
 _GET_SQL = (
-    f"SELECT {NOTE_COLUMNS} FROM notes "  # noqa: S608
-    "WHERE id = $2 AND (owner_id IS NULL OR owner_id = $1)"
+    f"SELECT {_NOTE_FIELDS}, u.name AS author_name FROM notes n {_AUTHOR} "  # noqa: S608
+    f"WHERE n.id = $2 AND {READABLE_NOTE}"
 )
 _LIST_SQL = (
-    f"SELECT {NOTE_COLUMNS} FROM notes WHERE (owner_id IS NULL OR owner_id = $1) "  # noqa: S608
-    "AND deleted_at IS NULL AND ($2::text[] IS NULL OR namespace = ANY($2)) "
-    "AND tags @> $3::text[] AND ($4::timestamptz IS NULL OR created_at >= $4) "
-    "AND ($5::timestamptz IS NULL OR created_at < $5) ORDER BY id DESC LIMIT $6"
+    f"SELECT {_NOTE_FIELDS}, u.name AS author_name FROM notes n {_AUTHOR} "  # noqa: S608
+    f"WHERE {READABLE_NOTE} AND n.deleted_at IS NULL "
+    "AND ($2::text[] IS NULL OR n.namespace = ANY($2)) AND n.tags @> $3::text[] "
+    "AND ($4::timestamptz IS NULL OR n.created_at >= $4) "
+    "AND ($5::timestamptz IS NULL OR n.created_at < $5) ORDER BY n.id DESC LIMIT $6"
 )
 _EXPORT_SQL = (
-    f"SELECT {NOTE_COLUMNS} FROM notes WHERE owner_id = $1 "  # noqa: S608
-    "OR (owner_id IS NULL AND author_id = $1 AND deleted_at IS NULL) ORDER BY id"
+    f"SELECT {_NOTE_FIELDS}, u.name AS author_name FROM notes n {_AUTHOR} "  # noqa: S608
+    "WHERE n.owner_id = $1 OR (n.owner_id IS NULL AND n.author_id = $1 "
+    "AND n.deleted_at IS NULL) ORDER BY n.id"
 )
 
 
@@ -135,6 +124,7 @@ def note_from_row(row: asyncpg.Record, user_id: UUID) -> Note:
         updated_at=row["updated_at"],
         deleted_at=row["deleted_at"],
         mine=row["author_id"] == user_id,
+        author=row.get("author_name"),
     )
 
 
@@ -187,12 +177,14 @@ async def add_note(
     vector: Vector,
     *,
     now: datetime,
-    settings: MemorySettings,
 ) -> Note:
-    """Store a note in a namespace the user may write (``note.namespace`` is canonical)."""
+    """Store a note in a namespace the user may write (``note.namespace`` is canonical).
+
+    A shared namespace must exist and the user be subscribed to it (:func:`check_write`).
+    """
     async with conn.transaction():
         if owner_of(note.namespace) is None:
-            await _check_write(conn, user_id, note.namespace, settings)
+            await check_write(conn, user_id, note.namespace)
         row = await conn.fetchrow(
             _INSERT_SQL,
             uuid7(now),
@@ -212,27 +204,9 @@ async def add_note(
     return note_from_row(row, user_id)
 
 
-async def _check_write(
-    conn: asyncpg.Connection, user_id: UUID, namespace: str, settings: MemorySettings
-) -> None:
-    await conn.execute(
-        "INSERT INTO note_namespaces (namespace, owner_id, write_rule) VALUES ($1, $2, $3) "
-        "ON CONFLICT (namespace) DO NOTHING",
-        namespace,
-        user_id,
-        settings.notes_default_write_rule,
-    )
-    row = await conn.fetchrow(
-        "SELECT owner_id, write_rule FROM note_namespaces WHERE namespace = $1", namespace
-    )
-    if row["write_rule"] == WriteRule.OWNER and row["owner_id"] != user_id:
-        raise NamespaceForbidden(
-            f"Only the owner of {namespace} may write to it.", param="namespace"
-        )
-
-
 async def get_note(conn: asyncpg.Connection, user_id: UUID, note_id: UUID) -> Note | None:
-    """A note the user may read (shared, or their own private one), tombstones included."""
+    """A note the user may read (their own, or in a namespace they are subscribed to),
+    tombstones included."""
     row = await conn.fetchrow(
         _GET_SQL,
         user_id,
@@ -251,7 +225,8 @@ async def list_notes(
     until: datetime | None = None,
     limit: int = 100,
 ) -> list[Note]:
-    """Live notes the user may read, newest first, filtered by namespace, tags and time."""
+    """Live notes the user may read (their own and their subscriptions'), newest first,
+    filtered by namespace, tags and time."""
     rows = await conn.fetch(
         _LIST_SQL,
         user_id,
@@ -264,20 +239,24 @@ async def list_notes(
     return [note_from_row(r, user_id) for r in rows]
 
 
+_DELETABLE_SQL = (
+    "SELECT n.owner_id, n.author_id, s.owner_id AS namespace_owner FROM notes n "  # noqa: S608
+    "LEFT JOIN note_namespaces s ON s.namespace = n.namespace "
+    f"WHERE n.id = $2 AND {READABLE_NOTE} AND n.deleted_at IS NULL FOR UPDATE OF n"
+)
+
+
 async def delete_note(
     conn: asyncpg.Connection, user_id: UUID, note_id: UUID, *, now: datetime
 ) -> bool:
     """Delete a note: a private one outright, a shared one as a tombstone.
 
-    Its author or the namespace's owner may delete a shared note; False if the user cannot see
+    Its author or the namespace's owner may delete a shared note; False if the user cannot read
     the note (or it is already a tombstone), :class:`NamespaceForbidden` if they may not delete it.
     """
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT n.owner_id, n.author_id, s.owner_id AS namespace_owner FROM notes n "
-            "LEFT JOIN note_namespaces s ON s.namespace = n.namespace "
-            "WHERE n.id = $2 AND (n.owner_id IS NULL OR n.owner_id = $1) "
-            "AND n.deleted_at IS NULL FOR UPDATE OF n",
+            _DELETABLE_SQL,
             user_id,
             note_id,
         )
@@ -317,41 +296,3 @@ async def delete_private_notes(conn: asyncpg.Connection, user_id: UUID) -> int:
         user_id,
     )
     return int(count)
-
-
-async def set_write_rule(
-    conn: asyncpg.Connection, user_id: UUID, namespace: str, rule: WriteRule
-) -> Namespace:
-    """Set a shared namespace's write rule (creating the namespace, owned by the user, if new)."""
-    if owner_of(namespace) is not None:
-        raise InvalidNamespace("Only pool: and fed: namespaces have write rules.", param="name")
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO note_namespaces (namespace, owner_id, write_rule) VALUES ($1, $2, $3) "
-            "ON CONFLICT (namespace) DO NOTHING",
-            namespace,
-            user_id,
-            rule.value,
-        )
-        owner = await conn.fetchval(
-            "SELECT owner_id FROM note_namespaces WHERE namespace = $1 FOR UPDATE", namespace
-        )
-        if owner != user_id:
-            raise NamespaceForbidden(f"Only the owner of {namespace} may change its write rule.")
-        await conn.execute(
-            "UPDATE note_namespaces SET write_rule = $2 WHERE namespace = $1", namespace, rule.value
-        )
-    return next(n for n in await list_namespaces(conn, user_id) if n.name == namespace)
-
-
-async def list_namespaces(conn: asyncpg.Connection, user_id: UUID) -> list[Namespace]:
-    """Every shared namespace with its write rule and live note count."""
-    rows = await conn.fetch(
-        "SELECT s.namespace, s.write_rule, s.owner_id, "
-        "(SELECT count(*) FROM notes n WHERE n.namespace = s.namespace "
-        "AND n.deleted_at IS NULL) AS notes FROM note_namespaces s ORDER BY s.namespace"
-    )
-    return [
-        Namespace(r["namespace"], WriteRule(r["write_rule"]), r["owner_id"] == user_id, r["notes"])
-        for r in rows
-    ]

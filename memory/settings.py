@@ -132,7 +132,7 @@ class MemorySettings(BaseModel):
         "members",
         pattern="^(members|owner)$",
         description=(
-            "Write rule of a `pool:`/`fed:` namespace created by its first note: `members` (any "
-            "user) or `owner` (only its creator)."
+            "Write rule of a new `pool:`/`fed:` namespace when its creator names none: "
+            "`members` (every subscriber writes) or `owner` (only its owning user)."
         ),
     )

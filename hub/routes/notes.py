@@ -1,8 +1,9 @@
-"""L4 agent notes (``/v1/memory/notes``) and shared namespaces (``/v1/memory/namespaces``).
+"""L4 agent notes (``/v1/memory/notes``); shared namespaces are ``hub/routes/namespaces.py``.
 
-Notes are plaintext and need no data key. A caller reads their own ``user:`` namespace and every
-``pool:`` / ``fed:`` namespace; naming another user's private namespace is 403, and a note there
-is 404 (as an unknown id is).
+Notes are plaintext and need no data key. A caller reads their own ``user:`` namespace and the
+``pool:`` / ``fed:`` namespaces they are subscribed to. Naming another user's private namespace,
+or a shared one the caller is not subscribed to, is 403; a shared one that does not exist is 404;
+a note the caller cannot read is 404 (as an unknown id is).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from hub.deps import Semantic, UserCallerDep
 from hub.errors import NotFoundError
 from hub.routes.facts import MAX_TAGS, KQuery, Tag, TagsQuery, parse_tags
+from hub.semantic import SemanticMemory
 from memory import notes
+from memory.namespaces import check_readable
 from memory.notes import (
     MAX_AGENT_CHARS,
     MAX_BODY_CHARS,
     MAX_TITLE_CHARS,
     NAMESPACE_PATTERN,
-    Namespace,
     NewNote,
     Note,
-    WriteRule,
     resolve_namespace,
 )
 from memory.recall import NoteHit, RecallQuery, SearchMode, recall
@@ -60,14 +61,6 @@ class NoteBody(BaseModel):
     )
 
 
-class NamespaceBody(BaseModel):
-    """A shared namespace's write rule."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    write_rule: WriteRule = Field(description="`members` (any user writes) or `owner` (only you).")
-
-
 def note_body(note: Note, **extra: Any) -> dict[str, Any]:
     """A note as the API shows it."""
     return {
@@ -78,6 +71,7 @@ def note_body(note: Note, **extra: Any) -> dict[str, Any]:
         "body": note.body,
         "tags": list(note.tags),
         "author_agent": note.author_agent,
+        "author": note.author,
         "mine": note.mine,
         "content_hash": note.content_hash,
         "clock": note.clock,
@@ -100,27 +94,27 @@ def hit_body(hit: NoteHit) -> dict[str, Any]:
     )
 
 
-def namespace_body(namespace: Namespace) -> dict[str, Any]:
-    """A shared namespace as the API shows it."""
-    return {
-        "object": "memory.namespace",
-        "name": namespace.name,
-        "write_rule": namespace.write_rule.value,
-        "owned": namespace.owned,
-        "notes": namespace.notes,
-    }
+async def readable_filter(
+    semantic: SemanticMemory, user_id: UUID, namespace: list[str] | None
+) -> list[str] | None:
+    """A namespace filter in canonical form, refused unless the caller may read each one."""
+    if namespace is None:
+        return None
+    spaces = [resolve_namespace(n, user_id) for n in namespace]
+    async with semantic.pool.acquire() as conn:
+        await check_readable(conn, user_id, spaces)
+    return spaces
 
 
 @router.post("/notes", status_code=201)
 async def create_note(body: NoteBody, semantic: Semantic, caller: UserCallerDep) -> dict[str, Any]:
-    """Store a note; the first note in a new `pool:`/`fed:` namespace makes you its owner."""
+    """Store a note: in `user:me`, or in a shared namespace that exists and you are subscribed to
+    (404 `namespace_not_found`, 403 `namespace_forbidden` otherwise)."""
     namespace = resolve_namespace(body.namespace, caller.user_id)
     vector = await semantic.embedder.embed_one(f"{body.title}\n{body.body}".strip())
     new = NewNote(namespace, body.body, body.title, tuple(body.tags), body.author_agent)
     async with semantic.pool.acquire() as conn:
-        note = await notes.add_note(
-            conn, caller.user_id, new, vector, now=datetime.now(UTC), settings=semantic.settings
-        )
+        note = await notes.add_note(conn, caller.user_id, new, vector, now=datetime.now(UTC))
     return note_body(note)
 
 
@@ -143,9 +137,7 @@ async def search_notes(
     """Notes you can read: the best `k` for `query` (vector and full text fused by reciprocal
     rank, with scores and snippets), or the newest `k` without it."""
     wanted = parse_tags(tags)
-    spaces = (
-        None if namespace is None else [resolve_namespace(n, caller.user_id) for n in namespace]
-    )
+    spaces = await readable_filter(semantic, caller.user_id, namespace)
     if query is not None and query.strip():
         vector = None
         if mode is not SearchMode.KEYWORD:
@@ -183,22 +175,3 @@ async def delete_note(note_id: UUID, semantic: Semantic, caller: UserCallerDep) 
     if not deleted:
         raise NotFoundError(f"No note {note_id}.", param="note_id")
     return {"object": "memory.note.deleted", "id": str(note_id), "deleted": True}
-
-
-@router.get("/namespaces")
-async def list_namespaces(semantic: Semantic, caller: UserCallerDep) -> dict[str, Any]:
-    """The pool's shared namespaces, their write rules and note counts."""
-    async with semantic.pool.acquire() as conn:
-        found = await notes.list_namespaces(conn, caller.user_id)
-    return {"object": "list", "data": [namespace_body(n) for n in found]}
-
-
-@router.put("/namespaces/{name}")
-async def put_namespace(
-    name: str, body: NamespaceBody, semantic: Semantic, caller: UserCallerDep
-) -> dict[str, Any]:
-    """Set a shared namespace's write rule (you own it, or it is new and becomes yours)."""
-    namespace = resolve_namespace(name, caller.user_id)
-    async with semantic.pool.acquire() as conn:
-        found = await notes.set_write_rule(conn, caller.user_id, namespace, body.write_rule)
-    return namespace_body(found)

@@ -1,7 +1,8 @@
 """``GET /v1/memory/recall``: one search over the caller's facts and the notes they can read.
 
 This is what agents (through the MCP server) ask before they work: facts by similarity, notes by
-hybrid search, each hit with its cosine similarity so the tiers can be compared.
+hybrid search, each hit with its cosine similarity so the tiers can be compared. Notes come from
+the caller's own namespace and the shared ones they are subscribed to, as in a chat.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from fastapi import APIRouter, Query
 
 from hub.deps import Semantic, UserCallerDep
 from hub.routes.facts import KQuery, TagsQuery, fact_body, parse_tags
-from hub.routes.notes import NamespaceQuery, hit_body, note_body
+from hub.routes.notes import NamespaceQuery, hit_body, note_body, readable_filter
 from memory import facts, notes
 from memory.keys import UserKey, open_key
-from memory.notes import resolve_namespace
 from memory.recall import RecallQuery, recall
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
@@ -35,9 +35,7 @@ async def recall_memory(
 ) -> dict[str, Any]:
     """Up to `k` facts and `k` notes relevant to `query`, best first."""
     wanted = parse_tags(tags)
-    spaces = (
-        None if namespace is None else [resolve_namespace(n, caller.user_id) for n in namespace]
-    )
+    spaces = await readable_filter(semantic, caller.user_id, namespace)
     vector = await semantic.embedder.embed_one(query)
     search = RecallQuery(query, vector, facts=k, notes=k, tags=wanted, namespaces=spaces)
     async with semantic.pool.acquire() as conn:

@@ -40,6 +40,17 @@ def get(client: TestClient, token: str, path: str, status: int = 200, **params: 
     return response.json()
 
 
+def shared(client: TestClient, admin: str, name: str, *users: str, **fields: Any) -> None:
+    """Create a shared namespace as the admin and subscribe ``users`` to it."""
+    made = client.post(
+        "/admin/api/namespaces", json={"name": name, **fields}, headers=bearer(admin)
+    )
+    assert made.status_code == 201, made.text
+    for user in users:
+        path = f"/admin/api/namespaces/{name}/subscribers/{user}"
+        assert client.put(path, headers=bearer(admin)).is_success
+
+
 def user_id(client: TestClient, token: str) -> str:
     note = post(client, token, "/v1/memory/notes", {"body": "who am i"})
     namespace: str = note["namespace"]
@@ -114,7 +125,10 @@ def test_one_user_never_sees_anothers_facts_or_private_notes(
     assert get(client, alice, f"/v1/memory/facts/{fact['id']}")["text"] == "My safe code is 4711"
 
 
-def test_notes_are_searched_hybrid_with_scores_and_snippets(client: TestClient, alice: str) -> None:
+def test_notes_are_searched_hybrid_with_scores_and_snippets(
+    client: TestClient, admin_token: str, alice: str
+) -> None:
+    shared(client, admin_token, "pool:ops", "alice")
     bodies = [
         ("pool:ops", "Rollback", "Run heronctl rollback --to previous to undo a release."),
         ("pool:ops", "Ports", "Postgres listens on port 5433 on the Heron hosts."),
@@ -137,15 +151,18 @@ def test_notes_are_searched_hybrid_with_scores_and_snippets(client: TestClient, 
             "object": "memory.namespace",
             "name": "pool:ops",
             "write_rule": "members",
-            "owned": True,
+            "open": False,
+            "owned": False,
+            "subscribed": True,
             "notes": 2,
         }
     ]
 
 
 def test_a_namespace_owner_restricts_writes_and_deletes_leave_tombstones(
-    client: TestClient, alice: str, bob: str
+    client: TestClient, admin_token: str, alice: str, bob: str
 ) -> None:
+    shared(client, admin_token, "fed:team", "alice", "bob", owner="alice")
     mine = post(client, alice, "/v1/memory/notes", {"namespace": "fed:team", "body": "first"})
     theirs = post(client, bob, "/v1/memory/notes", {"namespace": "fed:team", "body": "second"})
     rule = {"write_rule": "owner"}
@@ -167,7 +184,10 @@ def test_a_namespace_owner_restricts_writes_and_deletes_leave_tombstones(
     assert [n["id"] for n in remaining] == [mine["id"]]
 
 
-def test_recall_searches_facts_and_notes_together(client: TestClient, alice: str) -> None:
+def test_recall_searches_facts_and_notes_together(
+    client: TestClient, admin_token: str, alice: str
+) -> None:
+    shared(client, admin_token, "pool:food", "alice")
     post(client, alice, "/v1/memory/facts", {"text": "I am vegetarian"})
     post(client, alice, "/v1/memory/notes", {"namespace": "pool:food", "body": "Pizza on Fridays"})
     recalled = get(client, alice, "/v1/memory/recall", query="what should we eat?", k=3)
@@ -176,20 +196,21 @@ def test_recall_searches_facts_and_notes_together(client: TestClient, alice: str
 
 
 def test_export_includes_facts_and_notes_and_delete_erases_them(
-    client: TestClient, alice: str
+    client: TestClient, admin_token: str, alice: str
 ) -> None:
+    shared(client, admin_token, "pool:x", "alice")
     fact = post(client, alice, "/v1/memory/facts", {"text": "I live in Oslo"})
     post(client, alice, "/v1/memory/facts", {"text": "I live in Bergen"})
     note = post(client, alice, "/v1/memory/notes", {"body": "private thought"})
-    shared = post(client, alice, "/v1/memory/notes", {"namespace": "pool:x", "body": "shared"})
+    pooled = post(client, alice, "/v1/memory/notes", {"namespace": "pool:x", "body": "shared"})
     export = get(client, alice, "/v1/memory/export")
     assert [f["text"] for f in export["facts"]] == ["I live in Oslo", "I live in Bergen"]
     assert export["facts"][0]["id"] == fact["id"] and export["facts"][0]["valid_to"] is not None
-    assert [n["id"] for n in export["notes"]] == [note["id"], shared["id"]]
+    assert [n["id"] for n in export["notes"]] == [note["id"], pooled["id"]]
     deleted = client.delete("/v1/memory", headers=bearer(alice)).json()
     assert deleted["facts"] == 2 and deleted["notes"] == 1
     assert get(client, alice, "/v1/memory/facts", history="true")["data"] == []
-    assert [n["id"] for n in get(client, alice, "/v1/memory/notes")["data"]] == [shared["id"]]
+    assert [n["id"] for n in get(client, alice, "/v1/memory/notes")["data"]] == [pooled["id"]]
 
 
 @pytest.mark.parametrize(
