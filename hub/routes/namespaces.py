@@ -8,13 +8,14 @@ only with the admin's grant. A note never creates a namespace.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, Strict
 
 from hub import accounts
 from hub.deps import AdminPrincipal, Semantic, State, UserCallerDep
+from hub.schemas import StrictBody
 from memory import namespaces
 from memory.namespaces import SHARED_PATTERN, Namespace, WriteRule, check_shared_name
 
@@ -29,16 +30,18 @@ RULE_FIELD = Field(
     "`IAMINE_MEMORY__NOTES_DEFAULT_WRITE_RULE`.",
 )
 OPEN_FIELD = Field(False, description="Any user may subscribe themself.")
+# Strict bodies refuse a JSON string for an enum in pydantic's Python mode; the value is checked.
+Rule = Annotated[WriteRule, Strict(False)]
 
 
-class NamespaceCreate(BaseModel):
+class NamespaceCreate(StrictBody):
     """A shared namespace to create."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     name: str = NAME_FIELD
-    write_rule: WriteRule | None = RULE_FIELD
-    open: StrictBool = OPEN_FIELD
+    write_rule: Rule | None = RULE_FIELD
+    open: bool = OPEN_FIELD
 
 
 class AdminNamespaceCreate(NamespaceCreate):
@@ -49,21 +52,21 @@ class AdminNamespaceCreate(NamespaceCreate):
     )
 
 
-class NamespaceUpdate(BaseModel):
+class NamespaceUpdate(StrictBody):
     """What the admin changes of a namespace (absent: unchanged)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    write_rule: WriteRule | None = None
-    open: StrictBool | None = None
+    write_rule: Rule | None = None
+    open: bool | None = None
 
 
-class WriteRuleBody(BaseModel):
+class WriteRuleBody(StrictBody):
     """A shared namespace's write rule."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
-    write_rule: WriteRule = Field(description="`members` (every subscriber) or `owner` (only you).")
+    write_rule: Rule = Field(description="`members` (every subscriber) or `owner` (only you).")
 
 
 def namespace_body(namespace: Namespace) -> dict[str, Any]:

@@ -182,6 +182,14 @@ def test_namespace_admin_routes_refuse_users_and_bad_names(
     for name in ("user:me", "pool:Team", "team"):
         bad = call(client, "POST", ADMIN, admin_token, 400, json={"name": name})
         assert bad["error"]["param"] == "name"
+    for body, param in (
+        ({"name": "pool:x", "open": 1}, "open"),
+        ({"name": "pool:x", "open": "true"}, "open"),
+        ({"name": "pool:x", "write_rule": "everyone"}, "write_rule"),
+        ({"name": "pool:x", "colour": "red"}, "colour"),
+    ):
+        strict = call(client, "POST", ADMIN, admin_token, 400, json=body)
+        assert_openai_error(strict, "invalid_value", param)
     create(client, admin_token, "pool:x")
     taken = call(client, "POST", ADMIN, admin_token, 409, json={"name": "pool:x"})
     assert_openai_error(taken, "namespace_exists", "name")
