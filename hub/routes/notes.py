@@ -13,11 +13,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
 
 from hub.deps import Semantic, UserCallerDep
 from hub.errors import NotFoundError
 from hub.routes.facts import MAX_TAGS, KQuery, Tag, TagsQuery, parse_tags
+from hub.schemas import StrictBody
 from hub.semantic import SemanticMemory
 from memory import notes
 from memory.namespaces import check_readable
@@ -41,7 +42,7 @@ NamespaceQuery = Annotated[
 SNIPPET_CHARS = 240
 
 
-class NoteBody(BaseModel):
+class NoteBody(StrictBody):
     """A note for the caller's agents, or for a shared namespace."""
 
     model_config = ConfigDict(extra="forbid")
