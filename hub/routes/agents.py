@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from hub.deps import State, UserPrincipal
@@ -40,6 +40,7 @@ from hub.relay import (
     worker_failed_message,
 )
 from hub.review import REVIEW_HEADER, AutoReview
+from hub.schemas import StrictBody
 from hub.state import HubState
 from inference.agents import RoleResult, Stage, choose_model, fold, run_pipeline, run_role
 from inference.dispatch import Degraded, JobEvent, JobFailed, Started
@@ -54,7 +55,7 @@ PIPELINE_HEADER = "X-Iamine-Pipeline"
 Task = Annotated[str, Field(min_length=1, max_length=200_000, description="The task.")]
 
 
-class AgentRunRequest(BaseModel):
+class AgentRunRequest(StrictBody):
     """``POST /v1/agents/run``: one role on one task."""
 
     model_config = ConfigDict(extra="forbid")
@@ -67,7 +68,7 @@ class AgentRunRequest(BaseModel):
     tools: list[ToolSpec] | None = Field(None, description="Tools, among those the role allows.")
 
 
-class PipelineRequest(BaseModel):
+class PipelineRequest(StrictBody):
     """``POST /v1/agents/pipeline``: roles in order, each seeing the previous output."""
 
     model_config = ConfigDict(extra="forbid")
