@@ -1,0 +1,470 @@
+"""The ledger's operations: a job's hold, post and void; grants, mints, corrections, reversals.
+
+Every operation is one PostgreSQL transaction that locks the accounts it touches in id order,
+writes a transfer and its entries, and updates the accounts' totals. Every operation is
+idempotent by key: the job id for a job's hold, post and void (``hold:<job>``, ``post:<job>``,
+``void:<job>``), the caller's key otherwise. The same request again returns the first transfer;
+another request under a used key raises :class:`IdempotencyConflict`. So retries, failover and a
+restart after a crash can call again safely: a transaction either happened whole or not at all.
+
+A job is a two-phase transfer. :meth:`Ledger.hold` reserves the expected cost (pending: the
+user's debit, the clearing account's credit); :meth:`Ledger.post` releases it and posts the
+actual cost, user → worker owner + pool fee; :meth:`Ledger.void` releases it. A hold past its
+``expires_at`` reads as voided: it cannot be posted, balances no longer count it, and the next
+sweep (:meth:`Ledger.expire_holds`, or the user's next hold) records its expiry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from economy.accounts import (
+    CLEARING,
+    POOL_FEE,
+    POOL_TREASURY,
+    TRIAL_GRANT,
+    Account,
+    AccountKey,
+    AccountKind,
+    Balance,
+    Phase,
+    Side,
+    lock_accounts,
+    read_balance,
+)
+from economy.errors import (
+    HoldExpired,
+    HoldNotFound,
+    HoldResolved,
+    InvalidLedgerInput,
+    NotReversible,
+    TransferNotFound,
+)
+from economy.pricing import LedgerPolicy, Usage
+from economy.transfers import (
+    RESERVED_PREFIXES,
+    Leg,
+    NewTransfer,
+    Transfer,
+    TransferKind,
+    check_amount,
+    check_key,
+    entries_of,
+    find_transfer,
+    job_key,
+    resolution_of,
+    same_request,
+    transfer_by_id,
+    write_transfer,
+)
+
+Clock = Callable[[], datetime]
+
+
+class HoldState(StrEnum):
+    """Where a job's hold stands."""
+
+    OPEN = "open"
+    POSTED = "posted"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
+def _release(user: AccountKey, amount: int) -> list[Leg]:
+    return [
+        Leg(user, Side.DEBIT, Phase.PENDING, -amount),
+        Leg(CLEARING, Side.CREDIT, Phase.PENDING, -amount),
+    ]
+
+
+def _user_of(hold: Transfer) -> AccountKey:
+    return AccountKey(AccountKind.USER, hold.request["user"])
+
+
+def _caller_key(key: str) -> str:
+    check_key(key)
+    if key.startswith(RESERVED_PREFIXES):
+        raise InvalidLedgerInput(
+            f"Keys starting {key.split(':')[0]}: are the ledger's.", param="key"
+        )
+    return key
+
+
+class Ledger:
+    """The ledger under one policy and one clock; every method takes the connection to use."""
+
+    def __init__(self, policy: LedgerPolicy, clock: Clock) -> None:
+        self.policy = policy
+        self._clock = clock
+
+    async def _idempotent(
+        self,
+        conn: asyncpg.Connection,
+        key: str,
+        kind: TransferKind,
+        request: dict[str, Any],
+        attempt: Callable[[], Awaitable[Transfer]],
+    ) -> Transfer:
+        existing = await find_transfer(conn, key)
+        if existing is not None:
+            return same_request(existing, kind, request)
+        try:
+            return await attempt()
+        except asyncpg.UniqueViolationError:
+            # A concurrent call with the same key won; its transfer stands.
+            existing = await find_transfer(conn, key)
+            if existing is None:
+                raise
+            return same_request(existing, kind, request)
+
+    async def _recheck(
+        self, conn: asyncpg.Connection, key: str, kind: TransferKind, request: dict[str, Any]
+    ) -> Transfer | None:
+        existing = await find_transfer(conn, key)
+        return None if existing is None else same_request(existing, kind, request)
+
+    async def hold(
+        self, conn: asyncpg.Connection, job_id: str, user_id: UUID, expected_cost: int
+    ) -> Transfer:
+        """Reserve a job's expected cost on the user's account, at placement; never refuses.
+
+        The hold is ``funded`` when the user's available balance covers it (down to the policy's
+        overdraft); otherwise it is recorded all the same, unfunded, and the caller serves the job
+        at the lowest priority. The post charges the actual cost either way.
+        """
+        key = job_key(TransferKind.HOLD, job_id)
+        check_amount(expected_cost, "expected_cost")
+        user = AccountKey.user(user_id)
+        request = {"user": str(user_id), "expected_cost": expected_cost}
+
+        async def attempt() -> Transfer:
+            async with conn.transaction():
+                now = self._clock()
+                accounts = await lock_accounts(conn, [user, CLEARING], create=True)
+                if (done := await self._recheck(conn, key, TransferKind.HOLD, request)) is not None:
+                    return done
+                if accounts[user].debits_pending:
+                    await self._sweep(conn, accounts, user, now)
+                funded = accounts[user].available - expected_cost >= -self.policy.overdraft
+                expires_at = now + timedelta(seconds=self.policy.hold_ttl_s)
+                legs = [
+                    Leg(user, Side.DEBIT, Phase.PENDING, expected_cost),
+                    Leg(CLEARING, Side.CREDIT, Phase.PENDING, expected_cost),
+                ]
+                new = NewTransfer(
+                    key,
+                    TransferKind.HOLD,
+                    legs,
+                    expected_cost,
+                    request,
+                    job_id=job_id,
+                    funded=funded,
+                    expires_at=expires_at,
+                )
+                transfer = await write_transfer(conn, accounts, new, now)
+                await conn.execute(
+                    "INSERT INTO ledger_open_holds (transfer_id, account_id, amount, expires_at) "
+                    "VALUES ($1, $2, $3, $4)",
+                    transfer.id,
+                    accounts[user].id,
+                    expected_cost,
+                    expires_at,
+                )
+                return transfer
+
+        return await self._idempotent(conn, key, TransferKind.HOLD, request, attempt)
+
+    async def _hold_of(self, conn: asyncpg.Connection, job_id: str) -> Transfer:
+        hold = await find_transfer(conn, job_key(TransferKind.HOLD, job_id))
+        if hold is None:
+            raise HoldNotFound(f"Job {job_id} has no hold.", param="job_id")
+        return hold
+
+    async def _take_open(
+        self, conn: asyncpg.Connection, hold: Transfer
+    ) -> tuple[datetime | None, Transfer | None]:
+        """Remove the hold from the open ones; else say what resolved it."""
+        expires_at = await conn.fetchval(
+            "DELETE FROM ledger_open_holds WHERE transfer_id = $1 RETURNING expires_at", hold.id
+        )
+        if expires_at is not None:
+            return expires_at, None
+        return None, await resolution_of(conn, hold.id)
+
+    async def post(
+        self, conn: asyncpg.Connection, job_id: str, usage: Usage, worker_owner: UUID
+    ) -> Transfer:
+        """Charge a finished job's actual usage: user → worker owner + pool fee; once per job.
+
+        The cost may exceed the hold (it is the real usage). Raises :class:`HoldExpired` for an
+        expired hold and :class:`HoldResolved` for a voided one.
+        """
+        key = job_key(TransferKind.POST, job_id)
+        request = {"usage": usage.as_request(), "worker_owner": str(worker_owner)}
+        hold = await self._hold_of(conn, job_id)
+        user, owner = _user_of(hold), AccountKey.worker_owner(worker_owner)
+        cost = self.policy.cost(usage)
+        worker_share, fee = self.policy.split(cost)
+
+        async def attempt() -> Transfer:
+            async with conn.transaction():
+                now = self._clock()
+                accounts = await lock_accounts(conn, [user, CLEARING, owner, POOL_FEE], create=True)
+                if (done := await self._recheck(conn, key, TransferKind.POST, request)) is not None:
+                    return done
+                expires_at, resolution = await self._take_open(conn, hold)
+                if resolution is not None:
+                    if resolution.kind is TransferKind.EXPIRE:
+                        raise HoldExpired(f"Job {job_id}'s hold expired.", param="job_id")
+                    raise HoldResolved(
+                        f"Job {job_id}'s hold was {resolution.kind.value}ed.", param="job_id"
+                    )
+                if expires_at is not None and expires_at <= now:
+                    raise HoldExpired(f"Job {job_id}'s hold expired.", param="job_id")
+                legs = [
+                    *_release(user, hold.amount),
+                    Leg(user, Side.DEBIT, Phase.POSTED, cost),
+                    Leg(owner, Side.CREDIT, Phase.POSTED, worker_share),
+                    Leg(POOL_FEE, Side.CREDIT, Phase.POSTED, fee),
+                ]
+                new = NewTransfer(
+                    key, TransferKind.POST, legs, cost, request, job_id=job_id, pending_id=hold.id
+                )
+                return await write_transfer(conn, accounts, new, now)
+
+        return await self._idempotent(conn, key, TransferKind.POST, request, attempt)
+
+    async def void(self, conn: asyncpg.Connection, job_id: str, *, memo: str = "") -> Transfer:
+        """Release a failed job's hold; an expired hold returns its expiry (it is voided already).
+
+        Raises :class:`HoldResolved` for a posted job: a charge is undone by :meth:`reverse`.
+        """
+        key = job_key(TransferKind.VOID, job_id)
+        hold = await self._hold_of(conn, job_id)
+        user = _user_of(hold)
+
+        async def attempt() -> Transfer:
+            async with conn.transaction():
+                now = self._clock()
+                accounts = await lock_accounts(conn, [user, CLEARING], create=True)
+                if (done := await self._recheck(conn, key, TransferKind.VOID, {})) is not None:
+                    return done
+                _, resolution = await self._take_open(conn, hold)
+                if resolution is not None:
+                    if resolution.kind is TransferKind.EXPIRE:
+                        return resolution
+                    raise HoldResolved(
+                        f"Job {job_id} was posted; reverse its charge instead.", param="job_id"
+                    )
+                new = NewTransfer(
+                    key,
+                    TransferKind.VOID,
+                    _release(user, hold.amount),
+                    hold.amount,
+                    job_id=job_id,
+                    pending_id=hold.id,
+                    memo=memo,
+                )
+                return await write_transfer(conn, accounts, new, now)
+
+        return await self._idempotent(conn, key, TransferKind.VOID, {}, attempt)
+
+    async def _sweep(
+        self,
+        conn: asyncpg.Connection,
+        accounts: dict[AccountKey, Account],
+        user: AccountKey,
+        now: datetime,
+    ) -> int:
+        """Record the expiry of the user's expired open holds (user and clearing locked)."""
+        rows = await conn.fetch(
+            "WITH gone AS (DELETE FROM ledger_open_holds WHERE account_id = $1 "
+            "AND expires_at <= $2 RETURNING transfer_id) "
+            "SELECT t.* FROM ledger_transfers t JOIN gone ON gone.transfer_id = t.id ORDER BY t.id",
+            accounts[user].id,
+            now,
+        )
+        for row in rows:
+            hold = Transfer.from_row(row)
+            assert hold.job_id is not None
+            new = NewTransfer(
+                job_key(TransferKind.EXPIRE, hold.job_id),
+                TransferKind.EXPIRE,
+                _release(user, hold.amount),
+                hold.amount,
+                job_id=hold.job_id,
+                pending_id=hold.id,
+            )
+            await write_transfer(conn, accounts, new, now)
+        return len(rows)
+
+    async def expire_holds(self, conn: asyncpg.Connection, *, limit: int = 500) -> int:
+        """Record the expiry of up to ``limit`` expired holds; return how many."""
+        now = self._clock()
+        refs = await conn.fetch(
+            "SELECT DISTINCT a.ref FROM ledger_open_holds o "
+            "JOIN ledger_accounts a ON a.id = o.account_id WHERE o.expires_at <= $1 LIMIT $2",
+            now,
+            limit,
+        )
+        expired = 0
+        for row in refs:
+            user = AccountKey(AccountKind.USER, row["ref"])
+            async with conn.transaction():
+                accounts = await lock_accounts(conn, [user, CLEARING], create=False)
+                expired += await self._sweep(conn, accounts, user, now)
+        return expired
+
+    async def hold_state(self, conn: asyncpg.Connection, job_id: str) -> HoldState:
+        """Where a job's hold stands now (an expired, unswept hold reads as expired)."""
+        hold = await self._hold_of(conn, job_id)
+        resolution = await resolution_of(conn, hold.id)
+        if resolution is None:
+            assert hold.expires_at is not None
+            return HoldState.OPEN if hold.expires_at > self._clock() else HoldState.EXPIRED
+        return {
+            TransferKind.POST: HoldState.POSTED,
+            TransferKind.VOID: HoldState.VOIDED,
+            TransferKind.EXPIRE: HoldState.EXPIRED,
+        }[resolution.kind]
+
+    async def balance(self, conn: asyncpg.Connection, account: AccountKey) -> Balance:
+        """An account's balance now; holds past their expiry no longer count."""
+        return await read_balance(conn, account, self._clock())
+
+    async def _simple(
+        self,
+        conn: asyncpg.Connection,
+        key: str,
+        kind: TransferKind,
+        debit: AccountKey,
+        credit: AccountKey,
+        amount: int,
+        request: dict[str, Any],
+        *,
+        create: bool,
+        memo: str = "",
+    ) -> Transfer:
+        """One posted transfer from ``debit`` to ``credit``, idempotent by key."""
+
+        async def attempt() -> Transfer:
+            async with conn.transaction():
+                now = self._clock()
+                accounts = await lock_accounts(conn, [debit, credit], create=create)
+                if (done := await self._recheck(conn, key, kind, request)) is not None:
+                    return done
+                legs = [
+                    Leg(debit, Side.DEBIT, Phase.POSTED, amount),
+                    Leg(credit, Side.CREDIT, Phase.POSTED, amount),
+                ]
+                new = NewTransfer(key, kind, legs, amount, request, memo=memo)
+                return await write_transfer(conn, accounts, new, now)
+
+        return await self._idempotent(conn, key, kind, request, attempt)
+
+    async def grant_trial(self, conn: asyncpg.Connection, user_id: UUID) -> Transfer:
+        """Grant a new user the policy's trial credits, once ever (trial grant → user)."""
+        user = AccountKey.user(user_id)
+        request = {"user": str(user_id)}
+        return await self._simple(
+            conn,
+            f"trial:{user_id}",
+            TransferKind.GRANT,
+            TRIAL_GRANT,
+            user,
+            self.policy.trial_grant,
+            request,
+            create=True,
+            memo="trial grant",
+        )
+
+    async def mint(
+        self, conn: asyncpg.Connection, key: str, account: AccountKey, amount: int, *, memo: str
+    ) -> Transfer:
+        """Issue new credits from the pool treasury to an account (opened if missing)."""
+        _caller_key(key)
+        check_amount(amount)
+        request = {"account": str(account), "amount": amount}
+        return await self._simple(
+            conn,
+            key,
+            TransferKind.MINT,
+            POOL_TREASURY,
+            account,
+            amount,
+            request,
+            create=True,
+            memo=memo,
+        )
+
+    async def correct(
+        self,
+        conn: asyncpg.Connection,
+        key: str,
+        debit: AccountKey,
+        credit: AccountKey,
+        amount: int,
+        *,
+        memo: str,
+    ) -> Transfer:
+        """Move posted credits between two existing accounts (a refund, a slash, a fix)."""
+        _caller_key(key)
+        if check_amount(amount) == 0:
+            raise InvalidLedgerInput("A correction moves a positive amount.", param="amount")
+        if debit == credit:
+            raise InvalidLedgerInput("A correction needs two different accounts.", param="credit")
+        request = {"debit": str(debit), "credit": str(credit), "amount": amount}
+        return await self._simple(
+            conn,
+            key,
+            TransferKind.CORRECTION,
+            debit,
+            credit,
+            amount,
+            request,
+            create=False,
+            memo=memo,
+        )
+
+    async def reverse(
+        self, conn: asyncpg.Connection, key: str, transfer_id: int, *, memo: str
+    ) -> Transfer:
+        """Undo every posted entry of a transfer with a new mirrored transfer; once per transfer."""
+        _caller_key(key)
+        request = {"reverses": transfer_id}
+        target = await transfer_by_id(conn, transfer_id)
+        if target is None:
+            raise TransferNotFound(f"No transfer {transfer_id}.", param="transfer_id")
+        flip = {Side.DEBIT: Side.CREDIT, Side.CREDIT: Side.DEBIT}
+        legs = [
+            Leg(leg.account, flip[leg.side], Phase.POSTED, leg.amount)
+            for leg, _ in await entries_of(conn, transfer_id)
+            if leg.phase is Phase.POSTED
+        ]
+        if not legs:
+            raise NotReversible(f"Transfer {transfer_id} posted nothing.", param="transfer_id")
+
+        async def attempt() -> Transfer:
+            async with conn.transaction():
+                now = self._clock()
+                accounts = await lock_accounts(conn, [leg.account for leg in legs], create=False)
+                kind = TransferKind.REVERSAL
+                if (done := await self._recheck(conn, key, kind, request)) is not None:
+                    return done
+                if await conn.fetchval(
+                    "SELECT 1 FROM ledger_transfers WHERE reverses_id = $1", transfer_id
+                ):
+                    raise NotReversible(f"Transfer {transfer_id} was reversed already.")
+                amount = sum(leg.amount for leg in legs if leg.side is Side.DEBIT)
+                new = NewTransfer(
+                    key, kind, legs, amount, request, reverses_id=transfer_id, memo=memo
+                )
+                return await write_transfer(conn, accounts, new, now)
+
+        return await self._idempotent(conn, key, TransferKind.REVERSAL, request, attempt)

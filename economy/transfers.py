@@ -1,0 +1,247 @@
+"""Transfers and their entries: writing one (double entry, balances after) and reading them back.
+
+A transfer is a header (``ledger_transfers``) and its entries (``revenue_ledger``), written in
+the caller's transaction after :func:`economy.accounts.lock_accounts` locked every account they
+touch. Nothing here updates or deletes a transfer: a correction is a new transfer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Self
+
+import asyncpg
+
+from economy.accounts import Account, AccountKey, AccountKind, Phase, Side
+from economy.errors import IdempotencyConflict, InvalidLedgerInput
+
+_KEY = re.compile(r"^[A-Za-z0-9_.:@-]{1,200}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+class TransferKind(StrEnum):
+    """What a transfer does."""
+
+    HOLD = "hold"
+    POST = "post"
+    VOID = "void"
+    EXPIRE = "expire"
+    GRANT = "grant"
+    MINT = "mint"
+    CORRECTION = "correction"
+    REVERSAL = "reversal"
+
+
+JOB_KINDS = (TransferKind.HOLD, TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE)
+RESERVED_PREFIXES = (*(f"{kind.value}:" for kind in JOB_KINDS), "trial:")
+
+
+def check_key(key: str) -> str:
+    """Refuse a malformed idempotency key."""
+    if not _KEY.match(key):
+        raise InvalidLedgerInput(f"Invalid transfer key {key!r}.", param="key")
+    return key
+
+
+def check_job_id(job_id: str) -> str:
+    """Refuse a malformed job id (letters, digits, ``_.-``; at most 128)."""
+    if not _JOB_ID.match(job_id):
+        raise InvalidLedgerInput(f"Invalid job id {job_id!r}.", param="job_id")
+    return job_id
+
+
+def check_amount(amount: int, param: str = "amount") -> int:
+    """Refuse a negative (or non-integer) amount of micro-credits."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+        raise InvalidLedgerInput(
+            f"Amounts are whole, non-negative micro-credits, not {amount!r}.", param=param
+        )
+    return amount
+
+
+def job_key(kind: TransferKind, job_id: str) -> str:
+    """The idempotency key of a job's hold, post, void or expiry."""
+    return f"{kind.value}:{check_job_id(job_id)}"
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One entry to write: ``amount`` is negative only to release a pending amount."""
+
+    account: AccountKey
+    side: Side
+    phase: Phase
+    amount: int
+
+
+@dataclass(frozen=True)
+class NewTransfer:
+    """A transfer before it is written."""
+
+    key: str
+    kind: TransferKind
+    legs: Sequence[Leg]
+    amount: int
+    request: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    pending_id: int | None = None
+    reverses_id: int | None = None
+    funded: bool | None = None
+    expires_at: datetime | None = None
+    memo: str = ""
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A written transfer (its entries are read apart, by :func:`entries_of`)."""
+
+    id: int
+    key: str
+    kind: TransferKind
+    amount: int
+    request: dict[str, Any]
+    job_id: str | None
+    pending_id: int | None
+    reverses_id: int | None
+    funded: bool | None
+    expires_at: datetime | None
+    memo: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Self:
+        """Build from a ``ledger_transfers`` row."""
+        return cls(
+            id=row["id"],
+            key=row["key"],
+            kind=TransferKind(row["kind"]),
+            amount=row["amount"],
+            request=json.loads(row["request"]),
+            job_id=row["job_id"],
+            pending_id=row["pending_id"],
+            reverses_id=row["reverses_id"],
+            funded=row["funded"],
+            expires_at=row["expires_at"],
+            memo=row["memo"],
+            created_at=row["created_at"],
+        )
+
+
+def same_request(existing: Transfer, kind: TransferKind, request: dict[str, Any]) -> Transfer:
+    """Return the first transfer of a key when the request matches; a different one conflicts."""
+    if existing.kind is not kind or existing.request != request:
+        raise IdempotencyConflict(
+            f"Key {existing.key} was used for another request ({existing.kind.value} "
+            f"{existing.request}); the first one stands.",
+            param="key",
+        )
+    return existing
+
+
+async def find_transfer(conn: asyncpg.Connection, key: str) -> Transfer | None:
+    """The transfer with this key, if any."""
+    row = await conn.fetchrow("SELECT * FROM ledger_transfers WHERE key = $1", key)
+    return None if row is None else Transfer.from_row(row)
+
+
+async def transfer_by_id(conn: asyncpg.Connection, transfer_id: int) -> Transfer | None:
+    """The transfer with this id, if any."""
+    row = await conn.fetchrow("SELECT * FROM ledger_transfers WHERE id = $1", transfer_id)
+    return None if row is None else Transfer.from_row(row)
+
+
+async def resolution_of(conn: asyncpg.Connection, hold_id: int) -> Transfer | None:
+    """The post, void or expiry that resolved a hold, if any."""
+    row = await conn.fetchrow("SELECT * FROM ledger_transfers WHERE pending_id = $1", hold_id)
+    return None if row is None else Transfer.from_row(row)
+
+
+async def entries_of(conn: asyncpg.Connection, transfer_id: int) -> list[tuple[Leg, int]]:
+    """A transfer's entries as legs with their account ids, in the order written."""
+    rows = await conn.fetch(
+        "SELECT a.id AS account_id, a.kind, a.ref, e.side, e.phase, e.amount "
+        "FROM revenue_ledger e JOIN ledger_accounts a ON a.id = e.account_id "
+        "WHERE e.transfer_id = $1 ORDER BY e.id",
+        transfer_id,
+    )
+    return [
+        (
+            Leg(
+                AccountKey(AccountKind(r["kind"]), r["ref"]),
+                Side(r["side"]),
+                Phase(r["phase"]),
+                r["amount"],
+            ),
+            r["account_id"],
+        )
+        for r in rows
+    ]
+
+
+async def write_transfer(
+    conn: asyncpg.Connection, accounts: dict[AccountKey, Account], new: NewTransfer, now: datetime
+) -> Transfer:
+    """Write a transfer, its entries and the new account totals; ``accounts`` must be locked.
+
+    Zero legs are skipped. The database checks at commit that the entries sum to zero per phase.
+    """
+    row = await conn.fetchrow(
+        "INSERT INTO ledger_transfers (key, kind, job_id, pending_id, reverses_id, amount, funded, "
+        "expires_at, request, memo, created_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) RETURNING *",
+        new.key,
+        new.kind.value,
+        new.job_id,
+        new.pending_id,
+        new.reverses_id,
+        new.amount,
+        new.funded,
+        new.expires_at,
+        json.dumps(new.request),
+        new.memo,
+        now,
+    )
+    transfer = Transfer.from_row(row)
+    entries = []
+    touched: dict[int, Account] = {}
+    for leg in new.legs:
+        if leg.amount == 0:
+            continue
+        account = accounts[leg.account]
+        account.apply(leg.side, leg.phase, leg.amount)
+        touched[account.id] = account
+        entries.append(
+            (
+                transfer.id,
+                account.id,
+                leg.side.value,
+                leg.phase.value,
+                leg.amount,
+                account.balance,
+                account.pending,
+                now,
+            )
+        )
+    if entries:
+        await conn.executemany(
+            "INSERT INTO revenue_ledger (transfer_id, account_id, side, phase, amount, "
+            "balance_after, pending_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            entries,
+        )
+        await conn.execute(
+            "UPDATE ledger_accounts a SET debits_posted = u.dp, credits_posted = u.cp, "
+            "debits_pending = u.dq, credits_pending = u.cq FROM unnest($1::bigint[], "
+            "$2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(id, dp, cp, dq, cq) "
+            "WHERE a.id = u.id",
+            [a.id for a in touched.values()],
+            [a.debits_posted for a in touched.values()],
+            [a.credits_posted for a in touched.values()],
+            [a.debits_pending for a in touched.values()],
+            [a.credits_pending for a in touched.values()],
+        )
+    return transfer
