@@ -234,12 +234,15 @@ def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
 
 
 # The hub's own limits, published in the tools' schemas so an agent sees them before calling.
+# Note text and search text are stored or searched as PostgreSQL text, which cannot hold NUL.
 MAX_QUERY_CHARS = 2000
+PlainText = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 Tag = Annotated[str, Field(pattern=TAG_PATTERN)]
 Key = Annotated[str, Field(pattern=KEY_PATTERN)]
 Tags = Annotated[list[Tag] | None, Field(description="Lower-case tags to filter or label by.")]
 Query = Annotated[
-    str, Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What you want to know.")
+    PlainText,
+    Field(min_length=1, max_length=MAX_QUERY_CHARS, description="What you want to know."),
 ]
 
 
@@ -296,13 +299,14 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
     async def note_write(
         ctx: Context[Any, Any],
         body: Annotated[
-            str, Field(min_length=1, max_length=MAX_BODY_CHARS, description="The note's text.")
+            PlainText,
+            Field(min_length=1, max_length=MAX_BODY_CHARS, description="The note's text."),
         ],
-        title: Annotated[str, Field(max_length=MAX_TITLE_CHARS)] = "",
+        title: Annotated[PlainText, Field(max_length=MAX_TITLE_CHARS)] = "",
         namespace: Namespace = "user:me",
         tags: Tags = None,
         author_agent: Annotated[
-            str, Field(max_length=MAX_AGENT_CHARS, description="Which agent writes it.")
+            PlainText, Field(max_length=MAX_AGENT_CHARS, description="Which agent writes it.")
         ] = "",
     ) -> Note:
         """Write a note for the user's agents (or a shared namespace); searchable by meaning

@@ -99,7 +99,7 @@ async def test_bad_arguments_are_tool_errors_and_the_session_survives(live_hub: 
     assert not still_fine.is_error
 
 
-async def _chat_through_mcp(hub: LiveHub, token: str, conversation_id: str) -> dict[str, Any]:
+async def chat_through_mcp(hub: LiveHub, token: str, conversation_id: str) -> dict[str, Any]:
     async with raw_worker(hub, "mcp-model") as ws, http_client(hub, token) as client:
         result: dict[str, Any] = {}
         async with anyio.create_task_group() as tasks:
@@ -127,7 +127,7 @@ async def _chat_through_mcp(hub: LiveHub, token: str, conversation_id: str) -> d
 async def test_chat_answers_through_a_worker_and_is_kept_per_user(
     live_hub: LiveHub, bob_token: str
 ) -> None:
-    answer_body = await _chat_through_mcp(live_hub, live_hub.user_token, "mcp-door")
+    answer_body = await chat_through_mcp(live_hub, live_hub.user_token, "mcp-door")
     assert answer_body["content"] == "Noted: the blue door."
     assert answer_body["conversation_id"] == "mcp-door"
     async with http_client(live_hub, live_hub.user_token) as alice:
@@ -149,7 +149,7 @@ async def test_chat_answers_through_a_worker_and_is_kept_per_user(
 async def test_mcp_chat_writes_l1_like_the_api(live_hub: LiveHub) -> None:
     import asyncpg
 
-    await _chat_through_mcp(live_hub, live_hub.user_token, "mcp-l1")
+    await chat_through_mcp(live_hub, live_hub.user_token, "mcp-l1")
     with anyio.fail_after(10):
         while True:
             conn = await asyncpg.connect(live_hub.database_url)
