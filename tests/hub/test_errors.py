@@ -131,3 +131,15 @@ def test_an_oversized_streamed_body_gets_413(small_body_client: TestClient) -> N
     )
     assert response.status_code == 413
     assert_openai_error(response.json(), "request_too_large")
+
+
+def test_a_nul_character_in_stored_or_searched_text_is_a_400_not_a_500(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    note = {"namespace": "user:me", "body": "before\u0000after"}
+    stored = client.post("/v1/memory/notes", json=note, headers=alice)
+    assert stored.status_code == 400
+    assert_openai_error(stored.json(), "invalid_value")
+    searched = client.get("/v1/memory/notes", params={"query": "a\u0000b"}, headers=alice)
+    assert searched.status_code == 400
+    assert_openai_error(searched.json(), "invalid_value")
