@@ -6,13 +6,40 @@ never coerced, so what the OpenAPI schema refuses the hub refuses too.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+)
 
 from hub.accounts import TokenRecord, User
+
+NUL_MESSAGE = "Text may not contain the NUL character (U+0000)."
+
+
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_contains_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    return False
+
+
+def _refuse_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(NUL_MESSAGE)
+    return value
 
 
 class StrictBody(BaseModel):
@@ -22,9 +49,19 @@ class StrictBody(BaseModel):
     the schema calls invalid would be accepted. FastAPI validates the body after ``json.loads``, in
     pydantic's Python mode, where strict mode also refuses the strings JSON carries datetimes and
     UUIDs in: declare such fields with :data:`JsonDatetime` and :data:`JsonUUID`.
+
+    Text anywhere in the body may not hold NUL: PostgreSQL's ``text`` cannot store it, and the
+    insert would fail as a 500 instead of a 400 naming the field.
     """
 
     model_config = ConfigDict(strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        if _contains_nul(value):
+            raise ValueError(NUL_MESSAGE)
+        return value
 
 
 def _iso_datetime(value: object) -> object:
@@ -39,11 +76,25 @@ def _iso_datetime(value: object) -> object:
         raise ValueError("Input should be an ISO 8601 date-time string") from None
 
 
-JsonDatetime = Annotated[AwareDatetime, Strict(False), BeforeValidator(_iso_datetime)]
-"""A timezone-aware datetime given as an ISO 8601 string, in a :class:`StrictBody`."""
+def _in_utc_range(value: datetime) -> datetime:
+    """Refuse what has no UTC time (year 1 at +01:00): the database stores UTC."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("Date-time out of range: years 1 to 9999, in UTC") from None
+    return value
+
+
+JsonDatetime = Annotated[
+    AwareDatetime, Strict(False), BeforeValidator(_iso_datetime), AfterValidator(_in_utc_range)
+]
+"""A timezone-aware datetime given as an ISO 8601 string (a body field or a query parameter)."""
 
 JsonUUID = Annotated[UUID, Strict(False)]
 """A UUID given as a string, in a :class:`StrictBody` (lax UUIDs accept only strings and UUIDs)."""
+
+DbText = Annotated[str, AfterValidator(_refuse_nul)]
+"""Text that reaches PostgreSQL from a query parameter or header: no NUL (see StrictBody)."""
 
 
 class ErrorDetail(BaseModel):

@@ -10,11 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from hub.deps import State, UserCallerDep
 from hub.errors import NotFoundError
-from memory.conversations import Conversation, delete_conversation, get_conversation
+from memory.conversations import (
+    CONVERSATION_ID,
+    Conversation,
+    delete_conversation,
+    get_conversation,
+)
 from memory.conversations import list_conversations as list_user_conversations
 from memory.keys import open_key
 from memory.l2 import Turn, read_turns
@@ -58,6 +63,10 @@ def turn_body(turn: Turn) -> dict[str, Any]:
     return body
 
 
+# Parsed where it enters: an id that cannot exist is a 400, and never reaches SQL.
+ConversationId = Annotated[str, Path(pattern=CONVERSATION_ID.pattern)]
+
+
 def _not_found(conversation_id: str) -> NotFoundError:
     return NotFoundError(f"No conversation '{conversation_id}'.", param="conversation_id")
 
@@ -76,7 +85,7 @@ async def list_conversations(
 
 @router.get("/{conversation_id}")
 async def read_conversation(
-    conversation_id: str, state: State, caller: UserCallerDep
+    conversation_id: ConversationId, state: State, caller: UserCallerDep
 ) -> dict[str, Any]:
     """One of the caller's conversations with its turns, decrypted with the caller's key."""
     async with state.db.pool.acquire() as conn:
@@ -90,7 +99,7 @@ async def read_conversation(
 
 @router.delete("/{conversation_id}")
 async def remove_conversation(
-    conversation_id: str, state: State, caller: UserCallerDep
+    conversation_id: ConversationId, state: State, caller: UserCallerDep
 ) -> dict[str, Any]:
     """Delete one of the caller's conversations: its turns, summaries and L1 messages."""
     async with state.db.pool.acquire() as conn:

@@ -18,7 +18,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 
 from hub.deps import Semantic, UserCallerDep
 from hub.errors import InvalidRequestError, NotFoundError
-from hub.schemas import JsonDatetime, JsonUUID, StrictBody
+from hub.schemas import DbText, JsonDatetime, JsonUUID, StrictBody
 from memory import facts
 from memory.conversations import CONVERSATION_ID
 from memory.facts import KEY_PATTERN, MAX_FACT_CHARS, TAG_PATTERN, Fact, NewFact
@@ -137,7 +137,7 @@ async def search_facts(
     semantic: Semantic,
     caller: UserCallerDep,
     query: Annotated[
-        str | None, Query(max_length=2000, description="Rank by similarity to this text.")
+        DbText | None, Query(max_length=2000, description="Rank by similarity to this text.")
     ] = None,
     k: KQuery = 10,
     tags: TagsQuery = None,

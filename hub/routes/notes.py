@@ -13,12 +13,12 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from hub.deps import Semantic, UserCallerDep
 from hub.errors import NotFoundError
 from hub.routes.facts import MAX_TAGS, KQuery, Tag, TagsQuery, parse_tags
-from hub.schemas import StrictBody
+from hub.schemas import DbText, JsonDatetime, StrictBody
 from hub.semantic import SemanticMemory
 from memory import notes
 from memory.namespaces import check_readable
@@ -124,13 +124,13 @@ async def search_notes(
     semantic: Semantic,
     caller: UserCallerDep,
     query: Annotated[
-        str | None, Query(max_length=2000, description="Search text (hybrid by default).")
+        DbText | None, Query(max_length=2000, description="Search text (hybrid by default).")
     ] = None,
     k: KQuery = 10,
     namespace: NamespaceQuery = None,
     tags: TagsQuery = None,
-    since: Annotated[AwareDatetime | None, Query(description="Created at or after.")] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Created before.")] = None,
+    since: Annotated[JsonDatetime | None, Query(description="Created at or after.")] = None,
+    until: Annotated[JsonDatetime | None, Query(description="Created before.")] = None,
     mode: Annotated[SearchMode, Query(description="hybrid, vector or keyword.")] = (
         SearchMode.HYBRID
     ),

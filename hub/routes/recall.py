@@ -17,6 +17,7 @@ from fastapi import APIRouter, Query
 from hub.deps import Semantic, UserCallerDep
 from hub.routes.facts import KQuery, TagsQuery, fact_body, parse_tags
 from hub.routes.notes import NamespaceQuery, hit_body, note_body, readable_filter
+from hub.schemas import DbText
 from memory import facts, notes
 from memory.keys import UserKey, open_key
 from memory.recall import RecallQuery, recall
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1/memory", tags=["memory"])
 async def recall_memory(
     semantic: Semantic,
     caller: UserCallerDep,
-    query: Annotated[str, Query(min_length=1, max_length=2000, description="What to recall.")],
+    query: Annotated[DbText, Query(min_length=1, max_length=2000, description="What to recall.")],
     k: KQuery = 5,
     namespace: NamespaceQuery = None,
     tags: TagsQuery = None,

@@ -97,3 +97,36 @@ def test_a_user_name_the_database_would_refuse_is_a_400_naming_it(
     response = client.post("/admin/api/users", json={"name": name}, headers=bearer(admin_token))
     assert response.status_code == 400, response.text
     assert_openai_error(response.json(), "invalid_value", param="name")
+
+
+# Values PostgreSQL cannot store (NUL in text, a datetime with no UTC time): each was a 500.
+UNSTORABLE: list[tuple[str, str, dict[str, Any] | None, str]] = [
+    ("POST", "/v1/memory/notes", {"body": "a\x00b"}, "body"),
+    ("POST", "/v1/memory/notes", {"body": "x", "author_agent": "\x00"}, "author_agent"),
+    ("POST", "/v1/tokens", {"name": "a\x00"}, "name"),
+    ("POST", "/v1/memory/facts", {**FACT, "valid_from": "0001-01-01T00:00:00+01:00"}, "valid_from"),
+    ("GET", "/v1/memory/notes?since=0001-01-01T00:00:00%2B01:00", None, "since"),
+    ("GET", "/v1/memory/notes?until=9999-12-31T23:59:59-01:00", None, "until"),
+    ("GET", "/v1/memory/notes?query=a%00", None, "query"),
+    ("GET", "/v1/memory/facts?query=a%00", None, "query"),
+    ("GET", "/v1/memory/recall?query=a%00", None, "query"),
+    ("GET", "/v1/conversations/a%00b", None, "conversation_id"),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    UNSTORABLE,
+    ids=[f"{method} {path.split('?')[0]} {param}" for method, path, _, param in UNSTORABLE],
+)
+def test_a_value_the_database_cannot_store_is_a_400_naming_it(
+    client: TestClient,
+    alice: dict[str, str],
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    param: str,
+) -> None:
+    response = client.request(method, path, json=body, headers=alice)
+    assert response.status_code == 400, response.text
+    assert_openai_error(response.json(), "invalid_value", param=param)
