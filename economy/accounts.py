@@ -212,7 +212,7 @@ async def read_balance(conn: asyncpg.Connection, key: AccountKey, now: datetime)
     """An account's balance at ``now``, counting holds that expired unswept as voided."""
     account = await get_account(conn, key)
     expired = await conn.fetchval(
-        "SELECT coalesce(sum(amount), 0) FROM ledger_open_holds "
+        "SELECT coalesce(sum(amount), 0)::bigint FROM ledger_open_holds "
         "WHERE account_id = $1 AND expires_at <= $2",
         account.id,
         now,
@@ -220,7 +220,8 @@ async def read_balance(conn: asyncpg.Connection, key: AccountKey, now: datetime)
     pending_credits = account.credits_pending
     if key == CLEARING:
         pending_credits -= await conn.fetchval(
-            "SELECT coalesce(sum(amount), 0) FROM ledger_open_holds WHERE expires_at <= $1", now
+            "SELECT coalesce(sum(amount), 0)::bigint FROM ledger_open_holds WHERE expires_at <= $1",
+            now,
         )
     return Balance(key, account.balance, account.debits_pending - expired, pending_credits)
 

@@ -149,8 +149,7 @@ class Ledger:
                 accounts = await lock_accounts(conn, [user, CLEARING], create=True)
                 if (done := await self._recheck(conn, key, TransferKind.HOLD, request)) is not None:
                     return done
-                if accounts[user].debits_pending:
-                    await self._sweep(conn, accounts, user, now)
+                await self._sweep(conn, accounts, user, now)
                 funded = accounts[user].available - expected_cost >= -self.policy.overdraft
                 expires_at = now + timedelta(seconds=self.policy.hold_ttl_s)
                 legs = [

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from hub import accounts, admin_token, cli_namespaces, cli_processes
+from hub import accounts, admin_token, cli_ledger, cli_namespaces, cli_processes
 from hub.config import ServerSettings, Settings
 from hub.db import connect_once, server_uri
 from hub.embedded import DataDirLock
@@ -48,6 +48,7 @@ app.add_typer(models_app, name="models")
 jobs_app = typer.Typer(help="Scheduled jobs: list them, run one now.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(cli_namespaces.app, name="namespaces")
+app.add_typer(cli_ledger.app, name="ledger")
 
 console = Console()
 err_console = Console(stderr=True)
