@@ -55,7 +55,6 @@ from services import (
     sigterm_as_interrupt,
     start_hub,
     start_stub,
-    start_worker,
     wait_ready,
 )
 
@@ -124,6 +123,7 @@ class Pool:
     hub: Hub
     worker_args: list[str]
     names: list[str]
+    busy_wait_s: float = 10.0  # a stub's jobs take milliseconds: its victim may never look busy
     workers: dict[str, Service] = field(default_factory=dict)
     kills: int = 0
 
@@ -165,7 +165,7 @@ class Pool:
         if not await self.wait_for("every worker to be connected", 120):
             raise ServiceError("a restarted worker did not come back")
         name = self.names[self.kills % len(self.names)]
-        await self.wait_for(f"worker {name} to hold a job", 3, name)
+        await self.wait_for(f"worker {name} to hold a job", self.busy_wait_s, name)
         victim = self.workers[name].process
         with contextlib.suppress(ProcessLookupError):
             victim.send_signal(signal.SIGKILL)
@@ -189,13 +189,11 @@ async def start_pool(services: Services, args: argparse.Namespace) -> tuple[Pool
     else:
         model, worker_args = BUNDLED_MODEL, ["--threads", "1"]
     names = [f"chaos-{i}" for i in range(args.workers)]
-    pool = Pool(services, hub, worker_args, names)
+    pool = Pool(services, hub, worker_args, names, busy_wait_s=2.0 if args.upstream else 10.0)
     log(f"starting {args.workers} workers ({model})")
-    first, *others = names
-    pool.workers[first] = await start_worker(services, hub, model, *worker_args, name=first)
-    for name in others:
+    for name in names:
         pool.start(name)
-    if not await pool.wait_for("every worker to join", 120):
+    if not await pool.wait_for("every worker to join", 180):
         raise ServiceError("the workers did not join")
     return pool, model
 
@@ -203,7 +201,8 @@ async def start_pool(services: Services, args: argparse.Namespace) -> tuple[Pool
 async def run_chats(
     pool: Pool, model: str, args: argparse.Namespace, progress: Progress
 ) -> list[Outcome]:
-    """Every chat, ``--concurrency`` at a time, a worker killed every ``--kill-every``."""
+    """Every chat, ``--concurrency`` at a time; a worker is killed as every ``--kill-every``-th
+    chat starts."""
     task = progress.add_task("chats", total=args.streams)
     outcomes: list[Outcome] = []
     slots = asyncio.Semaphore(args.concurrency)
@@ -223,12 +222,25 @@ async def run_chats(
             slots.release()
             progress.advance(task)
 
-    async with client, asyncio.TaskGroup() as chats:
+    kill_at = (
+        {i: asyncio.Event() for i in range(args.kill_every, args.streams, args.kill_every)}
+        if args.kill_every
+        else {}
+    )
+
+    async def killer() -> None:
+        for reached in kill_at.values():
+            await reached.wait()
+            await pool.kill_and_restart()
+
+    # The killer runs beside the chats, so they keep coming while it waits for its victim.
+    async with client, asyncio.TaskGroup() as tasks:
+        tasks.create_task(killer())
         for index in range(args.streams):
             await slots.acquire()
-            if index and args.kill_every and index % args.kill_every == 0:
-                await pool.kill_and_restart()
-            chats.create_task(one(index))
+            if index in kill_at:
+                kill_at[index].set()
+            tasks.create_task(one(index))
     return outcomes
 
 

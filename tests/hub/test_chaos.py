@@ -157,9 +157,11 @@ async def stream_chat(client: openai.AsyncOpenAI, index: int) -> Outcome:
 
 
 async def run_chaos(hub: LiveHub, pool: Workers) -> list[Outcome]:
-    """Send every request, ``CONCURRENCY`` at a time, killing a worker every ``KILL_EVERY``."""
+    """Send every request, ``CONCURRENCY`` at a time; kill a worker as every ``KILL_EVERY``-th
+    request starts, while the requests keep coming (so the victim is always busy)."""
     outcomes: list[Outcome] = []
     slots = anyio.Semaphore(CONCURRENCY)
+    kill_at = {index: anyio.Event() for index in range(KILL_EVERY, REQUESTS, KILL_EVERY)}
     client = openai.AsyncOpenAI(
         base_url=f"{hub.url}/v1",
         api_key=hub.user_token,
@@ -173,12 +175,18 @@ async def run_chaos(hub: LiveHub, pool: Workers) -> list[Outcome]:
         finally:
             slots.release()
 
-    async with client, anyio.create_task_group() as requests:
+    async def killer() -> None:
+        for reached in kill_at.values():
+            await reached.wait()
+            await anyio.to_thread.run_sync(pool.kill_and_restart)
+
+    async with client, anyio.create_task_group() as tasks:
+        tasks.start_soon(killer)
         for index in range(REQUESTS):
             await slots.acquire()
-            if index and index % KILL_EVERY == 0:
-                await anyio.to_thread.run_sync(pool.kill_and_restart)
-            requests.start_soon(one, index)
+            if index in kill_at:
+                kill_at[index].set()
+            tasks.start_soon(one, index)
     return outcomes
 
 
