@@ -39,6 +39,7 @@ from economy.accounts import (
     read_balance,
 )
 from economy.errors import (
+    AccountNotFound,
     HoldExpired,
     HoldNotFound,
     HoldResolved,
@@ -102,6 +103,22 @@ class Ledger:
     def __init__(self, policy: LedgerPolicy, clock: Clock) -> None:
         self.policy = policy
         self._clock = clock
+        # Accounts seen opened: never deleted, so a hit skips the opening insert.
+        self._opened: set[AccountKey] = set()
+
+    async def _lock(
+        self, conn: asyncpg.Connection, keys: list[AccountKey], *, create: bool
+    ) -> dict[AccountKey, Account]:
+        """Lock accounts in id order, opening missing ones when ``create`` (see lock_accounts)."""
+        if create and self._opened.issuperset(keys):
+            try:
+                return await lock_accounts(conn, keys, create=False)
+            except AccountNotFound:
+                # Seen in a transaction that rolled back after all: open it for real.
+                self._opened.difference_update(keys)
+        accounts = await lock_accounts(conn, keys, create=create)
+        self._opened.update(keys)
+        return accounts
 
     async def _idempotent(
         self,
@@ -111,9 +128,6 @@ class Ledger:
         request: dict[str, Any],
         attempt: Callable[[], Awaitable[Transfer]],
     ) -> Transfer:
-        existing = await find_transfer(conn, key)
-        if existing is not None:
-            return same_request(existing, kind, request)
         try:
             return await attempt()
         except asyncpg.UniqueViolationError:
@@ -146,7 +160,7 @@ class Ledger:
         async def attempt() -> Transfer:
             async with conn.transaction():
                 now = self._clock()
-                accounts = await lock_accounts(conn, [user, CLEARING], create=True)
+                accounts = await self._lock(conn, [user, CLEARING], create=True)
                 if (done := await self._recheck(conn, key, TransferKind.HOLD, request)) is not None:
                     return done
                 await self._sweep(conn, accounts, user, now)
@@ -165,17 +179,9 @@ class Ledger:
                     job_id=job_id,
                     funded=funded,
                     expires_at=expires_at,
+                    holds=user,
                 )
-                transfer = await write_transfer(conn, accounts, new, now)
-                await conn.execute(
-                    "INSERT INTO ledger_open_holds (transfer_id, account_id, amount, expires_at) "
-                    "VALUES ($1, $2, $3, $4)",
-                    transfer.id,
-                    accounts[user].id,
-                    expected_cost,
-                    expires_at,
-                )
-                return transfer
+                return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.HOLD, request, attempt)
 
@@ -214,7 +220,7 @@ class Ledger:
         async def attempt() -> Transfer:
             async with conn.transaction():
                 now = self._clock()
-                accounts = await lock_accounts(conn, [user, CLEARING, owner, POOL_FEE], create=True)
+                accounts = await self._lock(conn, [user, CLEARING, owner, POOL_FEE], create=True)
                 if (done := await self._recheck(conn, key, TransferKind.POST, request)) is not None:
                     return done
                 expires_at, resolution = await self._take_open(conn, hold)
@@ -251,7 +257,7 @@ class Ledger:
         async def attempt() -> Transfer:
             async with conn.transaction():
                 now = self._clock()
-                accounts = await lock_accounts(conn, [user, CLEARING], create=True)
+                accounts = await self._lock(conn, [user, CLEARING], create=True)
                 if (done := await self._recheck(conn, key, TransferKind.VOID, {})) is not None:
                     return done
                 _, resolution = await self._take_open(conn, hold)
@@ -316,7 +322,7 @@ class Ledger:
         for row in refs:
             user = AccountKey(AccountKind.USER, row["ref"])
             async with conn.transaction():
-                accounts = await lock_accounts(conn, [user, CLEARING], create=False)
+                accounts = await self._lock(conn, [user, CLEARING], create=False)
                 expired += await self._sweep(conn, accounts, user, now)
         return expired
 
@@ -355,7 +361,7 @@ class Ledger:
         async def attempt() -> Transfer:
             async with conn.transaction():
                 now = self._clock()
-                accounts = await lock_accounts(conn, [debit, credit], create=create)
+                accounts = await self._lock(conn, [debit, credit], create=create)
                 if (done := await self._recheck(conn, key, kind, request)) is not None:
                     return done
                 legs = [
@@ -452,7 +458,7 @@ class Ledger:
         async def attempt() -> Transfer:
             async with conn.transaction():
                 now = self._clock()
-                accounts = await lock_accounts(conn, [leg.account for leg in legs], create=False)
+                accounts = await self._lock(conn, [leg.account for leg in legs], create=False)
                 kind = TransferKind.REVERSAL
                 if (done := await self._recheck(conn, key, kind, request)) is not None:
                     return done

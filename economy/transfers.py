@@ -94,6 +94,8 @@ class NewTransfer:
     funded: bool | None = None
     expires_at: datetime | None = None
     memo: str = ""
+    holds: AccountKey | None = None
+    """For a hold: the account it reserves on (entered in the open-hold index)."""
 
 
 @dataclass(frozen=True)
@@ -183,17 +185,64 @@ async def entries_of(conn: asyncpg.Connection, transfer_id: int) -> list[tuple[L
     ]
 
 
+_WRITE = """
+WITH t AS (
+    INSERT INTO ledger_transfers (key, kind, job_id, pending_id, reverses_id, amount, funded,
+                                  expires_at, request, memo, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) RETURNING *
+), entries AS (
+    INSERT INTO revenue_ledger (transfer_id, account_id, side, phase, amount, balance_after,
+                                pending_after, created_at)
+    SELECT t.id, e.account_id, e.side, e.phase, e.amount, e.balance_after, e.pending_after, $11
+    FROM t, unnest($12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::bigint[],
+                   $17::bigint[]) WITH ORDINALITY
+         AS e(account_id, side, phase, amount, balance_after, pending_after, n)
+    ORDER BY e.n
+), totals AS (
+    UPDATE ledger_accounts a
+    SET debits_posted = u.dp, credits_posted = u.cp, debits_pending = u.dq, credits_pending = u.cq
+    FROM unnest($18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[])
+         AS u(id, dp, cp, dq, cq)
+    WHERE a.id = u.id
+), open_hold AS (
+    INSERT INTO ledger_open_holds (transfer_id, account_id, amount, expires_at)
+    SELECT t.id, $23, t.amount, t.expires_at FROM t WHERE $23::bigint IS NOT NULL
+)
+SELECT * FROM t
+"""
+
+
 async def write_transfer(
     conn: asyncpg.Connection, accounts: dict[AccountKey, Account], new: NewTransfer, now: datetime
 ) -> Transfer:
-    """Write a transfer, its entries and the new account totals; ``accounts`` must be locked.
+    """Write a transfer, its entries and the new account totals in one statement.
 
-    Zero legs are skipped. The database checks at commit that the entries sum to zero per phase.
+    ``accounts`` must be locked by the caller's transaction. Zero legs are skipped; a hold also
+    enters the open-hold index. The database checks at commit that the entries sum to zero per
+    phase.
     """
+    entries: list[tuple[int, str, str, int, int, int]] = []
+    touched: dict[int, Account] = {}
+    for leg in new.legs:
+        if leg.amount == 0:
+            continue
+        account = accounts[leg.account]
+        account.apply(leg.side, leg.phase, leg.amount)
+        touched[account.id] = account
+        entries.append(
+            (
+                account.id,
+                leg.side.value,
+                leg.phase.value,
+                leg.amount,
+                account.balance,
+                account.pending,
+            )
+        )
+    columns = list(zip(*entries, strict=True)) if entries else [()] * 6
+    changed = list(touched.values())
     row = await conn.fetchrow(
-        "INSERT INTO ledger_transfers (key, kind, job_id, pending_id, reverses_id, amount, funded, "
-        "expires_at, request, memo, created_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) RETURNING *",
+        _WRITE,
         new.key,
         new.kind.value,
         new.job_id,
@@ -205,43 +254,12 @@ async def write_transfer(
         json.dumps(new.request),
         new.memo,
         now,
+        *(list(column) for column in columns),
+        [a.id for a in changed],
+        [a.debits_posted for a in changed],
+        [a.credits_posted for a in changed],
+        [a.debits_pending for a in changed],
+        [a.credits_pending for a in changed],
+        None if new.holds is None else accounts[new.holds].id,
     )
-    transfer = Transfer.from_row(row)
-    entries = []
-    touched: dict[int, Account] = {}
-    for leg in new.legs:
-        if leg.amount == 0:
-            continue
-        account = accounts[leg.account]
-        account.apply(leg.side, leg.phase, leg.amount)
-        touched[account.id] = account
-        entries.append(
-            (
-                transfer.id,
-                account.id,
-                leg.side.value,
-                leg.phase.value,
-                leg.amount,
-                account.balance,
-                account.pending,
-                now,
-            )
-        )
-    if entries:
-        await conn.executemany(
-            "INSERT INTO revenue_ledger (transfer_id, account_id, side, phase, amount, "
-            "balance_after, pending_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            entries,
-        )
-        await conn.execute(
-            "UPDATE ledger_accounts a SET debits_posted = u.dp, credits_posted = u.cp, "
-            "debits_pending = u.dq, credits_pending = u.cq FROM unnest($1::bigint[], "
-            "$2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]) AS u(id, dp, cp, dq, cq) "
-            "WHERE a.id = u.id",
-            [a.id for a in touched.values()],
-            [a.debits_posted for a in touched.values()],
-            [a.credits_posted for a in touched.values()],
-            [a.debits_pending for a in touched.values()],
-            [a.credits_pending for a in touched.values()],
-        )
-    return transfer
+    return Transfer.from_row(row)
