@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,7 @@ class TokenRecord:
     last_used_at: datetime | None
     user_disabled: bool
     hash: bytes
+    parent_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def new_token_text() -> str:
 
 _ROW_SQL = """
 SELECT t.id, t.prefix, t.user_id, u.name AS user_name, t.name, t.scopes, t.is_pool_admin,
-       t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.hash,
+       t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.hash, t.parent_id,
        (u.disabled_at IS NOT NULL) AS user_disabled
 FROM tokens t LEFT JOIN users u ON u.id = t.user_id
 """
@@ -99,6 +101,7 @@ def _token_record(row: asyncpg.Record) -> TokenRecord:
         last_used_at=row["last_used_at"],
         user_disabled=bool(row["user_disabled"]),
         hash=bytes(row["hash"]),
+        parent_id=row["parent_id"],
     )
 
 
@@ -164,14 +167,21 @@ async def create_token(
     name: str = "",
     expires_at: datetime | None = None,
     is_pool_admin: bool = False,
+    parent_id: UUID | None = None,
 ) -> IssuedToken:
-    """Issue a token and return its text (to be shown once) with its record."""
+    """Issue a token and return its text (to be shown once) with its record.
+
+    A token minted from another (``parent_id``) never outlives it: the database caps its expiry
+    at the parent's and revokes it with the parent (migration 007), so the returned record's
+    ``expires_at`` may be earlier than asked.
+    """
     _check_scopes(scopes, user_id)
     token = new_token_text()
     prefix = token_prefix(token)
     row = await conn.fetchrow(
-        "INSERT INTO tokens (user_id, prefix, hash, name, scopes, expires_at, is_pool_admin) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        "INSERT INTO tokens "
+        "(user_id, prefix, hash, name, scopes, expires_at, is_pool_admin, parent_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
         user_id,
         prefix,
         hash_token(token),
@@ -179,6 +189,7 @@ async def create_token(
         list(scopes),
         expires_at,
         is_pool_admin,
+        parent_id,
     )
     record = await get_token(conn, row["id"])
     return IssuedToken(token=token, record=record)
@@ -217,7 +228,10 @@ async def list_tokens(
 async def revoke_token(
     conn: asyncpg.Connection, prefix: str, *, user_id: UUID | None = None
 ) -> TokenRecord:
-    """Revoke a token by prefix; with ``user_id``, only that user's token (others are 404)."""
+    """Revoke a token by prefix; with ``user_id``, only that user's token (others are 404).
+
+    Tokens minted from it are revoked with it, transitively (a trigger, see migration 007).
+    """
     row = await conn.fetchrow(
         "UPDATE tokens SET revoked_at = coalesce(revoked_at, now()) "
         "WHERE prefix = $1 AND ($2::uuid IS NULL OR user_id = $2) RETURNING id",
@@ -227,6 +241,39 @@ async def revoke_token(
     if row is None:
         raise NotFoundError(f"No token with prefix '{prefix}'.", param="prefix")
     return await get_token(conn, row["id"])
+
+
+async def token_lineage(conn: asyncpg.Connection, token_id: UUID) -> list[UUID]:
+    """The token and every token minted from it, transitively (revoked with it)."""
+    rows = await conn.fetch(
+        "WITH RECURSIVE tree AS ("
+        " SELECT id FROM tokens WHERE id = $1"
+        " UNION SELECT t.id FROM tokens t JOIN tree ON t.parent_id = tree.id"
+        ") SELECT id FROM tree",
+        token_id,
+    )
+    return [r["id"] for r in rows]
+
+
+async def dead_tokens(conn: asyncpg.Connection, token_ids: Collection[UUID]) -> dict[UUID, str]:
+    """Which of these tokens no longer work, each with the 401 code it would now get.
+
+    A token that no longer exists (its user was deleted) reads as revoked.
+    """
+    if not token_ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT t.id, CASE"
+        " WHEN t.revoked_at IS NOT NULL THEN 'token_revoked'"
+        " WHEN t.expires_at <= now() THEN 'token_expired'"
+        " WHEN u.disabled_at IS NOT NULL THEN 'user_disabled' END AS dead "
+        "FROM tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.id = ANY($1::uuid[])",
+        list(token_ids),
+    )
+    found = {r["id"]: r["dead"] for r in rows}
+    dead = {token_id: "token_revoked" for token_id in token_ids if token_id not in found}
+    dead.update({token_id: reason for token_id, reason in found.items() if reason is not None})
+    return dead
 
 
 async def rotate_pool_admin_token(conn: asyncpg.Connection) -> IssuedToken:

@@ -23,7 +23,7 @@ from hub.db import open_database
 from hub.embedded import DataDirLock
 from hub.errors import install_error_handlers
 from hub.jobs import build_jobs
-from hub.local_worker import issue_local_worker_token, run_local_worker
+from hub.local_worker import LocalWorker
 from hub.mcp_mount import McpMount
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
@@ -124,7 +124,7 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             if issued is not None:
                 log.info("admin_token_issued", file=str(token_file(settings.data_dir)))
             resolver = TokenResolver(db.pool, settings.auth)
-            writer = BackgroundWriter(db.pool)
+            writer = BackgroundWriter(db.pool, queue_size=settings.database.write_queue_size)
             registry = WorkerRegistry(
                 settings.inference, pool_config, on_exclusion=exclusion_recorder(writer, metrics)
             )
@@ -146,20 +146,21 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             state.scheduler = Scheduler(build_jobs(state), db.pool, settings.jobs)
             await stack.enter_async_context(mcp.server.session_manager.run())
             stack.push_async_callback(mcp.aclose)
-            mcp.bind({"hub": state})
+            local_worker = LocalWorker(settings, db.pool)
+            lifespan_state: dict[str, Any] = {"hub": state, "local_worker": local_worker}
+            mcp.bind(lifespan_state)
             async with anyio.create_task_group() as loops:
                 loops.start_soon(resolver.run_flusher)
+                loops.start_soon(resolver.run_sweeper)
                 loops.start_soon(writer.run)
                 loops.start_soon(compactor.run)
                 if semantic.miner is not None:
                     loops.start_soon(semantic.miner.run)
-                if settings.inference.local_worker:
-                    async with db.pool.acquire() as conn:
-                        token = await issue_local_worker_token(conn)
-                    loops.start_soon(run_local_worker, settings, token)
+                if local_worker.enabled:
+                    loops.start_soon(local_worker.run)
                 await loops.start(state.scheduler.run)
                 log.info("hub_started", embedded_db=db.embedded is not None)
-                yield {"hub": state}
+                yield lifespan_state
                 loops.cancel_scope.cancel()
             await writer.drain()
             await resolver.flush_last_used()

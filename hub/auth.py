@@ -4,6 +4,10 @@ The hot path costs one dictionary lookup when the token is cached and one indexe
 when it is not. The stored SHA-256 is compared with :func:`hmac.compare_digest`. Last-used times are
 collected in memory and written in one statement every ``last_used_flush_s`` (and at shutdown), so
 no request waits on that bookkeeping.
+
+A cached token must not outlive its revocation, nor may an open worker link or MCP stream: the
+resolver's sweep re-reads every cached or leased token every ``revocation_check_s`` and drops the
+dead ones, ending their leases (see :mod:`hub.revocation`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from hub.accounts import TokenRecord, find_token_by_prefix, hash_token, token_prefix, touch_tokens
+from hub.accounts import (
+    TokenRecord,
+    dead_tokens,
+    find_token_by_prefix,
+    hash_token,
+    token_prefix,
+    touch_tokens,
+)
 from hub.config import AuthSettings
 from hub.errors import AuthenticationError, PermissionDeniedError
+from hub.revocation import Leases
 
 log = structlog.get_logger()
 
@@ -90,6 +102,7 @@ class TokenResolver:
         self._now = now
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._last_used: dict[UUID, datetime] = {}
+        self.leases = Leases()
 
     async def resolve(self, token: str) -> Principal:
         """Return the principal of a live token or raise :class:`AuthenticationError`."""
@@ -142,15 +155,53 @@ class TokenResolver:
         while len(self._cache) > self._settings.token_cache_size:
             self._cache.popitem(last=False)
 
-    def forget(self, token_id: UUID) -> None:
-        """Drop a token from the cache at once (after a revoke in this process)."""
-        for digest in [d for d, c in self._cache.items() if c.principal.token_id == token_id]:
-            del self._cache[digest]
+    def forget(self, token_id: UUID, reason: str = "token_revoked") -> None:
+        """Drop a token at once (after a revoke in this process): its cache entry and its leases."""
+        self._forget({token_id: reason})
 
     def forget_user(self, user_id: UUID) -> None:
-        """Drop every cached token of a user (after disabling them)."""
+        """Drop every token of a user at once (after disabling them), cached or leased."""
         for digest in [d for d, c in self._cache.items() if c.principal.user_id == user_id]:
             del self._cache[digest]
+        ended = self.leases.end_user(user_id)
+        log.info("user_tokens_dropped", user=str(user_id), leases_ended=ended)
+
+    def _forget(self, dead: dict[UUID, str]) -> None:
+        for digest in [d for d, c in self._cache.items() if c.principal.token_id in dead]:
+            del self._cache[digest]
+        ended = self.leases.end_tokens(dead)
+        log.info("tokens_dropped", tokens={str(t): r for t, r in dead.items()}, leases_ended=ended)
+
+    async def sweep(self) -> None:
+        """Re-read every cached or leased token and drop the ones that died meanwhile.
+
+        This is how a revocation made by another process (the CLI, another hub), a parent's
+        revocation and an expiry reach this process's cache and open links.
+        """
+        self._evict_stale()
+        ids = {c.principal.token_id for c in self._cache.values()} | self.leases.token_ids()
+        if not ids:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                dead = await dead_tokens(conn, ids)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("token_sweep_failed", error=str(exc), tokens=len(ids))
+            return
+        if dead:
+            self._forget(dead)
+
+    def _evict_stale(self) -> None:
+        """Drop entries past the cache TTL: they would be looked up again anyway."""
+        oldest = self._clock() - self._settings.token_cache_ttl_s
+        for digest in [d for d, c in self._cache.items() if c.cached_at <= oldest]:
+            del self._cache[digest]
+
+    async def run_sweeper(self) -> None:
+        """Sweep every ``revocation_check_s`` forever (cancelled by the lifespan)."""
+        while True:
+            await asyncio.sleep(self._settings.revocation_check_s)
+            await self.sweep()
 
     async def flush_last_used(self) -> None:
         """Write the collected last-used times in one statement."""

@@ -1,14 +1,22 @@
-"""Bookkeeping written off the request path, in batches, without losing it at shutdown.
+"""Bookkeeping written off the request path, in batches, without losing it silently.
 
-Requests hand writes (conversation records, later L1 messages and ledger entries) to
+Requests hand writes (L1 messages, L2 conversation turns, worker exclusions) to
 :class:`BackgroundWriter`, which runs them in one transaction per batch on its own connection.
-The lifespan drains the queue before the pool closes, so a clean shutdown loses nothing; a batch
-that fails is retried once row by row, and a write that still fails is logged with its kind.
+The lifespan drains the queue before the pool closes, so a clean shutdown loses nothing. A batch
+that fails is retried once write by write; a write that still fails is *lost*: logged with its
+kind and counted (``iamine_bookkeeping_lost_total{kind}``).
+
+The queue is bounded (``write_queue_size``). :meth:`BackgroundWriter.submit` stays synchronous and
+never waits, so a slow or unreachable database cannot stall requests; when the queue is full the
+write is *dropped*: refused at once, logged and counted
+(``iamine_bookkeeping_dropped_total{kind}``). Memory stays bounded and no write disappears
+without a trace.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,22 +35,39 @@ class _Item:
 
 
 class BackgroundWriter:
-    """A queue of database writes, applied in batches by one background task."""
+    """A bounded queue of database writes, applied in batches by one background task."""
 
-    def __init__(self, pool: asyncpg.Pool, batch_size: int = 200) -> None:
+    def __init__(self, pool: asyncpg.Pool, batch_size: int = 200, queue_size: int = 10_000) -> None:
         self._pool = pool
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._batch_size = batch_size
-        self.failed = 0
+        self.lost: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
 
-    def submit(self, kind: str, write: Write) -> None:
-        """Queue a write; returns at once."""
-        self._queue.put_nowait(_Item(kind, write))
+    @property
+    def failed(self) -> int:
+        """Writes lost so far, every kind together."""
+        return self.lost.total()
 
     @property
     def pending(self) -> int:
         """Writes queued and not yet applied."""
         return self._queue.qsize()
+
+    @property
+    def capacity(self) -> int:
+        """Most writes the queue holds."""
+        return self._queue.maxsize
+
+    def submit(self, kind: str, write: Write) -> bool:
+        """Queue a write and return at once; False when the queue is full and it was dropped."""
+        try:
+            self._queue.put_nowait(_Item(kind, write))
+        except asyncio.QueueFull:
+            self.dropped[kind] += 1
+            log.error("bookkeeping_write_dropped", kind=kind, queued=self.pending)
+            return False
+        return True
 
     async def run(self) -> None:
         """Apply writes forever (cancelled by the lifespan, which then calls :meth:`drain`)."""
@@ -61,18 +86,20 @@ class BackgroundWriter:
             items.append(self._queue.get_nowait())
         return items
 
+    # The writes are arbitrary callables (encryption included): whatever one raises, this loop is
+    # the top-level handler that must survive it, so it catches Exception and records the loss.
     async def _apply(self, items: list[_Item]) -> None:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 for item in items:
                     await item.write(conn)
             return
-        except (asyncpg.PostgresError, OSError) as exc:
-            log.warning("bookkeeping_batch_failed", error=str(exc), items=len(items))
+        except Exception as exc:
+            log.warning("bookkeeping_batch_failed", error=repr(exc), items=len(items))
         for item in items:
             try:
                 async with self._pool.acquire() as conn:
                     await item.write(conn)
-            except (asyncpg.PostgresError, OSError) as exc:
-                self.failed += 1
-                log.error("bookkeeping_write_lost", kind=item.kind, error=str(exc))
+            except Exception as exc:
+                self.lost[item.kind] += 1
+                log.error("bookkeeping_write_lost", kind=item.kind, error=repr(exc))

@@ -67,6 +67,14 @@ class DatabaseSettings(BaseModel):
     auto_migrate: bool = Field(
         True, description="Apply pending migrations when the hub or a CLI command starts."
     )
+    write_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description=(
+            "Background writes (L1, L2, exclusions) that may wait for the database; when full, a "
+            "further write is dropped, logged and counted in `iamine_bookkeeping_dropped_total`."
+        ),
+    )
 
 
 class AuthSettings(BaseModel):
@@ -76,14 +84,39 @@ class AuthSettings(BaseModel):
         30.0,
         ge=0,
         description=(
-            "Seconds a resolved token stays cached in the hub process. A token revoked through the "
-            "API is dropped from the cache at once; one revoked from another process (the CLI) "
-            "stops working within this bound. 0 disables the cache."
+            "Seconds a resolved token stays cached in the hub process before it is looked up "
+            "again. Revocation does not wait for it: see `revocation_check_s`. 0 disables the "
+            "cache."
         ),
     )
     token_cache_size: int = Field(10_000, ge=0, description="Most tokens kept in the cache.")
     last_used_flush_s: float = Field(
         5.0, gt=0, description="Seconds between batched writes of tokens' last-used times."
+    )
+    revocation_check_s: float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "Seconds between re-reads of the tokens this hub has cached or that hold worker links "
+            "and MCP streams open: a token revoked, expired or whose user was disabled by another "
+            "process (the CLI, another hub) stops working, and its links close, within this bound."
+        ),
+    )
+
+
+class LocalWorkerSettings(BaseModel):
+    """How the hub restarts its local worker process (whether it runs: `inference.local_worker`)."""
+
+    restart_initial_s: float = Field(
+        1.0, gt=0, description="Seconds before the first restart of a local worker that exited."
+    )
+    restart_max_s: float = Field(
+        60.0, gt=0, description="Longest wait between restarts; the wait doubles up to it."
+    )
+    restart_reset_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a local worker must run before its next exit counts as a new crash.",
     )
 
 
@@ -134,6 +167,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    local_worker: LocalWorkerSettings = Field(default_factory=LocalWorkerSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     checker: CheckerSettings = Field(default_factory=CheckerSettings)

@@ -3,20 +3,28 @@
 Requests without a valid ``user`` token get the same 401 as the API, before the MCP transport sees
 them. Tools then call the hub's own API in-process (an ASGI transport into this very app, with
 the lifespan's state), so MCP and REST share one implementation of every rule.
+
+A session belongs to the token that opened it (the SDK answers 404 to any other credential), and
+every request re-resolves its token, so a revoked token's session can do nothing more; its open
+streams (the GET stream, a tool call's response) hold a lease on the token and are cut when it
+dies. The SDK has no public call to end a session by id: it goes at its idle timeout.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import httpx
 from fastapi import FastAPI
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.auth import parse_bearer
+from hub.auth import Principal, parse_bearer
 from hub.config import Settings
 from hub.errors import AuthenticationError, HubError, error_response
 from hub.state import HubState
@@ -41,7 +49,11 @@ class _InProcess:
 
 
 class _RequireUserToken:
-    """401/403 in the OpenAI shape unless the request carries a live ``user`` token."""
+    """401/403 in the OpenAI shape unless the request carries a live ``user`` token.
+
+    The request then runs under a lease on its token: if the token dies meanwhile, the request
+    is cancelled, its stream cut (or a 401 sent, when no response has started).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -58,17 +70,47 @@ class _RequireUserToken:
         except HubError as exc:
             if isinstance(exc, AuthenticationError):
                 hub.metrics.auth_failures.labels(exc.code).inc()
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-            response = error_response(
-                exc.status_code,
-                exc.message,
-                error_type=exc.error_type,
-                code=exc.code,
-                headers=headers,
-            )
-            await response(scope, receive, send)
+            await _refuse(exc, scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        started = False
+        died: list[str] = []
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with anyio.CancelScope() as request:
+
+            def end(reason: str) -> None:
+                died.append(reason)
+                request.cancel()
+
+            with hub.tokens.leases.hold(principal.token_id, principal.user_id, end):
+                await self.app({**scope, "user": _session_owner(principal)}, receive, tracked)
+        if died and not started:
+            message = f"This API key stopped working ({died[0]})."
+            await _refuse(AuthenticationError(message, code=died[0]), scope, receive, send)
+
+
+async def _refuse(exc: HubError, scope: Scope, receive: Receive, send: Send) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    response = error_response(
+        exc.status_code, exc.message, error_type=exc.error_type, code=exc.code, headers=headers
+    )
+    await response(scope, receive, send)
+
+
+def _session_owner(principal: Principal) -> AuthenticatedUser:
+    """The credential the SDK binds a new session to, and checks on each of its requests."""
+    return AuthenticatedUser(
+        AccessToken(
+            token=principal.token_prefix,
+            client_id=str(principal.token_id),
+            scopes=sorted(principal.scopes),
+            subject=str(principal.user_id),
+        )
+    )
 
 
 class McpMount:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, TextIO, cast
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from hub.config import ServerSettings
 
@@ -54,6 +57,36 @@ def configure_logging(settings: ServerSettings) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
 
 
+class _BookkeepingLosses(Collector):
+    """Lost and dropped background writes by kind, read from the writer at scrape time.
+
+    The writer keeps its own tallies (it knows nothing of Prometheus); they only grow, as a
+    counter must.
+    """
+
+    def __init__(self) -> None:
+        self.writer: BackgroundWriter | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        lost = CounterMetricFamily(
+            "iamine_bookkeeping_lost",
+            "Background writes that failed even when retried alone, by kind.",
+            labels=["kind"],
+        )
+        dropped = CounterMetricFamily(
+            "iamine_bookkeeping_dropped",
+            "Background writes refused because the queue was full, by kind.",
+            labels=["kind"],
+        )
+        if self.writer is not None:
+            for kind, count in sorted(self.writer.lost.items()):
+                lost.add_metric([kind], count)
+            for kind, count in sorted(self.writer.dropped.items()):
+                dropped.add_metric([kind], count)
+        yield lost
+        yield dropped
+
+
 class Metrics:
     """The hub's Prometheus collectors, on a registry of its own."""
 
@@ -87,6 +120,13 @@ class Metrics:
             "Background writes not yet applied.",
             registry=self.registry,
         )
+        self.bookkeeping_capacity = Gauge(
+            "iamine_bookkeeping_capacity",
+            "Most background writes the queue holds before it drops new ones.",
+            registry=self.registry,
+        )
+        self._bookkeeping_losses = _BookkeepingLosses()
+        self.registry.register(self._bookkeeping_losses)
         self.exclusions = Counter(
             "iamine_worker_exclusions_total",
             "Workers excluded, by reason.",
@@ -134,6 +174,8 @@ class Metrics:
             lambda: sum(max(w.free_slots, 0) for w in registry.workers.values())
         )
         self.bookkeeping_pending.set_function(lambda: writer.pending)
+        self.bookkeeping_capacity.set_function(lambda: writer.capacity)
+        self._bookkeeping_losses.writer = writer
         self.queue_depth.set_function(lambda: len(registry.queue))
         self._workers = registry
 

@@ -2,8 +2,9 @@
 
 Transport-agnostic: the hub adapts its WebSocket to :class:`LinkTransport`, so this module never
 imports a web framework. A malformed or unexpected frame gets an ``error`` frame back and a log
-line; only a flood of them (``max_bad_frames``) or silence (``heartbeat_misses`` intervals) ends
-the link. Whatever ends it, the worker is removed and its jobs fail over cleanly.
+line; only a flood of them (``max_bad_frames``), silence (``heartbeat_misses`` intervals) or the
+death of its token (revoked, expired, its user disabled: the hub says when) ends the link.
+Whatever ends it, the worker is removed and its jobs fail over cleanly.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
@@ -34,12 +36,25 @@ from inference.protocol import (
     encode,
     parse_frame,
 )
-from inference.registry import WorkerLink, WorkerRegistry
+from inference.registry import OutputLimitExceeded, WorkerLink, WorkerRegistry
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()
 
-Authenticate = Callable[[str], Awaitable[UUID | None]]
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a worker's token says: the user credited for its work, and the token itself."""
+
+    owner_id: UUID | None
+    token_id: UUID | None = None
+
+
+Authenticate = Callable[[str], Awaitable[Credentials]]
+"""Checks the token of a ``hello``; raises :class:`InferenceError` (``invalid_token``) to refuse."""
+
+Revoked = Callable[[WorkerLink], Awaitable[str]]
+"""Returns, with a reason code, once the link's token may no longer serve."""
 
 
 class LinkClosed(Exception):
@@ -80,9 +95,15 @@ class _Sender:
 async def _receive_hello(transport: LinkTransport, settings: InferenceSettings) -> Hello:
     try:
         async with asyncio.timeout(settings.hello_timeout_s):
-            frame = parse_frame(await transport.receive_text())
+            text = await transport.receive_text()
     except TimeoutError:
         raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, "no hello in time") from None
+    if len(text) > settings.max_hello_bytes:
+        # Checked before parsing or authenticating: an unauthenticated peer gets no work done.
+        raise ProtocolError(
+            ErrorCode.FRAME_TOO_LARGE, f"a hello is at most {settings.max_hello_bytes} bytes"
+        )
+    frame = parse_frame(text)
     if not isinstance(frame, Hello):
         raise ProtocolError(ErrorCode.UNEXPECTED_FRAME, f"expected hello, got {frame.type}")
     if frame.protocol != PROTOCOL_VERSION:
@@ -98,13 +119,18 @@ async def serve_worker_link(
     registry: WorkerRegistry,
     authenticate: Authenticate,
     clock: Callable[[], float] = time.monotonic,
+    revoked: Revoked | None = None,
 ) -> None:
-    """Run one worker link until it ends; never raises for anything the worker sends."""
+    """Run one worker link until it ends; never raises for anything the worker sends.
+
+    ``revoked`` runs beside the link: when it returns, the worker is removed (its jobs fail over),
+    told ``invalid_token`` (fatal: it does not reconnect) and the socket closed with code 1008.
+    """
     settings = registry.settings
     send = _Sender(transport)
     try:
         hello = await _receive_hello(transport, settings)
-        owner = await authenticate(hello.token)
+        credentials = await authenticate(hello.token)
     except InferenceError as exc:
         log.warning("worker_refused", code=exc.code, error=exc.message)
         await _send_quietly(send, Error(code=exc.code, message=exc.message))
@@ -115,11 +141,12 @@ async def serve_worker_link(
     link = WorkerLink(
         id=registry.new_worker_id(),
         name=hello.worker_name,
-        owner_id=owner,
+        owner_id=credentials.owner_id,
         models={m.id: m for m in hello.models},
         hardware=hello.hardware,
         slots=hello.slots,
         send=send,
+        token_id=credentials.token_id,
     )
     await send(
         Welcome(
@@ -130,16 +157,32 @@ async def serve_worker_link(
     )
     await registry.add(link)
     reason = "closed"
+    revocation: list[str] = []
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_heartbeats, link, send, settings, clock, tasks.cancel_scope)
+            if revoked is not None:
+                tasks.start_soon(_end_when_revoked, revoked, link, revocation, tasks.cancel_scope)
             reason = await _read_frames(transport, link, registry, send, clock)
             tasks.cancel_scope.cancel()
     finally:
-        if link.last_seen + settings.heartbeat_interval_s * settings.heartbeat_misses < clock():
+        if revocation:
+            reason = revocation[0]
+        elif link.last_seen + settings.heartbeat_interval_s * settings.heartbeat_misses < clock():
             reason = "heartbeat_timeout"
         await registry.remove(link.id, reason)
-        await _close_quietly(transport, reason)
+        if revocation:
+            message = f"The worker's token no longer works ({reason})."
+            await _send_quietly(send, Error(code=ErrorCode.INVALID_TOKEN, message=message))
+        await _close_quietly(transport, reason, code=1008 if revocation else 1000)
+
+
+async def _end_when_revoked(
+    revoked: Revoked, link: WorkerLink, revocation: list[str], scope: anyio.CancelScope
+) -> None:
+    revocation.append(await revoked(link))
+    log.warning("worker_token_dead", worker=link.id, name=link.name, reason=revocation[0])
+    scope.cancel()
 
 
 async def _read_frames(
@@ -156,9 +199,15 @@ async def _read_frames(
         except LinkClosed:
             return "disconnected"
         link.last_seen = clock()
+        if len(text) > registry.settings.max_frame_bytes:
+            await _cut_off(link, send, ErrorCode.FRAME_TOO_LARGE, f"{len(text)} characters")
+            return ErrorCode.FRAME_TOO_LARGE
         try:
             frame = parse_frame(text)
             problem = await _handle(frame, link, registry)
+        except OutputLimitExceeded as exc:
+            await _cut_off(link, send, exc.code, exc.message)
+            return exc.code
         except ProtocolError as exc:
             problem = Error(code=exc.code, message=exc.message)
         if problem == "leave":
@@ -171,6 +220,12 @@ async def _read_frames(
             await _send_quietly(send, problem)
             if bad_frames >= registry.settings.max_bad_frames:
                 return "too_many_bad_frames"
+
+
+async def _cut_off(link: WorkerLink, send: _Sender, code: str, detail: str) -> None:
+    """Tell a worker why it is being disconnected; its jobs then fail over elsewhere."""
+    log.warning("worker_cut_off", worker=link.id, name=link.name, code=code, detail=detail)
+    await _send_quietly(send, Error(code=code, message=f"cut off: {detail}"))
 
 
 async def _handle(frame: Frame, link: WorkerLink, registry: WorkerRegistry) -> Error | str | None:
@@ -226,6 +281,6 @@ async def _send_quietly(send: _Sender, frame: Frame) -> None:
         await send(frame)
 
 
-async def _close_quietly(transport: LinkTransport, reason: str) -> None:
+async def _close_quietly(transport: LinkTransport, reason: str, code: int = 1000) -> None:
     with contextlib.suppress(LinkClosed, RuntimeError, OSError):
-        await transport.close(1000, reason[:120])
+        await transport.close(code, reason[:120])

@@ -32,7 +32,7 @@ async def create_user(body: UserCreate, state: State, _: AdminPrincipal) -> User
 
 @router.post("/users/{name}/disable")
 async def disable_user(name: str, state: State, _: AdminPrincipal) -> UserOut:
-    """Disable a user; their tokens stop working at once in this hub."""
+    """Disable a user; their tokens stop working at once, and their workers' links close."""
     async with state.db.pool.acquire() as conn:
         user = await accounts.disable_user(conn, name)
     state.tokens.forget_user(user.id)

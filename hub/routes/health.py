@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.deps import State
+from hub.local_worker import LocalWorker
 from hub.migrations import is_current
 
 router = APIRouter(tags=["health"])
@@ -22,8 +23,13 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(state: State) -> JSONResponse:
-    """The database answers and its schema is fully migrated; 503 otherwise."""
+async def readyz(request: Request, state: State) -> JSONResponse:
+    """The database answers and its schema is fully migrated; 503 otherwise.
+
+    `local_worker` reports the hub's own worker process (`running`, `restarting` with its
+    attempt count, `starting` or `disabled`); it informs and never makes the hub unready, since
+    other workers and the degraded answer still serve.
+    """
     checks = {"database": "ok", "migrations": "current"}
     try:
         async with asyncio.timeout(state.settings.database.connect_timeout_s):
@@ -35,8 +41,13 @@ async def readyz(state: State) -> JSONResponse:
         checks["database"] = f"unreachable: {type(exc).__name__}"
         checks["migrations"] = "unknown"
     ready = checks == {"database": "ok", "migrations": "current"}
+    local_worker: LocalWorker | None = getattr(request.state, "local_worker", None)
     return JSONResponse(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
+        {
+            "status": "ready" if ready else "not_ready",
+            "checks": checks,
+            "local_worker": local_worker.status() if local_worker else {"state": "disabled"},
+        },
         status_code=200 if ready else 503,
     )
 

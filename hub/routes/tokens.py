@@ -40,9 +40,12 @@ async def list_own_tokens(state: State, principal: UserPrincipal) -> dict[str, o
 async def create_own_token(
     body: TokenCreate, state: State, caller: UserCallerDep
 ) -> IssuedTokenMemoryOut:
-    """Issue another token for the caller, with at most the caller's scopes.
+    """Issue another token for the caller, with at most the caller's scopes and lifetime.
 
-    The caller's memory key is wrapped for the new token, so both open the same memory.
+    The new token is the caller's child: it expires no later than the caller's token (a longer
+    or absent `expires_in_s` is capped; the response's `expires_at` says when), and revoking or
+    expiring the caller's token ends it too. The caller's memory key is wrapped for the new
+    token, so both open the same memory.
     """
     scopes = tuple(body.scopes)
     if not set(scopes) <= caller.principal.scopes:
@@ -54,6 +57,7 @@ async def create_own_token(
             scopes=scopes,
             name=body.name,
             expires_at=body.expires_at(datetime.now(UTC)),
+            parent_id=caller.token_id,
         )
         memory = await extend_key(
             conn,
@@ -71,10 +75,14 @@ async def create_own_token(
 async def revoke_own_token(prefix: str, state: State, principal: UserPrincipal) -> TokenOut:
     """Revoke one of the caller's tokens by its prefix; it stops working at once.
 
-    Its wrap of the memory key is deleted with it (a database trigger), so the revoked token
-    opens nothing in the database any more; the user's other tokens keep their access.
+    Tokens minted from it are revoked with it, transitively, and the worker links and MCP streams
+    open on any of them are closed. Its wrap of the memory key is deleted with it (a database
+    trigger), so the revoked token opens nothing in the database any more; the user's other
+    tokens keep their access.
     """
-    async with state.db.pool.acquire() as conn:
+    async with state.db.pool.acquire() as conn, conn.transaction():
         record = await accounts.revoke_token(conn, prefix, user_id=principal.user_id)
-    state.tokens.forget(record.id)
+        lineage = await accounts.token_lineage(conn, record.id)
+    for token_id in lineage:
+        state.tokens.forget(token_id)
     return TokenOut.of(record)

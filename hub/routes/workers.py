@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from uuid import UUID
-
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
@@ -11,7 +9,8 @@ from hub.auth import Principal
 from hub.errors import AuthenticationError
 from hub.state import HubState
 from inference.protocol import ErrorCode, InferenceError
-from inference.session import LinkClosed, serve_worker_link
+from inference.registry import WorkerLink
+from inference.session import Credentials, LinkClosed, serve_worker_link
 
 router = APIRouter(tags=["workers"])
 
@@ -48,11 +47,15 @@ class _WebSocketLink:
 
 @router.websocket("/v1/workers/ws")
 async def worker_link(websocket: WebSocket) -> None:
-    """Accept a worker; it authenticates in its ``hello`` with a ``worker``-scope token."""
+    """Accept a worker; it authenticates in its ``hello`` with a ``worker``-scope token.
+
+    The link lasts only as long as the token works: revoking it, its expiry or disabling its user
+    closes the link (see :mod:`hub.revocation`).
+    """
     state: HubState = websocket.state.hub
     await websocket.accept()
 
-    async def authenticate(token: str) -> UUID | None:
+    async def authenticate(token: str) -> Credentials:
         try:
             principal: Principal = await state.tokens.resolve(token)
         except AuthenticationError as exc:
@@ -60,6 +63,10 @@ async def worker_link(websocket: WebSocket) -> None:
             raise InferenceError(ErrorCode.INVALID_TOKEN, exc.message) from None
         if "worker" not in principal.scopes:
             raise InferenceError(ErrorCode.INVALID_TOKEN, "This token lacks the 'worker' scope.")
-        return principal.user_id
+        return Credentials(owner_id=principal.user_id, token_id=principal.token_id)
 
-    await serve_worker_link(_WebSocketLink(websocket), state.workers, authenticate)
+    async def revoked(link: WorkerLink) -> str:
+        assert link.token_id is not None  # set from the credentials above
+        return await state.tokens.leases.wait(link.token_id, link.owner_id)
+
+    await serve_worker_link(_WebSocketLink(websocket), state.workers, authenticate, revoked=revoked)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from hub import accounts
 from hub.accounts import hash_token
+from tests.hub.conftest import wait_until
 
 BAD_HEADERS = [
     ({}, "missing_api_key"),
@@ -157,3 +158,27 @@ def test_last_used_time_is_written_off_the_request_path(
             await conn.close()
 
     assert asyncio.run(last_used()) is not None
+
+
+def test_a_cached_token_revoked_by_another_process_stops_working_within_the_check_interval(
+    client: TestClient, admin_token: str, database_url: str
+) -> None:
+    token = _user_token(client, admin_token)
+    assert client.get("/v1/tokens", headers=_bearer(token)).status_code == 200  # cached now
+
+    async def revoke_like_the_cli() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await accounts.revoke_token(conn, accounts.token_prefix(token) or "")
+        finally:
+            await conn.close()
+
+    asyncio.run(revoke_like_the_cli())
+    # The cache keeps a token for 30 s; the hub re-reads cached tokens every 0.5 s.
+    wait_until(
+        lambda: client.get("/v1/tokens", headers=_bearer(token)).status_code == 401,
+        5,
+        "the revocation to reach the cache",
+    )
+    response = client.get("/v1/tokens", headers=_bearer(token))
+    assert response.json()["error"]["code"] == "token_revoked"

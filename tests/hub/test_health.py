@@ -54,3 +54,19 @@ def test_metrics_count_requests_by_route_and_auth_failures(client: TestClient) -
     assert 'iamine_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     assert 'iamine_auth_failures_total{code="invalid_api_key"} 1.0' in text
     assert "iamine_http_request_duration_seconds_bucket" in text
+
+
+def test_metrics_export_lost_and_dropped_background_writes(client: TestClient) -> None:
+    text = client.get("/metrics").text
+    assert "# TYPE iamine_bookkeeping_lost_total counter" in text
+    assert "# TYPE iamine_bookkeeping_dropped_total counter" in text
+    assert "iamine_bookkeeping_pending 0.0" in text
+    assert "iamine_bookkeeping_capacity 10000.0" in text
+
+
+def test_readyz_reports_the_local_worker_without_making_the_hub_unready(
+    client: TestClient,
+) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["local_worker"]["state"] == "disabled"

@@ -171,25 +171,27 @@ def test_after_delete_memory_nothing_left_in_the_database_decrypts_the_old_rows(
                 decrypt_json(key, row["ciphertext"])
 
 
-def test_a_revoked_token_can_no_longer_decrypt_and_a_second_token_still_can(
+def test_a_revoked_token_can_no_longer_decrypt_and_another_token_still_can(
     client: TestClient, members: dict[str, str]
 ) -> None:
     alice = members["alice"]
+    # The laptop's token is minted from alice's, so revoking alice's would end it too
+    # (tests/hub/test_token_lineage.py): here the laptop's is the one revoked.
     laptop = second_token(client, alice)
     ciphertext = fetch(
         client,
         "SELECT ciphertext FROM conversation_turns WHERE conversation_id = 'health' LIMIT 1",
     )
-    revoked = client.delete(f"/v1/tokens/{token_prefix(alice)}", headers=bearer(laptop))
+    revoked = client.delete(f"/v1/tokens/{token_prefix(laptop)}", headers=bearer(alice))
     assert revoked.status_code == 200
-    assert client.get("/v1/conversations/health", headers=bearer(alice)).status_code == 401
+    assert client.get("/v1/conversations/health", headers=bearer(laptop)).status_code == 401
     for wrap in _wraps(client):
         with pytest.raises(KeyUnwrapError):
-            unwrap_data_key(wrap, alice)
-    readable = [unwrap_data_key(w, laptop) for w in _wraps(client) if _opens(w, laptop)]
+            unwrap_data_key(wrap, laptop)
+    readable = [unwrap_data_key(w, alice) for w in _wraps(client) if _opens(w, alice)]
     assert len(readable) == 1
     assert decrypt_json(readable[0], ciphertext[0]["ciphertext"])["messages"]
-    turns = client.get("/v1/conversations/health", headers=bearer(laptop)).json()["turns"]
+    turns = client.get("/v1/conversations/health", headers=bearer(alice)).json()["turns"]
     assert turns[0]["messages"][0]["content"] == "My blood type is AB negative"
 
 

@@ -1,0 +1,101 @@
+"""Background writes on a real database: lost writes are counted by kind and exported, and a full
+queue drops new writes visibly instead of growing without bound."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import generate_latest
+
+from hub.bookkeeping import BackgroundWriter
+from hub.observability import Metrics
+from inference.registry import WorkerRegistry
+from inference.settings import InferenceSettings
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the test's database, with a table to write to."""
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as created:
+        await created.execute("CREATE TABLE notes_written (text text NOT NULL)")
+        yield created
+
+
+def _note(text: str) -> Any:
+    async def write(conn: asyncpg.Connection) -> None:
+        await conn.execute("INSERT INTO notes_written (text) VALUES ($1)", text)
+
+    return write
+
+
+async def _doomed(conn: asyncpg.Connection) -> None:
+    await conn.execute("SELECT 1 / 0")
+
+
+async def _written(pool: asyncpg.Pool) -> list[str]:
+    return [r["text"] for r in await pool.fetch("SELECT text FROM notes_written ORDER BY text")]
+
+
+def _scrape(writer: BackgroundWriter) -> str:
+    metrics = Metrics()
+    metrics.watch(WorkerRegistry(InferenceSettings()), writer)
+    return generate_latest(metrics.registry).decode()
+
+
+async def test_a_write_that_always_fails_is_counted_as_lost_and_the_others_land(
+    pool: asyncpg.Pool, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    writer = BackgroundWriter(pool)
+    assert writer.submit("l2", _note("before"))
+    assert writer.submit("l1", _doomed)
+    assert writer.submit("l2", _note("after"))
+    await writer.drain()
+    assert await _written(pool) == ["after", "before"]
+    assert writer.lost == {"l1": 1}
+    assert writer.failed == 1
+    assert 'iamine_bookkeeping_lost_total{kind="l1"} 1.0' in _scrape(writer)
+    assert any(e["event"] == "bookkeeping_write_lost" and e["kind"] == "l1" for e in captured_logs)
+
+
+async def test_a_write_raising_a_non_database_error_is_lost_without_stopping_the_writer(
+    pool: asyncpg.Pool,
+) -> None:
+    async def broken(conn: asyncpg.Connection) -> None:
+        raise ValueError("a bug in a write")
+
+    writer = BackgroundWriter(pool)
+    writer.submit("exclusion", broken)
+    writer.submit("l2", _note("kept"))
+    await writer.drain()
+    assert writer.lost == {"exclusion": 1}
+    assert await _written(pool) == ["kept"]
+
+
+async def test_a_full_queue_drops_new_writes_and_counts_them(
+    pool: asyncpg.Pool, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    writer = BackgroundWriter(pool, queue_size=2)
+    assert writer.submit("l2", _note("one"))
+    assert writer.submit("l2", _note("two"))
+    assert not writer.submit("l1", _note("three"))
+    assert writer.pending == 2
+    assert writer.dropped == {"l1": 1}
+    text = _scrape(writer)
+    assert 'iamine_bookkeeping_dropped_total{kind="l1"} 1.0' in text
+    assert "iamine_bookkeeping_pending 2.0" in text
+    assert "iamine_bookkeeping_capacity 2.0" in text
+    assert any(e["event"] == "bookkeeping_write_dropped" for e in captured_logs)
+    await writer.drain()
+    assert await _written(pool) == ["one", "two"]
+    assert writer.submit("l1", _note("room again"))
+
+
+async def test_the_metrics_exist_before_anything_is_lost(pool: asyncpg.Pool) -> None:
+    text = _scrape(BackgroundWriter(pool))
+    assert "# TYPE iamine_bookkeeping_lost_total counter" in text
+    assert "# TYPE iamine_bookkeeping_dropped_total counter" in text
