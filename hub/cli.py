@@ -157,6 +157,8 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        # Workers' messages are bounded by the transport too, before the hub reads them.
+        ws_max_size=settings.inference.max_frame_bytes,
     )
 
 
@@ -222,7 +224,7 @@ def users_list(data_dir: DataDirOption = None) -> None:
 
 @users_app.command("disable")
 def users_disable(name: str, data_dir: DataDirOption = None) -> None:
-    """Disable a user: their tokens stop working (a running hub notices within the cache TTL)."""
+    """Disable a user: their tokens stop working (a running hub within revocation_check_s)."""
     settings = load_settings(data_dir)
 
     async def work() -> None:
