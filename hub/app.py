@@ -146,9 +146,8 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             state.scheduler = Scheduler(build_jobs(state), db.pool, settings.jobs)
             await stack.enter_async_context(mcp.server.session_manager.run())
             stack.push_async_callback(mcp.aclose)
-            local_worker = LocalWorker(settings, db.pool)
-            lifespan_state: dict[str, Any] = {"hub": state, "local_worker": local_worker}
-            mcp.bind(lifespan_state)
+            local_worker = state.local_worker = LocalWorker(settings, db.pool)
+            mcp.bind({"hub": state})
             async with anyio.create_task_group() as loops:
                 loops.start_soon(resolver.run_flusher)
                 loops.start_soon(resolver.run_sweeper)
@@ -160,7 +159,7 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                     loops.start_soon(local_worker.run)
                 await loops.start(state.scheduler.run)
                 log.info("hub_started", embedded_db=db.embedded is not None)
-                yield lifespan_state
+                yield {"hub": state}
                 loops.cancel_scope.cancel()
             await writer.drain()
             await resolver.flush_last_used()

@@ -8,6 +8,7 @@ from hub.auth import TokenResolver
 from hub.bookkeeping import BackgroundWriter
 from hub.config import Settings
 from hub.db import Database
+from hub.local_worker import LocalWorker
 from hub.observability import Metrics
 from hub.scheduler import Scheduler
 from hub.semantic import SemanticMemory
@@ -28,3 +29,4 @@ class HubState:
     compactor: Compactor | None = None
     scheduler: Scheduler | None = None
     semantic: SemanticMemory | None = None
+    local_worker: LocalWorker | None = None

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.deps import State
-from hub.local_worker import LocalWorker
 from hub.migrations import is_current
 
 router = APIRouter(tags=["health"])
@@ -23,7 +22,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, state: State) -> JSONResponse:
+async def readyz(state: State) -> JSONResponse:
     """The database answers and its schema is fully migrated; 503 otherwise.
 
     `local_worker` reports the hub's own worker process (`running`, `restarting` with its
@@ -41,7 +40,7 @@ async def readyz(request: Request, state: State) -> JSONResponse:
         checks["database"] = f"unreachable: {type(exc).__name__}"
         checks["migrations"] = "unknown"
     ready = checks == {"database": "ok", "migrations": "current"}
-    local_worker: LocalWorker | None = getattr(request.state, "local_worker", None)
+    local_worker = state.local_worker
     return JSONResponse(
         {
             "status": "ready" if ready else "not_ready",
