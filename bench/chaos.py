@@ -12,10 +12,11 @@ a job, and started again. Each chat ends one of four ways:
 - ``broken``: anything else (a dropped connection, a broken SSE stream, bad JSON, a stream that
   ends without a finish reason, a degraded answer while a worker was alive).
 
-Prints one JSON line: the four counts (``errors``: failed_clean by code, ``broken_examples``),
-p50/p99 latency of completed chats (request sent to stream end, ms), ``slots_leaked`` (jobs still
-on workers' slots 30 s after the last chat, from ``/admin/api/workers``), whether ``/readyz`` is
-still 200, and the duration. Progress goes to stderr.
+Prints one JSON line: the four counts (``errors``: failed_clean by code; the first messages in
+``error_examples`` and ``broken_examples``), p50/p99 latency of completed chats (request sent to
+stream end, ms), ``slots_leaked`` (jobs still on workers' slots 30 s after the last chat, from
+``/admin/api/workers``), whether ``/readyz`` is still 200, and the duration. Progress goes to
+stderr.
 
 Run: ``python bench/chaos.py`` (real workers, about 2 minutes on 2 quiet cores) or
 ``python bench/chaos.py --upstream`` (stub workers, seconds).
@@ -299,6 +300,7 @@ async def run(args: argparse.Namespace, services: Services) -> dict[str, Any]:
         "hung": counts["hung"],
         "broken": counts["broken"],
         "errors": dict(errors),
+        "error_examples": [o.detail for o in outcomes if o.kind == "failed_clean"][:5],
         "broken_examples": [o.detail for o in outcomes if o.kind == "broken"][:5],
         "p50_ms": percentile(latencies, 0.5),
         "p99_ms": percentile(latencies, 0.99),
