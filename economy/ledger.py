@@ -163,7 +163,8 @@ class Ledger:
                 accounts = await self._lock(conn, [user, CLEARING], create=True)
                 if (done := await self._recheck(conn, key, TransferKind.HOLD, request)) is not None:
                     return done
-                await self._sweep(conn, accounts, user, now)
+                if accounts[user].debits_pending:  # only a reserving hold needs releasing
+                    await self._sweep(conn, accounts, user, now)
                 funded = accounts[user].available - expected_cost >= -self.policy.overdraft
                 expires_at = now + timedelta(seconds=self.policy.hold_ttl_s)
                 legs = [
@@ -221,10 +222,10 @@ class Ledger:
             async with conn.transaction():
                 now = self._clock()
                 accounts = await self._lock(conn, [user, CLEARING, owner, POOL_FEE], create=True)
-                if (done := await self._recheck(conn, key, TransferKind.POST, request)) is not None:
-                    return done
                 expires_at, resolution = await self._take_open(conn, hold)
                 if resolution is not None:
+                    if resolution.kind is TransferKind.POST:  # a retry, or a conflict
+                        return same_request(resolution, TransferKind.POST, request)
                     if resolution.kind is TransferKind.EXPIRE:
                         raise HoldExpired(f"Job {job_id}'s hold expired.", param="job_id")
                     raise HoldResolved(
@@ -258,11 +259,9 @@ class Ledger:
             async with conn.transaction():
                 now = self._clock()
                 accounts = await self._lock(conn, [user, CLEARING], create=True)
-                if (done := await self._recheck(conn, key, TransferKind.VOID, {})) is not None:
-                    return done
                 _, resolution = await self._take_open(conn, hold)
                 if resolution is not None:
-                    if resolution.kind is TransferKind.EXPIRE:
+                    if resolution.kind is not TransferKind.POST:  # voided or expired already
                         return resolution
                     raise HoldResolved(
                         f"Job {job_id} was posted; reverse its charge instead.", param="job_id"
@@ -310,7 +309,7 @@ class Ledger:
         return len(rows)
 
     async def expire_holds(self, conn: asyncpg.Connection, *, limit: int = 500) -> int:
-        """Record the expiry of up to ``limit`` expired holds; return how many."""
+        """Record the expiry of every expired hold of up to ``limit`` users; return the count."""
         now = self._clock()
         refs = await conn.fetch(
             "SELECT DISTINCT a.ref FROM ledger_open_holds o "

@@ -136,7 +136,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def hold(self, user: uuid.UUID, amount: int) -> str:
         job_id = f"job-{self.next_job}"
         self.next_job += 1
-        self.sweep(user)
+        if self.pending_of(user):  # a hold first releases the user's expired reservations
+            self.sweep(user)
         available = self.balances.get(str(AccountKey.user(user)), 0) - self.pending_of(user)
         hold = self.runner.run(self.ledger.hold(self.conn, job_id, user, amount))
         assert hold.funded == (available - amount >= -POLICY.overdraft)
