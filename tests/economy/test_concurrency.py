@@ -134,3 +134,24 @@ async def test_a_post_racing_a_void_resolves_the_hold_exactly_once(
     async with pool.acquire() as conn:
         report = await verify(conn)
     assert report.ok and report.open_holds == 0
+
+
+async def test_opposite_corrections_between_two_accounts_never_deadlock(
+    pool: asyncpg.Pool, ledger: Ledger
+) -> None:
+    alice, bob = AccountKey.user(USERS[0]), AccountKey.user(USERS[1])
+    async with pool.acquire() as conn:
+        await ledger.mint(conn, "seed-alice", alice, 1_000, memo="seed")
+        await ledger.mint(conn, "seed-bob", bob, 1_000, memo="seed")
+
+    def correct(n: int) -> Call:
+        debit, credit = (alice, bob) if n % 2 else (bob, alice)
+        return lambda conn: ledger.correct(conn, f"swap-{n}", debit, credit, n + 1, memo="swap")
+
+    results = await concurrently(pool, [correct(n) for n in range(40)])
+    assert all(isinstance(r, Transfer) for r in results), results
+    moved = sum(n + 1 for n in range(40) if n % 2) - sum(n + 1 for n in range(40) if not n % 2)
+    async with pool.acquire() as conn:
+        assert (await get_account(conn, alice)).balance == 1_000 - moved
+        assert (await get_account(conn, bob)).balance == 1_000 + moved
+        assert (await verify(conn)).ok

@@ -376,3 +376,13 @@ async def test_verify_is_clean_on_a_fresh_ledger_and_reports_a_tampered_balance(
     assert any("user:" in p and "totals differ" in p for p in report.problems)
     assert any("open hold missing" in p for p in report.problems)
     assert any("clearing: carries 5000" in p for p in report.problems)
+
+
+async def test_a_peer_pool_has_an_account_like_any_other(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    peer = AccountKey.peer_pool("elsewhere")
+    await ledger.mint(conn, "peer-credit", peer, 3_000, memo="federation credit line")
+    await ledger.correct(conn, "peer-fee", peer, POOL_FEE, 1_000, memo="served their users")
+    assert (await balance(conn, peer), await balance(conn, POOL_TREASURY)) == (2_000, -3_000)
+    assert (await verify(conn)).ok
