@@ -26,9 +26,9 @@ def _default_class_shares() -> dict[Hardware, float]:
 
 
 class PoolConfig(BaseModel):
-    """Routing policy of the pool."""
+    """Routing policy of the pool (strict: ``"5"`` is not a number, ``false`` not a share)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     class_shares: dict[Hardware, float] = Field(
         default_factory=_default_class_shares,

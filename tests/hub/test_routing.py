@@ -152,6 +152,8 @@ async def test_a_worker_announcing_a_model_outside_the_catalog_is_excluded_and_r
     [
         ({"class_shares": {"gpu": 0.5, "cpu": 0.6}}, None),
         ({"queue_wait_s": "soon"}, "queue_wait_s"),
+        ({"queue_wait_s": "5"}, "queue_wait_s"),
+        ({"default_expected_tokens": True}, "default_expected_tokens"),
         ({"colour": "red"}, "colour"),
     ],
 )
