@@ -36,6 +36,8 @@ def test_every_command_has_help_text() -> None:
         "tokens": ["create", "list", "revoke"],
         "admin-token": ["show", "rotate"],
         "jobs": ["list", "run"],
+        "namespaces": ["create", "list", "delete", "subscribe", "unsubscribe", "grant", "revoke"],
+        "ledger": ["balance", "statement", "verify"],
     }
     assert "serve" in runner.invoke(app, ["--help"]).output
     assert "--data-dir" in runner.invoke(app, ["serve", "--help"]).output
