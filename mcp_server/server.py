@@ -54,8 +54,8 @@ from memory.notes import MAX_AGENT_CHARS, MAX_BODY_CHARS, MAX_TITLE_CHARS
 INSTRUCTIONS = (
     "iamine hub: a cooperative AI pool with four-tier memory. Use `remember` for lasting facts "
     "about the user and `recall` before answering questions that may depend on them; "
-    "`note_write` / `note_search` keep notes shared by the user's agents (or a pool namespace). "
-    "Use `chat` to ask a pool model, "
+    "`note_write` / `note_search` keep notes shared by the user's agents (or in a shared "
+    "namespace the user is subscribed to). Use `chat` to ask a pool model, "
     "`conversation_list` / `conversation_get` to read past conversations, `memory_export` for "
     "everything stored about the user, and `models_list` / `pool_status` to see what the pool "
     "can serve."
