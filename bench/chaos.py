@@ -105,7 +105,8 @@ async def stream_chat(
     except openai.APIConnectionError as exc:
         return outcome("broken", f"{exc!r} caused by {exc.__cause__!r}")
     except openai.APIError as exc:
-        return outcome("failed_clean" if exc.code else "broken", f"{exc.code}: {exc.message}")
+        kind: Kind = "failed_clean" if exc.code else "broken"
+        return outcome(kind, f"{exc.code}: {exc.message} (after {len(text)} chunks: {text!r})")
     except Exception as exc:  # anything else is the stream itself breaking: count it
         return outcome("broken", repr(exc))
     answer = "".join(text)

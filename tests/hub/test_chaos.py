@@ -144,7 +144,8 @@ async def stream_chat(client: openai.AsyncOpenAI, index: int) -> Outcome:
         return Outcome(index, "broken", f"{exc!r} caused by {exc.__cause__!r}")
     except openai.APIError as exc:
         kind: Kind = "failed_clean" if exc.code else "broken"
-        return Outcome(index, kind, f"{type(exc).__name__} code={exc.code}: {exc.message}")
+        detail = f"{type(exc).__name__} code={exc.code}: {exc.message} after {text!r}"
+        return Outcome(index, kind, detail)
     except Exception as exc:  # anything else is the stream itself breaking: the evidence
         return Outcome(index, "broken", f"{type(exc).__name__}: {exc!r}")
     answer = "".join(text)
