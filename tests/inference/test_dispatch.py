@@ -146,9 +146,10 @@ def a_job(max_tokens: int = 8) -> Job:
     )
 
 
-def doctrine(**config: float) -> WorkerRegistry:
+def doctrine(queue_wait_s: float = 10.0, max_queue_wait_s: float = 300.0) -> WorkerRegistry:
     settings = InferenceSettings(queue_notice_s=0.05, cancel_grace_s=0.05)
-    return WorkerRegistry(settings, PoolConfig(**config))
+    config = PoolConfig(queue_wait_s=queue_wait_s, max_queue_wait_s=max_queue_wait_s)
+    return WorkerRegistry(settings, config)
 
 
 async def test_a_job_behind_a_busy_living_worker_waits_past_queue_wait_instead_of_degrading() -> (
