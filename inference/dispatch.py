@@ -116,6 +116,9 @@ async def _place(
     only: str | None,
     wait_s: float | None,
     needs_context: int,
+    *,
+    avoid: frozenset[str] = frozenset(),
+    fallbacks: bool = True,
 ) -> AsyncGenerator[Waiting | _Placed | _Unplaced, None]:
     """Find a worker for the job, yielding ``Waiting`` while queued; the last item says how.
 
@@ -123,10 +126,17 @@ async def _place(
     wait fits in ``max_queue_wait_s``, trying the fallback models once ``queue_wait_s`` has
     passed; with none connected it waits ``queue_wait_s`` for one to return. An explicit
     ``wait_s`` (the hub's own jobs, the checker) bounds the wait whatever the prediction.
+    ``avoid`` names workers that already failed this job (failover); a continuation takes no
+    ``fallbacks`` (another model cannot finish this one's sentence).
     """
     started = time.monotonic()
     handle = registry.try_place(
-        job, needs_tools=needs_tools, user=user, only=only, needs_context=needs_context
+        job,
+        needs_tools=needs_tools,
+        user=user,
+        avoid=avoid,
+        only=only,
+        needs_context=needs_context,
     )
     if handle is not None:
         await registry.start(handle)
@@ -140,6 +150,7 @@ async def _place(
         needs_tools=needs_tools,
         user=user,
         priority=priority,
+        avoid=avoid,
         only=only,
         needs_context=needs_context,
     )
@@ -147,10 +158,10 @@ async def _place(
     try:
         while True:
             elapsed = time.monotonic() - started
-            predicted = registry.predicted_wait_s(job.model, needs_tools, needs_context)
+            predicted = registry.predicted_wait_s(job.model, needs_tools, needs_context, avoid)
             alive = predicted < math.inf
             limit = bound if alive and elapsed + predicted <= bound else grace
-            if only is None and elapsed >= grace:
+            if fallbacks and only is None and elapsed >= grace:
                 placed = await _fallback(registry, job, needs_tools, user, priority, started)
                 if placed is not None:
                     yield placed
@@ -300,17 +311,27 @@ async def _relay(
         relayed_before = sum(u.completion_tokens for u in earlier_usage)
         if progress.chunks > relayed_before:
             earlier_usage.append(_partial_usage(progress.chunks - relayed_before))
-        next_handle = await registry.place(
+        # The same doctrine as the first placement: a busy surviving worker is waited for.
+        steps = _place(
+            registry,
             retry,
-            needs_tools=needs_tools and bool(retry.tools),
-            user=user,
-            wait_s=registry.config.queue_wait_s,
+            needs_tools and bool(retry.tools),
+            user,
+            priority,
+            None,
+            None,
+            needs_context,
             avoid=frozenset(tried),
-            priority=priority,
-            needs_context=needs_context,
+            fallbacks=False,
         )
-        if next_handle is None:
+        placed: _Placed | _Unplaced | None = None
+        async with aclosing(steps):
+            async for step in steps:
+                if not isinstance(step, Waiting):
+                    placed = step
+        if not isinstance(placed, _Placed):
             break
+        next_handle = placed.handle
         tried.add(next_handle.worker.id)
         handle = next_handle
     assert failure is not None

@@ -340,12 +340,18 @@ class WorkerRegistry:
         summary = self.model(model)
         return summary.context_size if summary is not None else None
 
-    def capable(self, model: str, needs_tools: bool, needs_context: int = 0) -> list[WorkerLink]:
+    def capable(
+        self,
+        model: str,
+        needs_tools: bool,
+        needs_context: int = 0,
+        avoid: frozenset[str] = frozenset(),
+    ) -> list[WorkerLink]:
         """Connected workers that could run the job once a slot frees (busy or not)."""
         return [
             link
             for link in self.workers.values()
-            if link.can_serve(model, needs_tools, needs_context)
+            if link.id not in avoid and link.can_serve(model, needs_tools, needs_context)
         ]
 
     def eligible(
@@ -370,13 +376,19 @@ class WorkerRegistry:
             and link.can_serve(model, needs_tools, needs_context)
         ]
 
-    def predicted_wait_s(self, model: str, needs_tools: bool, needs_context: int = 0) -> float:
+    def predicted_wait_s(
+        self,
+        model: str,
+        needs_tools: bool,
+        needs_context: int = 0,
+        avoid: frozenset[str] = frozenset(),
+    ) -> float:
         """Seconds until a queued job of the model would start, from the work ahead of it.
 
         Work ahead: the tokens still expected from jobs running on the model's capable workers
         plus those of jobs queued for the model; capacity: their measured speeds times slots.
         """
-        capable = self.capable(model, needs_tools, needs_context)
+        capable = self.capable(model, needs_tools, needs_context, avoid)
         if not capable:
             return math.inf
         capacity = sum(

@@ -253,3 +253,32 @@ async def test_a_context_error_is_final_not_retried_elsewhere() -> None:
             pass
     assert caught.value.code == "context_length_exceeded"
     assert len(tried) == 1
+
+
+async def test_a_failover_waits_for_a_busy_surviving_worker_instead_of_failing() -> None:
+    pool = doctrine(queue_wait_s=0.05, max_queue_wait_s=30)
+    busy, busy_jobs = holding_worker(pool, "busy")
+    dying, dying_jobs = holding_worker(pool, "dying")
+    assert await pool.place(a_job(), needs_tools=False, user="a", wait_s=0, only="busy")
+    seen: list[object] = []
+    async with anyio.create_task_group() as tasks:
+
+        async def die_then_free() -> None:
+            await dying_jobs.wait_for(1)
+            await pool.deliver(
+                dying, Chunk(job_id=dying_jobs[0].job_id, delta=Delta(content="Hel"))
+            )
+            await pool.remove(dying.id, "killed")
+            await anyio.sleep(0.3)  # six times queue_wait_s: the survivor is busy that long
+            await finish(pool, busy, busy_jobs[0])
+            await busy_jobs.wait_for(2)
+            assert busy_jobs[1].assistant_prefix == "Hel"
+            await finish(pool, busy, busy_jobs[1], "lo")
+
+        tasks.start_soon(die_then_free)
+        with anyio.fail_after(10):
+            async for event in run_job(pool, a_job(), needs_tools=False, user="b"):
+                seen.append(event)
+    text = "".join(e.delta.content or "" for e in seen if isinstance(e, Chunk))
+    assert text == "Hello"
+    assert isinstance(seen[-1], Done)
