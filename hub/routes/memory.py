@@ -1,16 +1,14 @@
 """A user's memory as a whole (``/v1/memory``): opt-in, export, crypto-shred, token linking.
 
-Also the chat hook, :func:`remember_exchange`: each finished exchange goes to L1 (raw, with a TTL)
-and, if the user opted in, to L2 (encrypted), both off the request path through the hub's
-background writer. The writes capture the token text; the data key is unwrapped inside the write
-and dropped when it returns.
+What a chat writes to memory (L1, L2) is ``hub/chat.py``'s; this module reads, exports and
+deletes it.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -22,7 +20,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field, StrictBool
 
 from hub import accounts
-from hub.auth import Principal
 from hub.deps import State, UserCaller, UserCallerDep
 from hub.errors import InvalidRequestError
 from hub.routes.conversations import conversation_body
@@ -30,7 +27,6 @@ from hub.routes.recall import erase_semantic, export_semantic
 from hub.schemas import StrictBody
 from hub.state import HubState
 from memory import l1, l2
-from memory.compaction import CompactionRequest
 from memory.conversations import list_conversations, shred_memory
 from memory.keys import UserKey, link_token, open_key
 
@@ -56,52 +52,6 @@ class LinkBody(StrictBody):
     model_config = ConfigDict(extra="forbid")
 
     token: str = Field(min_length=1, max_length=200, description="The full token text.")
-
-
-def remember_exchange(
-    state: HubState,
-    principal: Principal,
-    token: str,
-    conversation_id: str,
-    request_messages: Sequence[dict[str, Any]],
-    answer: dict[str, Any],
-    *,
-    now: datetime,
-) -> None:
-    """The chat hook: queue a finished exchange for L1 and, if the user opted in, for L2."""
-    user_id = principal.user_id
-    if user_id is None:
-        return
-    memory = state.settings.memory
-    messages = [*l2.new_messages(request_messages), answer]
-    if memory.l1_enabled:
-
-        async def write_l1(conn: asyncpg.Connection) -> None:
-            await l1.append_messages(
-                conn, user_id, conversation_id, messages, now=now, ttl_s=memory.l1_ttl_s
-            )
-
-        state.writer.submit("l1", write_l1)
-
-    async def write_l2(conn: asyncpg.Connection) -> None:
-        outcome = await l2.record_turn(
-            conn,
-            user_id,
-            principal.token_id,
-            token,
-            conversation_id,
-            messages,
-            now=now,
-            settings=memory,
-        )
-        if outcome is l2.RecordOutcome.LOCKED:
-            log.info("l2_skipped_memory_locked", token=principal.token_prefix)
-        elif outcome is l2.RecordOutcome.STORED_OVER_BUDGET and state.compactor is not None:
-            state.compactor.submit(
-                CompactionRequest(user_id, principal.token_id, token, conversation_id)
-            )
-
-    state.writer.submit("l2", write_l2)
 
 
 @router.get("/settings")

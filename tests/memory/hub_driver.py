@@ -1,7 +1,7 @@
 """Drive a running test hub's memory: users and tokens over HTTP, exchanges through the chat hook.
 
-The chat hook is exercised without a worker: :func:`chat_exchange` feeds ``_record`` (the hook in
-``hub/routes/chat.py``) the events a worker would send, on a private background writer that the
+The chat hook is exercised without a worker: :func:`chat_exchange` feeds ``record_events`` (the
+hook in ``hub/chat.py``) the events a worker would send, on a private background writer that the
 helper drains, so every write has landed when it returns (no sleeps, no polling).
 """
 
@@ -14,11 +14,10 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal
 from fastapi.testclient import TestClient
-from starlette.requests import Request
 
 from hub.bookkeeping import BackgroundWriter
+from hub.chat import ChatCaller, record_events
 from hub.openai_schema import ChatCompletionRequest
-from hub.routes.chat import _record
 from hub.state import HubState
 from inference.dispatch import JobEvent
 from inference.protocol import Chunk, Delta, Done, Usage
@@ -72,13 +71,13 @@ def chat_exchange(
     body = ChatCompletionRequest.model_validate(
         {"model": "test-model", "messages": [{"role": "user", "content": user_text}]}
     )
-    request = Request({"type": "http", "headers": [(b"authorization", f"Bearer {token}".encode())]})
 
     async def run() -> int:
         principal = await state.tokens.resolve(token)
         writer = BackgroundWriter(state.db.pool)
         private = dataclasses.replace(state, writer=writer)
-        async for _ in _record(private, request, principal, conversation_id, body, _events(answer)):
+        caller = ChatCaller(principal, token, conversation_id)
+        async for _ in record_events(private, caller, body, _events(answer)):
             pass
         await writer.drain()
         return writer.failed
