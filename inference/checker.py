@@ -118,6 +118,7 @@ class _Run:
     """What one pinned job produced, with timestamps (monotonic seconds)."""
 
     text: str = ""
+    chunks: int = 0
     calls: dict[int, dict[str, str]] = field(default_factory=dict)
     started_at: float | None = None
     first_at: float | None = None
@@ -153,6 +154,7 @@ async def _run_pinned(
                     raise _Busy(event.reason)
                 elif isinstance(event, Chunk):
                     run.first_at = run.first_at or now
+                    run.chunks += 1
                     run.text += event.delta.content or ""
                     for piece in event.delta.tool_calls or []:
                         call = run.calls.setdefault(piece.index, {"name": "", "arguments": ""})
@@ -191,8 +193,10 @@ def _measure(result: CheckResult, run: _Run) -> None:
         result.prompt_tps = round(usage.prompt_tokens / to_first, 2)
     assert run.done_at is not None
     generating = run.done_at - run.first_at
-    if usage.completion_tokens > 1 and generating > 0:
-        result.generation_tps = round((usage.completion_tokens - 1) / generating, 2)
+    # Speed by what the hub received on its own clock: a worker's usage report is only its word.
+    generated = min(usage.completion_tokens, run.chunks)
+    if generated > 1 and generating > 0:
+        result.generation_tps = round((generated - 1) / generating, 2)
 
 
 def _tool_call_ok(run: _Run) -> bool:

@@ -657,11 +657,18 @@ class WorkerRegistry:
         return True
 
     def _account(self, handle: JobHandle, done: Done) -> None:
-        tokens = done.usage.completion_tokens
+        """Book the finished job by the hub's own count, never by the worker's word alone.
+
+        Charged: the reported completion tokens, but never fewer than the chunks the hub
+        received (one token at least each) nor more than the job's allowance. Speed: the chunks
+        the hub received over the hub's own clock.
+        """
+        reported = min(done.usage.completion_tokens, handle.max_chunks)
+        tokens = max(handle.chunks, reported)
         handle.worker.tokens_served += tokens
         handle.accounted = True
         self.router.charge(handle.worker.id, tokens - handle.expected_tokens)
-        if handle.first_chunk_at is not None and tokens > 1:
+        if handle.first_chunk_at is not None and handle.chunks > 1:
             elapsed = self._clock() - handle.first_chunk_at
             if elapsed > 0:
-                self.router.observe_speed(handle.worker.id, (tokens - 1) / elapsed)
+                self.router.observe_speed(handle.worker.id, (handle.chunks - 1) / elapsed)

@@ -6,7 +6,17 @@ import uuid
 
 import pytest
 
-from inference.protocol import Chunk, Delta, Error, Frame, Job, ModelInfo, SamplingParams
+from inference.protocol import (
+    Chunk,
+    Delta,
+    Done,
+    Error,
+    Frame,
+    Job,
+    ModelInfo,
+    SamplingParams,
+    Usage,
+)
 from inference.registry import JobHandle, OutputLimitExceeded, WorkerLink, WorkerRegistry
 from inference.settings import InferenceSettings
 
@@ -173,3 +183,22 @@ async def test_a_model_whose_worker_left_is_remembered_for_a_while() -> None:
     now[0] = 61.0
     assert not registry.recently_seen("m")
     assert registry.models() == []
+
+
+@pytest.mark.anyio
+async def test_speed_and_charge_come_from_what_the_hub_received_not_the_workers_usage() -> None:
+    now = [0.0]
+    registry = WorkerRegistry(InferenceSettings(), clock=lambda: now[0])
+    liar = link(registry, "liar")
+    handle = await registry.place(job(max_tokens=100), needs_tools=False, user="u", wait_s=0)
+    assert handle is not None
+    for _ in range(5):
+        await registry.deliver(liar, chunk(handle))
+        now[0] += 1.0
+    forged = Usage(prompt_tokens=1, completion_tokens=10**6, total_tokens=10**6 + 1)
+    await registry.deliver(
+        liar, Done(job_id=handle.job.job_id, finish_reason="stop", model="m", usage=forged)
+    )
+    # 5 chunks over 5 s on the hub's clock: (5 - 1) / 5 s, whatever the worker claimed.
+    assert registry.router.speed(liar.id) == pytest.approx(0.8)
+    assert liar.tokens_served == handle.max_chunks  # a claim is capped at the job's allowance
