@@ -251,9 +251,14 @@ async def run_job(
         yield Degraded(_no_worker_reason(registry, job, only), queue_ms)
         return
     handle = placed.handle
-    yield Started(
-        handle.worker.id, handle.worker.name, handle.job.model, placed.route, placed.queue_ms
-    )
+    try:
+        yield Started(
+            handle.worker.id, handle.worker.name, handle.job.model, placed.route, placed.queue_ms
+        )
+    except BaseException:
+        # Closed right after placement (the client left): the job is on a worker, stop it.
+        await _release(registry, handle)
+        raise
     relay = _relay(registry, handle, needs_tools, user, priority, only is not None, needs_context)
     async with aclosing(relay):
         async for event in relay:

@@ -10,6 +10,7 @@ import pytest
 from inference.dispatch import Degraded, JobFailed, Started, Waiting, complete_text, run_job
 from inference.pool_config import PoolConfig
 from inference.protocol import (
+    Cancel,
     Chunk,
     Delta,
     Done,
@@ -282,3 +283,23 @@ async def test_a_failover_waits_for_a_busy_surviving_worker_instead_of_failing()
     text = "".join(e.delta.content or "" for e in seen if isinstance(e, Chunk))
     assert text == "Hello"
     assert isinstance(seen[-1], Done)
+
+
+async def test_a_client_that_leaves_right_after_placement_frees_the_slot() -> None:
+    pool = doctrine()
+    link, jobs = holding_worker(pool)
+    take_job = link.send
+    cancels: list[Cancel] = []
+
+    async def send(frame: Frame) -> None:
+        if isinstance(frame, Cancel):
+            cancels.append(frame)
+        await take_job(frame)
+
+    link.send = send
+    events = run_job(pool, a_job(), needs_tools=False)
+    assert isinstance(await anext(events), Started)
+    await events.aclose()
+    assert [c.job_id for c in cancels] == [jobs[0].job_id], "the worker is told to stop"
+    await pool.deliver(link, Error(job_id=jobs[0].job_id, code="cancelled", message="stopped"))
+    assert link.jobs == {}
