@@ -51,8 +51,9 @@ from hub.semantic import SemanticMemory, embedding_model_dir, pool_extractor
 from hub.state import HubState
 from inference.dispatch import JobFailed, complete_text
 from inference.exclusions import Exclusion, record_exclusion
+from inference.link import WorkerLink
 from inference.pool_config import load_pool_config
-from inference.registry import ExclusionSink, WorkerLink, WorkerRegistry
+from inference.registry import ExclusionSink, WorkerRegistry
 from memory.compaction import Compactor, Summariser, SummaryUnavailable, summary_prompt
 from memory.embeddings import Embedder
 from memory.extraction import FactMiner

@@ -33,8 +33,9 @@ import asyncpg
 from pydantic import BaseModel, Field
 
 from inference.dispatch import Degraded, JobFailed, Started, run_job
+from inference.link import WorkerLink
 from inference.protocol import Chunk, Done, Job, SamplingParams
-from inference.registry import WorkerLink, WorkerRegistry
+from inference.registry import WorkerRegistry
 
 CHECKER_FAILED = "checker_failed"
 CHECKER_USER = "checker"

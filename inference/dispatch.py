@@ -25,8 +25,9 @@ from typing import Any
 
 import anyio
 
+from inference.link import JobHandle
 from inference.protocol import Chunk, Done, Error, Job, SamplingParams, Usage
-from inference.registry import JobHandle, WorkerRegistry
+from inference.registry import WorkerRegistry
 
 BACKGROUND_PRIORITY = 50  # the hub's own jobs (compaction, extraction) wait behind user traffic
 FAILOVER_CODES = frozenset({"worker_lost", "deadline_exceeded", "engine_error", "internal_error"})

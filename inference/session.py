@@ -20,6 +20,7 @@ from uuid import UUID
 import anyio
 import structlog
 
+from inference.link import OutputLimitExceeded, WorkerLink
 from inference.protocol import (
     PROTOCOL_VERSION,
     Chunk,
@@ -36,7 +37,7 @@ from inference.protocol import (
     encode,
     parse_frame,
 )
-from inference.registry import OutputLimitExceeded, WorkerLink, WorkerRegistry
+from inference.registry import WorkerRegistry
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()

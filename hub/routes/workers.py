@@ -8,8 +8,8 @@ from starlette.websockets import WebSocketState
 from hub.auth import Principal
 from hub.errors import AuthenticationError
 from hub.state import HubState
+from inference.link import WorkerLink
 from inference.protocol import ErrorCode, InferenceError
-from inference.registry import WorkerLink
 from inference.session import Credentials, LinkClosed, serve_worker_link
 
 router = APIRouter(tags=["workers"])

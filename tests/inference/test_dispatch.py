@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from inference.dispatch import Degraded, JobFailed, Started, Waiting, complete_text, run_job
+from inference.link import WorkerLink
 from inference.pool_config import PoolConfig
 from inference.protocol import (
     Cancel,
@@ -21,7 +22,7 @@ from inference.protocol import (
     SamplingParams,
     Usage,
 )
-from inference.registry import WorkerLink, WorkerRegistry
+from inference.registry import WorkerRegistry
 from inference.settings import InferenceSettings
 
 pytestmark = pytest.mark.anyio

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from inference.link import WorkerLink
 from inference.pool_config import PoolConfig, load_pool_config
 from inference.protocol import Frame, ModelInfo
 from inference.red import (
@@ -21,7 +22,7 @@ from inference.red import (
     run_red,
     write_playbook,
 )
-from inference.registry import WorkerLink, WorkerRegistry
+from inference.registry import WorkerRegistry
 from inference.settings import InferenceSettings
 
 pytestmark = pytest.mark.anyio

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from inference.link import JobHandle, OutputLimitExceeded, WorkerLink
 from inference.protocol import (
     Chunk,
     Delta,
@@ -17,7 +18,7 @@ from inference.protocol import (
     SamplingParams,
     Usage,
 )
-from inference.registry import JobHandle, OutputLimitExceeded, WorkerLink, WorkerRegistry
+from inference.registry import WorkerRegistry
 from inference.settings import InferenceSettings
 
 
