@@ -87,6 +87,29 @@ def run_async[T](work: Callable[[], Awaitable[T]]) -> T:
         raise typer.Exit(1) from None
 
 
+def run_on_connection[T](
+    data_dir: Path | None,
+    work: Callable[[Any], Awaitable[T]],
+    reported: tuple[type[Exception], ...] = (),
+) -> T:
+    """Run ``work`` on one connection of the pool's database (for a CLI command).
+
+    Hub errors and the domain errors in ``reported`` (each carries a ``message``) exit 1 with
+    their message in red.
+    """
+    settings = load_settings(data_dir)
+
+    async def run() -> T:
+        async with cli_connection(settings) as conn:
+            try:
+                return await work(conn)
+            except reported as exc:
+                err_console.print(f"[bold red]error:[/] {exc}")
+                raise typer.Exit(1) from None
+
+    return run_async(run)
+
+
 @asynccontextmanager
 async def cli_connection(settings: Settings, migrate_schema: bool = True) -> AsyncIterator[Any]:
     """Reach the database (starting the embedded one if needed) and yield one connection."""

@@ -38,20 +38,9 @@ UserArgument = Annotated[str, typer.Argument(help="User name.")]
 
 
 def _run[T](data_dir: Path | None, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-    """Run ``work`` on one connection of the pool's database; errors exit 1 with their message."""
-    from hub.cli import cli_connection, load_settings, run_async
+    from hub.cli import run_on_connection
 
-    settings = load_settings(data_dir)
-
-    async def run() -> T:
-        async with cli_connection(settings) as conn:
-            try:
-                return await work(conn)
-            except MemoryStoreError as exc:
-                err_console.print(f"[bold red]error:[/] {exc.message}")
-                raise typer.Exit(1) from None
-
-    return run_async(run)
+    return run_on_connection(data_dir, work, (MemoryStoreError,))
 
 
 @app.command("create")
