@@ -163,7 +163,7 @@ async def _place(
             alive = predicted < math.inf
             limit = bound if alive and elapsed + predicted <= bound else grace
             if fallbacks and only is None and elapsed >= grace:
-                placed = await _fallback(registry, job, needs_tools, user, priority, started)
+                placed = await _fallback(registry, job, needs_tools, user, started)
                 if placed is not None:
                     yield placed
                     return
@@ -187,14 +187,11 @@ async def _fallback(
     job: Job,
     needs_tools: bool,
     user: str,
-    priority: int,
     started: float,
 ) -> _Placed | None:
     for model in registry.config.fallbacks.get(job.model, []):
         alternative = job.model_copy(update={"model": model})
-        handle = await registry.place(
-            alternative, needs_tools=needs_tools, user=user, wait_s=0, priority=priority
-        )
+        handle = await registry.place(alternative, needs_tools=needs_tools, user=user)
         if handle is not None:
             return _Placed(handle, "fallback", _ms(started))
     return None

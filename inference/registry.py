@@ -204,8 +204,14 @@ class WorkerRegistry:
 
     def context_limit(self, model: str) -> int | None:
         """The largest context among the model's workers (live, else seen lately), if known."""
-        summary = self.model(model)
-        return summary.context_size if summary is not None else None
+        live = [
+            link.models[model].context_size
+            for link in self.workers.values()
+            if link.excluded is None and model in link.models
+        ]
+        if live:
+            return max(live)
+        return self._seen[model].context_size if self.recently_seen(model) else None
 
     def capable(
         self,
@@ -410,14 +416,13 @@ class WorkerRegistry:
         *,
         needs_tools: bool,
         user: str,
-        wait_s: float,
         avoid: frozenset[str] = frozenset(),
-        priority: int = 0,
         only: str | None = None,
         needs_context: int = 0,
     ) -> JobHandle | None:
-        """Send the job to the router's choice, queueing up to ``wait_s`` when none is free.
+        """Start the job on the router's choice among free workers now, or return None.
 
+        Waiting for a slot is ``inference/dispatch.py``'s (:meth:`enqueue`, :meth:`await_slot`).
         ``only`` pins the job to one worker id (the checker tests workers one by one).
         """
         handle = self.try_place(
@@ -428,23 +433,8 @@ class WorkerRegistry:
             only=only,
             needs_context=needs_context,
         )
-        if handle is None and wait_s > 0:
-            ticket = self.enqueue(
-                job,
-                needs_tools=needs_tools,
-                user=user,
-                priority=priority,
-                avoid=avoid,
-                only=only,
-                needs_context=needs_context,
-            )
-            try:
-                handle = await self.await_slot(ticket, wait_s)
-            finally:
-                self.withdraw(ticket)
-        if handle is None:
-            return None
-        await self.start(handle)
+        if handle is not None:
+            await self.start(handle)
         return handle
 
     async def finish(self, handle: JobHandle) -> None:

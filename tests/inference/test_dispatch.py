@@ -159,7 +159,7 @@ async def test_a_job_behind_a_busy_living_worker_waits_past_queue_wait_instead_o
 ):
     pool = doctrine(queue_wait_s=0.05, max_queue_wait_s=30)
     link, jobs = holding_worker(pool)
-    assert await pool.place(a_job(), needs_tools=False, user="a", wait_s=0) is not None
+    assert await pool.place(a_job(), needs_tools=False, user="a") is not None
     events = run_job(pool, a_job(), needs_tools=False, user="b", notify_waiting=True)
     seen: list[object] = []
     async with anyio.create_task_group() as tasks:
@@ -186,7 +186,7 @@ async def test_a_wait_predicted_past_the_bound_is_pool_busy_with_a_retry_time() 
     pool = doctrine(queue_wait_s=0.05, max_queue_wait_s=1)
     holding_worker(pool)
     # 100,000 expected tokens at the unmeasured 10 tokens/s: hours of work ahead.
-    assert await pool.place(a_job(100_000), needs_tools=False, user="a", wait_s=0) is not None
+    assert await pool.place(a_job(100_000), needs_tools=False, user="a") is not None
     with anyio.fail_after(10), pytest.raises(JobFailed) as caught:
         async for _ in run_job(pool, a_job(), needs_tools=False, user="b"):
             pass
@@ -225,7 +225,7 @@ async def test_a_worker_that_comes_back_within_the_grace_period_gets_the_job() -
 async def test_a_client_that_leaves_the_queue_takes_its_place_with_it() -> None:
     pool = doctrine(queue_wait_s=0.05, max_queue_wait_s=30)
     link, jobs = holding_worker(pool)
-    assert await pool.place(a_job(), needs_tools=False, user="a", wait_s=0) is not None
+    assert await pool.place(a_job(), needs_tools=False, user="a") is not None
     events = run_job(pool, a_job(), needs_tools=False, user="b", notify_waiting=True)
     with anyio.fail_after(10):
         assert isinstance(await anext(events), Waiting)
@@ -261,7 +261,7 @@ async def test_a_failover_waits_for_a_busy_surviving_worker_instead_of_failing()
     pool = doctrine(queue_wait_s=0.05, max_queue_wait_s=30)
     busy, busy_jobs = holding_worker(pool, "busy")
     dying, dying_jobs = holding_worker(pool, "dying")
-    assert await pool.place(a_job(), needs_tools=False, user="a", wait_s=0, only="busy")
+    assert await pool.place(a_job(), needs_tools=False, user="a", only="busy")
     seen: list[object] = []
     async with anyio.create_task_group() as tasks:
 

@@ -100,7 +100,7 @@ async def test_a_job_whose_send_fails_unexpectedly_frees_its_slot() -> None:
 
     worker.send = explode
     with pytest.raises(ValueError, match="a bug"):
-        await registry.place(job(), needs_tools=False, user="u", wait_s=0)
+        await registry.place(job(), needs_tools=False, user="u")
     assert worker.jobs == {}
     assert worker.free_slots == 1
 
@@ -109,7 +109,7 @@ async def test_a_job_whose_send_fails_unexpectedly_frees_its_slot() -> None:
 async def test_a_huge_usage_report_does_not_break_the_router() -> None:
     registry = WorkerRegistry(InferenceSettings())
     worker = link(registry, "a")
-    handle = await registry.place(job(), needs_tools=False, user="u", wait_s=0)
+    handle = await registry.place(job(), needs_tools=False, user="u")
     assert handle is not None
     registry.router.charge(worker.id, 10**400)
     assert registry.router.served_share(worker.id) == 1.0
@@ -119,18 +119,14 @@ async def test_a_huge_usage_report_does_not_break_the_router() -> None:
 async def test_a_failed_job_is_charged_its_real_output_not_its_max_tokens() -> None:
     registry = WorkerRegistry(InferenceSettings())
     failing, other = link(registry, "failing"), link(registry, "other")
-    handle = await registry.place(
-        job(max_tokens=100), needs_tools=False, user="u", wait_s=0, only="failing"
-    )
+    handle = await registry.place(job(max_tokens=100), needs_tools=False, user="u", only="failing")
     assert handle is not None
     for _ in range(3):
         await registry.deliver(failing, chunk(handle))
     await registry.deliver(
         failing, Error(job_id=handle.job.job_id, code="engine_error", message="boom")
     )
-    second = await registry.place(
-        job(max_tokens=10), needs_tools=False, user="u", wait_s=0, only="other"
-    )
+    second = await registry.place(job(max_tokens=10), needs_tools=False, user="u", only="other")
     assert second is not None
     await registry.cancel(second)
     await registry.deliver(other, Error(job_id=second.job.job_id, code="cancelled", message="ok"))
@@ -143,7 +139,7 @@ async def test_a_failed_job_is_charged_its_real_output_not_its_max_tokens() -> N
 async def test_a_worker_streaming_past_its_jobs_budget_is_stopped() -> None:
     registry = WorkerRegistry(InferenceSettings())
     worker = link(registry, "a")
-    handle = await registry.place(job(max_tokens=10), needs_tools=False, user="u", wait_s=0)
+    handle = await registry.place(job(max_tokens=10), needs_tools=False, user="u")
     assert handle is not None
     delivered = 0
     with pytest.raises(OutputLimitExceeded):  # noqa: PT012 (the loop is the flood)
@@ -157,7 +153,7 @@ async def test_a_worker_streaming_past_its_jobs_budget_is_stopped() -> None:
 async def test_one_enormous_chunk_exceeds_the_budget_by_characters() -> None:
     registry = WorkerRegistry(InferenceSettings())
     worker = link(registry, "a")
-    handle = await registry.place(job(max_tokens=10), needs_tools=False, user="u", wait_s=0)
+    handle = await registry.place(job(max_tokens=10), needs_tools=False, user="u")
     assert handle is not None
     with pytest.raises(OutputLimitExceeded):
         await registry.deliver(worker, chunk(handle, "x" * 100_000))
@@ -191,7 +187,7 @@ async def test_speed_and_charge_come_from_what_the_hub_received_not_the_workers_
     now = [0.0]
     registry = WorkerRegistry(InferenceSettings(), clock=lambda: now[0])
     liar = link(registry, "liar")
-    handle = await registry.place(job(max_tokens=100), needs_tools=False, user="u", wait_s=0)
+    handle = await registry.place(job(max_tokens=100), needs_tools=False, user="u")
     assert handle is not None
     for _ in range(5):
         await registry.deliver(liar, chunk(handle))
