@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -246,16 +245,6 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
 
-async def _text_encoding_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    # PostgreSQL text cannot hold NUL (and the server refuses a few other code points): that is
-    # the client's value, whichever route stored or searched it, never a server fault.
-    return error_response(
-        400,
-        "Text values may not contain NUL characters (\u0000).",
-        code="invalid_value",
-    )
-
-
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error", path=request.url.path)
     return error_response(500, "The hub failed to handle this request.")
@@ -268,9 +257,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MemoryStoreError, _memory_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
-    for text_error in (
-        asyncpg.CharacterNotInRepertoireError,
-        asyncpg.UntranslatableCharacterError,
-    ):
-        app.add_exception_handler(text_error, _text_encoding_error_handler)
     app.add_exception_handler(Exception, _unhandled_error_handler)
