@@ -19,6 +19,7 @@ from uuid import UUID
 import asyncpg
 
 from hub.errors import ConflictError, InvalidRequestError, NotFoundError
+from inference import identity
 
 SCOPES = ("user", "worker", "admin")
 TOKEN_PATTERN = re.compile(r"^iam_([0-9a-f]{10})_([A-Za-z0-9_-]{43})$")
@@ -52,6 +53,7 @@ class TokenRecord:
     user_disabled: bool
     hash: bytes
     parent_id: UUID | None = None
+    worker_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ def new_token_text() -> str:
 _ROW_SQL = """
 SELECT t.id, t.prefix, t.user_id, u.name AS user_name, t.name, t.scopes, t.is_pool_admin,
        t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.hash, t.parent_id,
+       t.worker_id,
        (u.disabled_at IS NOT NULL) AS user_disabled
 FROM tokens t LEFT JOIN users u ON u.id = t.user_id
 """
@@ -102,6 +105,7 @@ def _token_record(row: asyncpg.Record) -> TokenRecord:
         user_disabled=bool(row["user_disabled"]),
         hash=bytes(row["hash"]),
         parent_id=row["parent_id"],
+        worker_id=row["worker_id"],
     )
 
 
@@ -168,20 +172,49 @@ async def create_token(
     expires_at: datetime | None = None,
     is_pool_admin: bool = False,
     parent_id: UUID | None = None,
+    worker_id: UUID | None = None,
 ) -> IssuedToken:
     """Issue a token and return its text (to be shown once) with its record.
 
     A token minted from another (``parent_id``) never outlives it: the database caps its expiry
     at the parent's and revokes it with the parent (migration 007), so the returned record's
     ``expires_at`` may be earlier than asked.
+
+    A ``worker``-scope token speaks for one worker record (migration 010): ``worker_id``, else
+    its parent's, else a new record registered for the user (trust 0, a CPU worker of
+    :data:`~inference.identity.DEFAULT_SLOTS` slots, named after the token or the user) that
+    the owner or the admin may widen later.
     """
     _check_scopes(scopes, user_id)
+    if "worker" not in scopes and worker_id is not None:
+        raise InvalidRequestError(
+            "Only a token with the worker scope names a worker.", param="worker"
+        )
+    async with conn.transaction():
+        if "worker" in scopes and worker_id is None:
+            assert user_id is not None  # _check_scopes: only admin tokens have no user
+            worker_id = await _worker_for_token(conn, user_id, name, parent_id)
+        return await _insert_token(
+            conn, user_id, scopes, name, expires_at, is_pool_admin, parent_id, worker_id
+        )
+
+
+async def _insert_token(
+    conn: asyncpg.Connection,
+    user_id: UUID | None,
+    scopes: tuple[str, ...],
+    name: str,
+    expires_at: datetime | None,
+    is_pool_admin: bool,
+    parent_id: UUID | None,
+    worker_id: UUID | None,
+) -> IssuedToken:
     token = new_token_text()
     prefix = token_prefix(token)
     row = await conn.fetchrow(
         "INSERT INTO tokens "
-        "(user_id, prefix, hash, name, scopes, expires_at, is_pool_admin, parent_id) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        "(user_id, prefix, hash, name, scopes, expires_at, is_pool_admin, parent_id, worker_id) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
         user_id,
         prefix,
         hash_token(token),
@@ -190,9 +223,27 @@ async def create_token(
         expires_at,
         is_pool_admin,
         parent_id,
+        worker_id,
     )
     record = await get_token(conn, row["id"])
     return IssuedToken(token=token, record=record)
+
+
+async def _worker_for_token(
+    conn: asyncpg.Connection, user_id: UUID, token_name: str, parent_id: UUID | None
+) -> UUID:
+    if parent_id is not None:
+        inherited: UUID | None = await conn.fetchval(
+            "SELECT worker_id FROM tokens WHERE id = $1", parent_id
+        )
+        if inherited is not None:
+            return inherited
+    user_name = await conn.fetchval("SELECT name FROM users WHERE id = $1", user_id)
+    wanted = token_name if identity.NAME_PATTERN.match(token_name) else f"{user_name}-worker"
+    record = await identity.register_worker(
+        conn, name=await identity.free_name(conn, wanted), owner_id=user_id
+    )
+    return record.id
 
 
 async def get_token(conn: asyncpg.Connection, token_id: UUID) -> TokenRecord:

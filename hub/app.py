@@ -73,6 +73,7 @@ def pool_summariser(registry: WorkerRegistry, settings: MemorySettings) -> Summa
                 summary_prompt(messages),
                 max_tokens=settings.compaction_summary_tokens,
                 temperature=0.2,
+                kind="compaction",
             )
         except JobFailed as exc:
             raise SummaryUnavailable(exc.message) from exc

@@ -60,6 +60,7 @@ def pool_extractor(registry: WorkerRegistry, settings: MemorySettings) -> Extrac
                 messages,
                 max_tokens=settings.facts_extraction_tokens,
                 temperature=0.0,
+                kind="extraction",
             )
         except JobFailed as exc:
             raise ExtractionUnavailable(exc.message) from exc

@@ -123,8 +123,11 @@ async def run_role(
     wall_s: float | None = None,
     user: str = "pool",
     priority: int = 0,
+    min_trust: int | None = None,
 ) -> AsyncGenerator[JobEvent, None]:
     """Run one role on the pool: ``Started`` (or ``Degraded``), chunks, one ``Done``.
+
+    ``min_trust`` defaults to the pool config's level for sub-agents (``agent``).
 
     ``max_tokens`` and ``wall_s`` can only tighten the role's budget. Tools must already be
     checked against :meth:`Role.allows_tool`. Raises :class:`JobFailed` like ``run_job``.
@@ -139,7 +142,16 @@ async def run_role(
         params=SamplingParams(max_tokens=budget_tokens, temperature=role.temperature),
         deadline_s=budget_s + 5,
     )
-    events = run_job(registry, job, needs_tools=bool(tools), user=user, priority=priority)
+    if min_trust is None:
+        min_trust = registry.config.trust.required("agent")
+    events = run_job(
+        registry,
+        job,
+        needs_tools=bool(tools),
+        user=user,
+        priority=priority,
+        min_trust=min_trust,
+    )
     # Closed explicitly: a nested generator left to the GC would keep its job running.
     async with aclosing(within_wall_budget(events, job, budget_s)) as relayed:
         async for event in relayed:
@@ -280,6 +292,7 @@ async def review_answer(
         wall_s=settings.review_wall_s,
         user=user,
         priority=settings.review_priority,
+        min_trust=registry.config.trust.required("review"),
     )
     try:
         result = await collect(reviewer, model, events)

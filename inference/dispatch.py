@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from inference.link import JobHandle
+from inference.pool_config import JobKind
 from inference.protocol import Chunk, Done, Error, Job, SamplingParams, Usage
 from inference.registry import WorkerRegistry
 
@@ -118,6 +119,7 @@ async def _place(
     wait_s: float | None,
     needs_context: int,
     *,
+    min_trust: int = 0,
     avoid: frozenset[str] = frozenset(),
     fallbacks: bool = True,
 ) -> AsyncGenerator[Waiting | _Placed | _Unplaced, None]:
@@ -138,6 +140,7 @@ async def _place(
         avoid=avoid,
         only=only,
         needs_context=needs_context,
+        min_trust=min_trust,
     )
     if handle is not None:
         await registry.start(handle)
@@ -154,16 +157,19 @@ async def _place(
         avoid=avoid,
         only=only,
         needs_context=needs_context,
+        min_trust=min_trust,
     )
     predicted = 0.0
     try:
         while True:
             elapsed = time.monotonic() - started
-            predicted = registry.predicted_wait_s(job.model, needs_tools, needs_context, avoid)
+            predicted = registry.predicted_wait_s(
+                job.model, needs_tools, needs_context, avoid, min_trust
+            )
             alive = predicted < math.inf
             limit = bound if alive and elapsed + predicted <= bound else grace
             if fallbacks and only is None and elapsed >= grace:
-                placed = await _fallback(registry, job, needs_tools, user, started)
+                placed = await _fallback(registry, job, needs_tools, user, started, min_trust)
                 if placed is not None:
                     yield placed
                     return
@@ -188,10 +194,13 @@ async def _fallback(
     needs_tools: bool,
     user: str,
     started: float,
+    min_trust: int,
 ) -> _Placed | None:
     for model in registry.config.fallbacks.get(job.model, []):
         alternative = job.model_copy(update={"model": model})
-        handle = await registry.place(alternative, needs_tools=needs_tools, user=user)
+        handle = await registry.place(
+            alternative, needs_tools=needs_tools, user=user, min_trust=min_trust
+        )
         if handle is not None:
             return _Placed(handle, "fallback", _ms(started))
     return None
@@ -209,6 +218,8 @@ async def run_job(
     wait_s: float | None = None,
     needs_context: int = 0,
     notify_waiting: bool = False,
+    min_trust: int = 0,
+    trace: list[JobHandle] | None = None,
 ) -> AsyncGenerator[JobEvent, None]:
     """Yield ``Waiting``… then ``Started`` (or ``Degraded``), chunks and one ``done``.
 
@@ -219,11 +230,25 @@ async def run_job(
     ``wait_s`` bounds the wait in the queue (default: the pool config's policy).
     ``needs_context`` keeps the job off workers whose context cannot hold its prompt.
     ``notify_waiting`` yields a ``Waiting`` every ``queue_notice_s`` while the job is queued.
+    ``min_trust`` keeps the job off workers of lower trust (the pool config's level for the
+    job's kind); a pinned job (``only``) goes to its worker whatever its trust (canaries).
+    ``trace`` collects the handle of every worker the job ran on, in order (failover adds one):
+    the last one finished it.
     """
     started = time.monotonic()
     placed: _Placed | _Unplaced | None = None
     # aclosing: a client that leaves while queued must take its ticket out of the queue now.
-    steps = _place(registry, job, needs_tools, user, priority, only, wait_s, needs_context)
+    steps = _place(
+        registry,
+        job,
+        needs_tools,
+        user,
+        priority,
+        only,
+        wait_s,
+        needs_context,
+        min_trust=0 if only is not None else min_trust,
+    )
     async with aclosing(steps):
         async for step in steps:
             if isinstance(step, Waiting):
@@ -257,7 +282,19 @@ async def run_job(
         # Closed right after placement (the client left): the job is on a worker, stop it.
         await _release(registry, handle)
         raise
-    relay = _relay(registry, handle, needs_tools, user, priority, only is not None, needs_context)
+    if trace is not None:
+        trace.append(handle)
+    relay = _relay(
+        registry,
+        handle,
+        needs_tools,
+        user,
+        priority,
+        only is not None,
+        needs_context,
+        min_trust,
+        trace,
+    )
     async with aclosing(relay):
         async for event in relay:
             yield event
@@ -281,6 +318,8 @@ async def _relay(
     priority: int,
     pinned: bool = False,
     needs_context: int = 0,
+    min_trust: int = 0,
+    trace: list[JobHandle] | None = None,
 ) -> AsyncGenerator[Chunk | Done, None]:
     settings = registry.settings
     original = handle.job
@@ -324,6 +363,7 @@ async def _relay(
             None,
             None,
             needs_context,
+            min_trust=min_trust,
             avoid=frozenset(tried),
             fallbacks=False,
         )
@@ -337,6 +377,8 @@ async def _relay(
         next_handle = placed.handle
         tried.add(next_handle.worker.id)
         handle = next_handle
+        if trace is not None:
+            trace.append(handle)
     assert failure is not None
     raise JobFailed(failure.code, failure.message, handle.worker.id)
 
@@ -411,15 +453,20 @@ async def complete_text(
     *,
     max_tokens: int,
     temperature: float,
+    kind: JobKind,
     priority: int = BACKGROUND_PRIORITY,
 ) -> str:
     """Run one text job on the pool and return the whole answer (for the hub's own work).
 
-    Raises :class:`JobFailed` when no worker serves ``model``, nothing could take the job, or
-    the worker failed. Background work queues behind user traffic (``priority``).
+    Only workers trusted with ``kind`` (pool config) see it: these prompts carry users' data.
+    Raises :class:`JobFailed` when no such worker serves ``model``, nothing could take the job,
+    or the worker failed. Background work queues behind user traffic (``priority``).
     """
-    if not registry.serves(model):
-        raise JobFailed("model_unavailable", f"no worker serves {model!r}")
+    min_trust = registry.config.trust.required(kind)
+    if not registry.serves(model, min_trust):
+        raise JobFailed(
+            "model_unavailable", f"no worker of trust {min_trust} or more serves {model!r}"
+        )
     job = Job(
         job_id=uuid.uuid4().hex,
         model=model,
@@ -428,7 +475,8 @@ async def complete_text(
         deadline_s=registry.settings.job_deadline_s,
     )
     parts: list[str] = []
-    async for event in run_job(registry, job, needs_tools=False, priority=priority):
+    events = run_job(registry, job, needs_tools=False, priority=priority, min_trust=min_trust)
+    async for event in events:
         if isinstance(event, Degraded):
             raise JobFailed("degraded", event.reason)
         if isinstance(event, Chunk) and event.delta.content:

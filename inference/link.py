@@ -63,6 +63,10 @@ class WorkerLink:
     jobs_failed: int = 0
     # The token the worker authenticated with: revoking it (or disabling its owner) ends the link.
     token_id: UUID | None = None
+    # The worker record it speaks for (inference/identity.py; ``id`` is its text) and that
+    # record's trust level, kept in step with the database by the hub.
+    record_id: UUID | None = None
+    trust: int = 0
 
     @property
     def free_slots(self) -> int:
@@ -79,11 +83,14 @@ class WorkerLink:
                 reaped.append(handle)
         return reaped
 
-    def can_serve(self, model: str, needs_tools: bool, needs_context: int) -> bool:
+    def can_serve(
+        self, model: str, needs_tools: bool, needs_context: int, min_trust: int = 0
+    ) -> bool:
         """Whether this worker could ever take the job (busy or not)."""
         info = self.models.get(model)
         return (
             self.excluded is None
+            and self.trust >= min_trust
             and info is not None
             and info.context_size >= needs_context
             and (not needs_tools or (info.supports_tools and self.tools_ok is not False))

@@ -10,15 +10,60 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Self
+from typing import Literal, Self
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from economy.pricing import LedgerPolicy
 from inference.protocol import Hardware
 from inference.roles import RoleName, RoleOverride, resolve_roles
 
 CONFIG_KEY = "routing"
+
+JobKind = Literal["chat", "agent", "extraction", "compaction", "red", "review"]
+"""What a job is for: users' chats and sub-agents, or the hub's private work on users' data."""
+
+
+def _default_min_trust() -> dict[JobKind, int]:
+    return {
+        "chat": 1,
+        "agent": 1,
+        "extraction": 2,
+        "compaction": 2,
+        "red": 2,
+        "review": 2,
+    }
+
+
+class TrustPolicy(BaseModel):
+    """Who may run what (docs/trust.md): the lowest worker trust level per job kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    min_trust: dict[JobKind, int] = Field(
+        default_factory=_default_min_trust,
+        description="Lowest trust level (0 new, 1 verified by canaries, 2 established, 3 granted) "
+        "of a worker that may run each kind of job; kinds left out default as shown. Users may "
+        "ask for more for their own chats (preferences), never less.",
+    )
+    established_jobs: int = Field(
+        50,
+        ge=1,
+        description="Verified jobs (dispute window closed, no upheld dispute) after which a "
+        "verified worker (1) becomes established (2).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        for kind, level in self.min_trust.items():
+            if not 0 <= level <= 3:
+                raise ValueError(f"min_trust of {kind!r} must be 0–3, got {level}")
+        return self
+
+    def required(self, kind: JobKind) -> int:
+        """The lowest trust level for ``kind``."""
+        return self.min_trust.get(kind, _default_min_trust()[kind])
 
 
 def _default_class_shares() -> dict[Hardware, float]:
@@ -66,6 +111,13 @@ class PoolConfig(BaseModel):
     roles: dict[RoleName, RoleOverride] = Field(
         default_factory=dict,
         description="Sub-agent roles: changes to the built-in ones, or new ones (docs/agents.md).",
+    )
+    trust: TrustPolicy = Field(
+        default_factory=TrustPolicy, description="Worker trust required per job kind."
+    )
+    ledger: LedgerPolicy = Field(
+        default_factory=LedgerPolicy,
+        description="Prices, the worker's share, the trial grant, holds (docs/economy.md).",
     )
 
     @model_validator(mode="after")

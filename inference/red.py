@@ -234,7 +234,12 @@ def pool_planner(registry: WorkerRegistry, settings: RedSettings) -> Planner:
         )
         parts: list[str] = []
         events = run_job(
-            registry, job, needs_tools=False, user=RED_USER, priority=settings.priority
+            registry,
+            job,
+            needs_tools=False,
+            user=RED_USER,
+            priority=settings.priority,
+            min_trust=registry.config.trust.required("red"),
         )
         try:
             async for event in events:

@@ -59,6 +59,7 @@ class Ticket:
     expected: int
     needs_context: int
     only: str | None
+    min_trust: int
     waiter: Waiter
     future: asyncio.Future[JobHandle]
     taken: bool = False
@@ -198,9 +199,12 @@ class WorkerRegistry:
         """One model of :meth:`models`, or None when it is neither served nor seen lately."""
         return next((m for m in self.models() if m.id == model), None)
 
-    def serves(self, model: str) -> bool:
-        """Whether any connected, non-excluded worker serves the model."""
-        return any(model in link.models and link.excluded is None for link in self.workers.values())
+    def serves(self, model: str, min_trust: int = 0) -> bool:
+        """Whether any connected, non-excluded worker of enough trust serves the model."""
+        return any(
+            model in link.models and link.excluded is None and link.trust >= min_trust
+            for link in self.workers.values()
+        )
 
     def context_limit(self, model: str) -> int | None:
         """The largest context among the model's workers (live, else seen lately), if known."""
@@ -219,12 +223,13 @@ class WorkerRegistry:
         needs_tools: bool,
         needs_context: int = 0,
         avoid: frozenset[str] = frozenset(),
+        min_trust: int = 0,
     ) -> list[WorkerLink]:
         """Connected workers that could run the job once a slot frees (busy or not)."""
         return [
             link
             for link in self.workers.values()
-            if link.id not in avoid and link.can_serve(model, needs_tools, needs_context)
+            if link.id not in avoid and link.can_serve(model, needs_tools, needs_context, min_trust)
         ]
 
     def eligible(
@@ -234,6 +239,7 @@ class WorkerRegistry:
         avoid: frozenset[str],
         only: str | None = None,
         needs_context: int = 0,
+        min_trust: int = 0,
     ) -> list[WorkerLink]:
         """Workers that could take this job now (only the worker ``only`` when given)."""
         grace_start = self._clock() - self.settings.cancel_grace_s
@@ -246,7 +252,7 @@ class WorkerRegistry:
             if link.id not in avoid
             and (only is None or link.id == only)
             and link.free_slots > 0
-            and link.can_serve(model, needs_tools, needs_context)
+            and link.can_serve(model, needs_tools, needs_context, min_trust)
         ]
 
     def predicted_wait_s(
@@ -255,13 +261,14 @@ class WorkerRegistry:
         needs_tools: bool,
         needs_context: int = 0,
         avoid: frozenset[str] = frozenset(),
+        min_trust: int = 0,
     ) -> float:
         """Seconds until a queued job of the model would start, from the work ahead of it.
 
         Work ahead: the tokens still expected from jobs running on the model's capable workers
         plus those of jobs queued for the model; capacity: their measured speeds times slots.
         """
-        capable = self.capable(model, needs_tools, needs_context, avoid)
+        capable = self.capable(model, needs_tools, needs_context, avoid, min_trust)
         if not capable:
             return math.inf
         capacity = sum(
@@ -307,10 +314,11 @@ class WorkerRegistry:
         avoid: frozenset[str] = frozenset(),
         only: str | None = None,
         needs_context: int = 0,
+        min_trust: int = 0,
     ) -> JobHandle | None:
         """Attach the job to the router's choice among free workers now (not sent yet)."""
         return self._try_place(
-            job, needs_tools, avoid, user, self.expected_tokens(job), only, needs_context
+            job, needs_tools, avoid, user, self.expected_tokens(job), only, needs_context, min_trust
         )
 
     def _try_place(
@@ -322,8 +330,9 @@ class WorkerRegistry:
         expected: int,
         only: str | None = None,
         needs_context: int = 0,
+        min_trust: int = 0,
     ) -> JobHandle | None:
-        eligible = self.eligible(job.model, needs_tools, avoid, only, needs_context)
+        eligible = self.eligible(job.model, needs_tools, avoid, only, needs_context, min_trust)
         if not eligible:
             return None
         chosen = self.router.pick(eligible, self.workers.values())
@@ -347,6 +356,7 @@ class WorkerRegistry:
                 ticket.expected,
                 ticket.only,
                 ticket.needs_context,
+                ticket.min_trust,
             )
             if handle is not None:
                 handle.queued = True
@@ -362,11 +372,13 @@ class WorkerRegistry:
         avoid: frozenset[str] = frozenset(),
         only: str | None = None,
         needs_context: int = 0,
+        min_trust: int = 0,
     ) -> Ticket:
         """Queue a job for the next fitting slot (:meth:`await_slot`, then :meth:`withdraw`)."""
         waiter = self.queue.push(user, job.model, needs_tools, self._clock(), priority, avoid)
         future: asyncio.Future[JobHandle] = asyncio.get_running_loop().create_future()
-        ticket = Ticket(job, user, self.expected_tokens(job), needs_context, only, waiter, future)
+        expected = self.expected_tokens(job)
+        ticket = Ticket(job, user, expected, needs_context, only, min_trust, waiter, future)
         self._pending[waiter] = ticket
         return ticket
 
@@ -419,6 +431,7 @@ class WorkerRegistry:
         avoid: frozenset[str] = frozenset(),
         only: str | None = None,
         needs_context: int = 0,
+        min_trust: int = 0,
     ) -> JobHandle | None:
         """Start the job on the router's choice among free workers now, or return None.
 
@@ -432,6 +445,7 @@ class WorkerRegistry:
             avoid=avoid,
             only=only,
             needs_context=needs_context,
+            min_trust=min_trust,
         )
         if handle is not None:
             await self.start(handle)
