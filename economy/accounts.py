@@ -25,6 +25,7 @@ class AccountKind(StrEnum):
 
     USER = "user"
     WORKER_OWNER = "worker_owner"
+    WORKER_EARNINGS = "worker_earnings"
     POOL_FEE = "pool_fee"
     POOL_TREASURY = "pool_treasury"
     TRIAL_GRANT = "trial_grant"
@@ -32,7 +33,9 @@ class AccountKind(StrEnum):
     CLEARING = "clearing"
 
 
-OWNED_KINDS = frozenset({AccountKind.USER, AccountKind.WORKER_OWNER, AccountKind.PEER_POOL})
+OWNED_KINDS = frozenset(
+    {AccountKind.USER, AccountKind.WORKER_OWNER, AccountKind.WORKER_EARNINGS, AccountKind.PEER_POOL}
+)
 _PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -73,6 +76,11 @@ class AccountKey:
     def worker_owner(cls, user_id: UUID) -> Self:
         """The account a user's workers earn into."""
         return cls(AccountKind.WORKER_OWNER, str(user_id))
+
+    @classmethod
+    def worker_earnings(cls, worker_id: UUID) -> Self:
+        """A worker's unsettled earnings (ref: the worker record's id), until settlement."""
+        return cls(AccountKind.WORKER_EARNINGS, str(worker_id))
 
     @classmethod
     def peer_pool(cls, name: str) -> Self:
@@ -149,8 +157,9 @@ async def lock_accounts(
 ) -> dict[AccountKey, Account]:
     """Lock accounts in id order (no deadlocks) in the caller's transaction; open owned ones.
 
-    With ``create``, missing user, worker owner and peer accounts are opened first (in key order,
-    so concurrent openers cannot deadlock either); without it a missing one is refused.
+    With ``create``, missing owned accounts (user, worker owner, worker earnings, peer) are opened
+    first (in key order, so concurrent openers cannot deadlock either); without it a missing one
+    is refused.
     """
     wanted = sorted(set(keys))
     kinds = [k.kind.value for k in wanted]

@@ -9,9 +9,11 @@ restart after a crash can call again safely: a transaction either happened whole
 
 A job is a two-phase transfer. :meth:`Ledger.hold` reserves the expected cost (pending: the
 user's debit, the clearing account's credit); :meth:`Ledger.post` releases it and posts the
-actual cost, user → worker owner + pool fee; :meth:`Ledger.void` releases it. A hold past its
-``expires_at`` reads as voided: it cannot be posted, balances no longer count it, and the next
-sweep (:meth:`Ledger.expire_holds`, or the user's next hold) records its expiry.
+actual cost, user → the worker's share + pool fee; :meth:`Ledger.void` releases it. The share
+goes to the worker's unsettled earnings when the caller names the worker (settlement releases it
+to the owner), else straight to the owner. A hold past its ``expires_at`` reads as voided: it
+cannot be posted, balances no longer count it, and the next sweep (:meth:`Ledger.expire_holds`,
+or the user's next hold) records its expiry.
 """
 
 from __future__ import annotations
@@ -204,17 +206,33 @@ class Ledger:
         return None, await resolution_of(conn, hold.id)
 
     async def post(
-        self, conn: asyncpg.Connection, job_id: str, usage: Usage, worker_owner: UUID
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        usage: Usage,
+        worker_owner: UUID,
+        *,
+        worker_id: UUID | None = None,
     ) -> Transfer:
-        """Charge a finished job's actual usage: user → worker owner + pool fee; once per job.
+        """Charge a finished job's actual usage: user → worker's share + pool fee; once per job.
 
-        The cost may exceed the hold (it is the real usage). Raises :class:`HoldExpired` for an
-        expired hold and :class:`HoldResolved` for a voided one.
+        With ``worker_id`` (the worker record that ran the job) the share goes to that worker's
+        unsettled earnings, released to ``worker_owner`` by settlement once the dispute window
+        closed (economy/settlement.py); without it, straight to the owner's account. The cost may
+        exceed the hold (it is the real usage). Raises :class:`HoldExpired` for an expired hold
+        and :class:`HoldResolved` for a voided one.
         """
         key = job_key(TransferKind.POST, job_id)
-        request = {"usage": usage.as_request(), "worker_owner": str(worker_owner)}
+        request: dict[str, Any] = {"usage": usage.as_request(), "worker_owner": str(worker_owner)}
+        if worker_id is not None:
+            request["worker_id"] = str(worker_id)
         hold = await self._hold_of(conn, job_id)
-        user, owner = _user_of(hold), AccountKey.worker_owner(worker_owner)
+        user = _user_of(hold)
+        owner = (
+            AccountKey.worker_owner(worker_owner)
+            if worker_id is None
+            else AccountKey.worker_earnings(worker_id)
+        )
         cost = self.policy.cost(usage)
         worker_share, fee = self.policy.split(cost)
 

@@ -35,10 +35,16 @@ class TransferKind(StrEnum):
     MINT = "mint"
     CORRECTION = "correction"
     REVERSAL = "reversal"
+    SETTLE = "settle"
+    SLASH = "slash"
 
 
 JOB_KINDS = (TransferKind.HOLD, TransferKind.POST, TransferKind.VOID, TransferKind.EXPIRE)
-RESERVED_PREFIXES = (*(f"{kind.value}:" for kind in JOB_KINDS), "trial:")
+RESERVED_PREFIXES = (
+    *(f"{kind.value}:" for kind in (*JOB_KINDS, TransferKind.SETTLE, TransferKind.SLASH)),
+    "trial:",
+    "refund:",
+)
 
 
 def check_key(key: str) -> str:
@@ -65,7 +71,7 @@ def check_amount(amount: int, param: str = "amount") -> int:
 
 
 def job_key(kind: TransferKind, job_id: str) -> str:
-    """The idempotency key of a job's hold, post, void or expiry."""
+    """The idempotency key of a job's hold, post, void, expiry or settlement."""
     return f"{kind.value}:{check_job_id(job_id)}"
 
 

@@ -68,6 +68,38 @@ async def test_a_posted_job_pays_the_worker_owner_and_the_pool_fee(
     assert (await verify(conn)).ok
 
 
+WORKER = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
+
+
+async def test_a_post_naming_its_worker_credits_the_workers_unsettled_earnings(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    await funded_alice(conn, ledger)
+    await ledger.hold(conn, "job-1", ALICE, 5_000)
+
+    posted = await ledger.post(conn, "job-1", USAGE, OWNER, worker_id=WORKER)
+
+    assert posted.request["worker_id"] == str(WORKER)
+    assert await balance(conn, AccountKey.worker_earnings(WORKER)) == 1_800
+    assert await balance(conn, POOL_FEE) == 200
+    with pytest.raises(AccountNotFound):
+        await get_account(conn, AccountKey.worker_owner(OWNER))
+    assert await ledger.post(conn, "job-1", USAGE, OWNER, worker_id=WORKER) == posted
+    assert (await verify(conn)).ok
+
+
+async def test_a_post_retried_with_another_worker_or_none_is_a_conflict(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    await ledger.hold(conn, "job-1", ALICE, 5_000)
+    await ledger.post(conn, "job-1", USAGE, OWNER, worker_id=WORKER)
+    with pytest.raises(IdempotencyConflict):
+        await ledger.post(conn, "job-1", USAGE, OWNER, worker_id=OWNER)
+    with pytest.raises(IdempotencyConflict):
+        await ledger.post(conn, "job-1", USAGE, OWNER)
+    assert await balance(conn, AccountKey.worker_earnings(WORKER)) == 1_800
+
+
 async def test_clearing_is_zero_once_no_job_is_open(
     conn: asyncpg.Connection, ledger: Ledger
 ) -> None:
