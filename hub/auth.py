@@ -48,6 +48,7 @@ class Principal:
     user_id: UUID | None
     user_name: str | None
     scopes: frozenset[str]
+    worker_id: UUID | None = None
 
     def require(self, scope: str) -> None:
         """Raise 403 unless the token carries ``scope``."""
@@ -69,6 +70,7 @@ def _principal(record: TokenRecord) -> Principal:
         user_id=record.user_id,
         user_name=record.user_name,
         scopes=frozenset(record.scopes),
+        worker_id=record.worker_id,
     )
 
 

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
@@ -45,7 +45,17 @@ def worker(
         str | None, typer.Option(envvar="IAMINE_UPSTREAM_KEY", help="API key of the upstream.")
     ] = None,
     slots: Annotated[int, typer.Option(min=1, help="Jobs run at once.")] = 1,
-    name: Annotated[str | None, typer.Option(help="Worker name shown to the pool.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="A label for logs; the pool knows the worker by its token's record."),
+    ] = None,
+    hardware: Annotated[
+        str,
+        typer.Option(
+            help="gpu, cpu or auto (llama.cpp: its GPU offload; --upstream: this machine's "
+            "GPU devices). The hub caps it by the worker's record."
+        ),
+    ] = "auto",
     threads: Annotated[int | None, typer.Option(min=1, help="llama.cpp CPU threads.")] = None,
     context: Annotated[
         int | None,
@@ -56,23 +66,29 @@ def worker(
     import socket
 
     from inference.engine import LlamaEngine, bundled_model_path
-    from inference.protocol import InferenceError
+    from inference.protocol import Hardware, InferenceError
     from inference.upstream import UpstreamEngine
-    from inference.worker import detect_hardware, run_worker
+    from inference.worker import detect_hardware, detect_machine_hardware, run_worker
 
     configure_logging(ServerSettings(log_format="console", log_level="info"))
     worker_name = name or socket.gethostname()
+    if hardware not in ("auto", "gpu", "cpu"):
+        err_console.print(f"[bold red]error:[/] --hardware is gpu, cpu or auto, not {hardware!r}")
+        raise typer.Exit(2)
+    stated: Hardware | None = None if hardware == "auto" else cast(Hardware, hardware)
 
     async def serve_upstream(url: str) -> None:
         async with UpstreamEngine(url, api_key=upstream_key, model=model_id) as engine:
             await engine.refresh_models()
+            declared = stated or detect_machine_hardware()
             await run_worker(
-                hub, token, engine, worker_name=worker_name, hardware="gpu", slots=slots
+                hub, token, engine, worker_name=worker_name, hardware=declared, slots=slots
             )
 
     async def serve_local(engine: LlamaEngine) -> None:
+        declared = stated or detect_hardware()
         await run_worker(
-            hub, token, engine, worker_name=worker_name, hardware=detect_hardware(), slots=slots
+            hub, token, engine, worker_name=worker_name, hardware=declared, slots=slots
         )
 
     try:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Literal
+from uuid import UUID
 
 import anyio
 import asyncpg
@@ -28,22 +29,52 @@ import structlog
 
 from hub import accounts
 from hub.config import LocalWorkerSettings, Settings
-from hub.errors import NotFoundError
+from hub.errors import HubError, NotFoundError
+from inference import identity
 
 log = structlog.get_logger()
 
 OPERATOR_USER = "operator"
 TOKEN_NAME = "local worker"  # noqa: S105 (a label)
+LOCAL_WORKER_NAME = "local"
 TOKEN_ENV = "IAMINE_WORKER_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 
 
-async def issue_local_worker_token(conn: asyncpg.Connection) -> str:
+async def local_worker_record(
+    conn: asyncpg.Connection, operator_id: UUID, slots: int
+) -> identity.WorkerRecord:
+    """The ``local`` worker record: the pool's own machine, trust 3 (granted by the hub itself).
+
+    Registered as GPU-capable so the worker's own hello (which detects the hardware) decides,
+    with the configured slots as its cap.
+    """
+    record = await identity.find_worker(conn, LOCAL_WORKER_NAME)
+    if record is None:
+        return await identity.register_worker(
+            conn,
+            name=LOCAL_WORKER_NAME,
+            owner_id=operator_id,
+            hardware="gpu",
+            max_slots=slots,
+            trust=identity.GRANTED,
+            reason="the hub's own worker",
+        )
+    if record.owner_id != operator_id:
+        raise HubError(f"the worker name {LOCAL_WORKER_NAME!r} belongs to another user")
+    record = await identity.update_worker(conn, record.id, hardware="gpu", max_slots=slots)
+    if record.trust != identity.GRANTED:
+        record = await identity.set_trust(conn, record.id, identity.GRANTED, "the hub's own worker")
+    return record
+
+
+async def issue_local_worker_token(conn: asyncpg.Connection, slots: int = 1) -> str:
     """Revoke the previous local-worker tokens and issue a fresh one for the operator user."""
     async with conn.transaction():
         try:
             operator = await accounts.get_user(conn, OPERATOR_USER)
         except NotFoundError:
             operator = await accounts.create_user(conn, OPERATOR_USER)
+        record = await local_worker_record(conn, operator.id, slots)
         await conn.execute(
             "UPDATE tokens SET revoked_at = now() "
             "WHERE user_id = $1 AND name = $2 AND revoked_at IS NULL",
@@ -51,7 +82,7 @@ async def issue_local_worker_token(conn: asyncpg.Connection) -> str:
             TOKEN_NAME,
         )
         issued = await accounts.create_token(
-            conn, user_id=operator.id, scopes=("worker",), name=TOKEN_NAME
+            conn, user_id=operator.id, scopes=("worker",), name=TOKEN_NAME, worker_id=record.id
         )
     return issued.token
 
@@ -70,7 +101,7 @@ def worker_command(settings: Settings) -> list[str]:
         "--hub",
         f"http://{host}:{settings.server.port}",
         "--name",
-        "local",
+        LOCAL_WORKER_NAME,
         "--slots",
         str(inference.local_worker_slots),
     ]
@@ -148,11 +179,13 @@ class LocalWorker:
         started = self._clock()
         try:
             async with self._pool.acquire() as conn:
-                token = await issue_local_worker_token(conn)
+                token = await issue_local_worker_token(
+                    conn, self._settings.inference.local_worker_slots
+                )
             process = await asyncio.create_subprocess_exec(
                 *worker_command(self._settings), env={**os.environ, TOKEN_ENV: token}
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, HubError) as exc:
             log.error("local_worker_start_failed", error=str(exc))
             self.last_exit_code = None
             return self._clock() - started

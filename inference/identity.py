@@ -21,15 +21,13 @@ from uuid import UUID
 
 import asyncpg
 
-from inference.protocol import Hardware, InferenceError, ModelInfo
+from inference.protocol import ErrorCode, Hardware, InferenceError, ModelInfo
 
 TrustLevel = Literal[0, 1, 2, 3]
 NEW, VERIFIED, ESTABLISHED, GRANTED = 0, 1, 2, 3
 TRUST_NAMES = {NEW: "new", VERIFIED: "verified", ESTABLISHED: "established", GRANTED: "granted"}
 DEFAULT_SLOTS = 4
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-# Error codes of a refused hello (sent to the worker, which does not retry them).
-NOT_ALLOWED = "not_allowed"
 
 _SELECT = "SELECT * FROM workers"
 
@@ -120,7 +118,7 @@ def narrow(
     if not allowed:
         names = ", ".join(m.id for m in models)
         raise InferenceError(
-            NOT_ALLOWED,
+            ErrorCode.NOT_ALLOWED,
             f"worker {record.name!r} is not registered for {names}; "
             f"it may serve {', '.join(record.models)}",
         )
@@ -249,8 +247,9 @@ async def set_trust(
         if before is None:
             raise WorkerRecordError(f"No worker has id {worker_id}.", param="worker")
         row = await conn.fetchrow(
-            "UPDATE workers SET trust = $2, trust_reason = $3, trust_changed_at = now(), "
-            "verified_jobs = CASE WHEN $2 = 0 THEN 0 ELSE verified_jobs END "
+            "UPDATE workers SET trust = $2::smallint, trust_reason = $3, "
+            "trust_changed_at = now(), "
+            "verified_jobs = CASE WHEN $2::smallint = 0 THEN 0 ELSE verified_jobs END "
             "WHERE id = $1 RETURNING *",
             worker_id,
             level,

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     UNEXPECTED_FRAME = "unexpected_frame"
     INVALID_TOKEN = "invalid_token"  # noqa: S105 - an error code, not a secret
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    NOT_ALLOWED = "not_allowed"
+    ALREADY_CONNECTED = "already_connected"
     UNKNOWN_MODEL = "unknown_model"
     SLOTS_FULL = "slots_full"
     DUPLICATE_JOB = "duplicate_job"

@@ -9,7 +9,6 @@ job; jobs that find none wait in the :class:`~inference.router.FairQueue`.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
 from collections import Counter
@@ -92,11 +91,9 @@ class WorkerRegistry:
         self._on_exclusion = on_exclusion
         self._pending: dict[Waiter, Ticket] = {}
         self._seen: dict[str, _Seen] = {}
-        self._ids = itertools.count(1)
-
-    def new_worker_id(self) -> str:
-        """A short id, unique within this hub process."""
-        return f"w{next(self._ids)}-{int(time.time()) % 100000:05d}"
+        # Exclusions outlive a link: a worker record excluded here stays excluded when it
+        # reconnects, until readmitted (reason, detail).
+        self._excluded: dict[str, tuple[str, str]] = {}
 
     def set_config(self, config: PoolConfig) -> None:
         """Apply a new routing policy to the next placements."""
@@ -108,6 +105,7 @@ class WorkerRegistry:
         if link.excluded is not None:
             return
         link.excluded = reason
+        self._excluded[link.id] = (reason, detail)
         for model in link.models:
             if not self.serves(model):
                 self._seen.pop(model, None)  # an excluded worker's models are not "coming back"
@@ -121,7 +119,19 @@ class WorkerRegistry:
             return
         log.warning("worker_readmitted", worker=link.id, name=link.name, reason=link.excluded)
         link.excluded = None
+        self._excluded.pop(link.id, None)
         self._release_waiters()
+
+    def apply_trust(self, worker_id: str, level: int) -> None:
+        """A worker record's trust changed: its live link (if any) follows at once."""
+        link = self.workers.get(worker_id)
+        if link is None or link.trust == level:
+            return
+        raised = level > link.trust
+        log.info("worker_trust", worker=worker_id, name=link.name, before=link.trust, after=level)
+        link.trust = level
+        if raised:
+            self._release_waiters()
 
     async def add(self, link: WorkerLink) -> None:
         """Register a worker that completed its hello; exclude it if it serves unknown models."""
@@ -133,9 +143,13 @@ class WorkerRegistry:
             models=list(link.models),
             hardware=link.hardware,
             slots=link.slots,
+            trust=link.trust,
+            excluded=link.excluded,
         )
         outside = [m for m in link.models if not self.config.allows(m)]
-        if outside:
+        if link.id in self._excluded:
+            link.excluded = self._excluded[link.id][0]
+        elif outside:
             self.exclude(link, UNKNOWN_MODEL, f"announced models outside the catalog: {outside}")
         self._remember_models(link)
         self._release_waiters()

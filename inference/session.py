@@ -20,6 +20,7 @@ from uuid import UUID
 import anyio
 import structlog
 
+from inference.identity import WorkerRecord, narrow
 from inference.link import OutputLimitExceeded, WorkerLink
 from inference.protocol import (
     PROTOCOL_VERSION,
@@ -45,9 +46,9 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class Credentials:
-    """What a worker's token says: the user credited for its work, and the token itself."""
+    """What a worker's token says: the worker record it speaks for, and the token itself."""
 
-    owner_id: UUID | None
+    worker: WorkerRecord
     token_id: UUID | None = None
 
 
@@ -132,6 +133,14 @@ async def serve_worker_link(
     try:
         hello = await _receive_hello(transport, settings)
         credentials = await authenticate(hello.token)
+        record = credentials.worker
+        # The record says who the worker is; its hello may only narrow that.
+        served = narrow(record, hello.models, hello.hardware, hello.slots)
+        if str(record.id) in registry.workers:
+            raise InferenceError(
+                ErrorCode.ALREADY_CONNECTED,
+                f"worker {record.name!r} is already connected; one link per worker record",
+            )
     except InferenceError as exc:
         log.warning("worker_refused", code=exc.code, error=exc.message)
         await _send_quietly(send, Error(code=exc.code, message=exc.message))
@@ -140,15 +149,18 @@ async def serve_worker_link(
     except LinkClosed:
         return
     link = WorkerLink(
-        id=registry.new_worker_id(),
-        name=hello.worker_name,
-        owner_id=credentials.owner_id,
-        models={m.id: m for m in hello.models},
-        hardware=hello.hardware,
-        slots=hello.slots,
+        id=str(record.id),
+        name=record.name,
+        owner_id=record.owner_id,
+        models=served.models,
+        hardware=served.hardware,
+        slots=served.slots,
         send=send,
         token_id=credentials.token_id,
+        record_id=record.id,
+        trust=record.trust,
     )
+    log.info("worker_hello", worker=link.id, name=record.name, label=hello.worker_name)
     await send(
         Welcome(
             worker_id=link.id,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import platform
 import random
+import sys
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -45,7 +48,9 @@ from inference.protocol import (
 log = structlog.get_logger(__name__)
 
 WORKERS_WS_PATH = "/v1/workers/ws"
-FATAL_CODES: frozenset[str] = frozenset({ErrorCode.INVALID_TOKEN, ErrorCode.UNSUPPORTED_PROTOCOL})
+FATAL_CODES: frozenset[str] = frozenset(
+    {ErrorCode.INVALID_TOKEN, ErrorCode.UNSUPPORTED_PROTOCOL, ErrorCode.NOT_ALLOWED}
+)
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
 
@@ -73,6 +78,22 @@ def detect_hardware() -> Hardware:
     except ImportError:
         return "cpu"
     return "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
+
+
+# NVIDIA and AMD (ROCm) compute device nodes.
+GPU_DEVICES = ("/dev/nvidia0", "/dev/kfd")
+
+
+def detect_machine_hardware(devices: tuple[str, ...] = GPU_DEVICES) -> Hardware:
+    """Say ``gpu`` when this machine has a GPU an inference server can use, else ``cpu``.
+
+    For ``--upstream`` workers, whose server usually runs on the same machine: an NVIDIA or AMD
+    compute device node, or Apple silicon (Metal). A remote upstream should pass ``--hardware``.
+    Either way the hub caps it by the worker's record: a CPU record is served as CPU.
+    """
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "gpu"
+    return "gpu" if any(os.path.exists(d) for d in devices) else "cpu"
 
 
 def worker_version() -> str:

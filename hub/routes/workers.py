@@ -8,6 +8,7 @@ from starlette.websockets import WebSocketState
 from hub.auth import Principal
 from hub.errors import AuthenticationError
 from hub.state import HubState
+from inference import identity
 from inference.link import WorkerLink
 from inference.protocol import ErrorCode, InferenceError
 from inference.session import Credentials, LinkClosed, serve_worker_link
@@ -49,6 +50,9 @@ class _WebSocketLink:
 async def worker_link(websocket: WebSocket) -> None:
     """Accept a worker; it authenticates in its ``hello`` with a ``worker``-scope token.
 
+    The token's worker record (``inference/identity.py``) says who the worker is: its name,
+    owner, hardware, allowed models, slot cap and trust; the hello may only narrow them.
+
     The link lasts only as long as the token works: revoking it, its expiry or disabling its user
     closes the link (see :mod:`hub.revocation`).
     """
@@ -61,9 +65,13 @@ async def worker_link(websocket: WebSocket) -> None:
         except AuthenticationError as exc:
             state.metrics.auth_failures.labels(exc.code).inc()
             raise InferenceError(ErrorCode.INVALID_TOKEN, exc.message) from None
-        if "worker" not in principal.scopes:
+        if "worker" not in principal.scopes or principal.worker_id is None:
             raise InferenceError(ErrorCode.INVALID_TOKEN, "This token lacks the 'worker' scope.")
-        return Credentials(owner_id=principal.user_id, token_id=principal.token_id)
+        async with state.db.pool.acquire() as conn:
+            record = await identity.get_worker(conn, principal.worker_id)
+        if record is None:  # deleted between the token check and now
+            raise InferenceError(ErrorCode.INVALID_TOKEN, "This token's worker is gone.")
+        return Credentials(worker=record, token_id=principal.token_id)
 
     async def revoked(link: WorkerLink) -> str:
         assert link.token_id is not None  # set from the credentials above

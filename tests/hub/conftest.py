@@ -14,7 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import uvicorn
 from hub import accounts
 from hub.app import create_app
 from hub.config import Settings
+from inference import identity
+from inference.protocol import Hardware
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
 from tests.conftest import TEMPLATE_DB, database_uri
@@ -35,7 +38,11 @@ BUNDLED_MODEL = "smollm2-135m-instruct"
 
 @dataclass
 class LiveHub:
-    """A hub serving HTTP on 127.0.0.1 with a user, a worker token and the admin token."""
+    """A hub serving HTTP on 127.0.0.1 with a user, a worker token and the admin token.
+
+    ``worker_token`` speaks for the worker record ``volunteer``; :meth:`worker_token_for` gives
+    each other worker name a record (and token) of its own, since one record has one link.
+    """
 
     url: str
     database_url: str
@@ -43,11 +50,51 @@ class LiveHub:
     worker_token: str
     admin_token: str
     settings: Settings
+    worker_tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def ws_url(self) -> str:
         """The worker endpoint."""
         return self.url.replace("http://", "ws://") + "/v1/workers/ws"
+
+    def worker_token_for(
+        self, name: str, *, hardware: Hardware = "gpu", slots: int = 64, trust: int = 2
+    ) -> str:
+        """The token of the worker record ``name`` (owned by ``volunteer``), made on first use.
+
+        Test workers are registered established (trust 2) by default, as an admin would after
+        vetting them, so that chats and the hub's private jobs reach them; trust tests ask for
+        less. Callable from sync and async tests alike (it runs on a thread of its own).
+        """
+        if name not in self.worker_tokens:
+            work = register_test_worker(self.database_url, name, hardware, slots, trust)
+            with ThreadPoolExecutor(1) as pool:
+                self.worker_tokens[name] = pool.submit(asyncio.run, work).result()
+        return self.worker_tokens[name]
+
+
+async def register_test_worker(
+    database_url: str, name: str, hardware: Hardware, slots: int, trust: int
+) -> str:
+    """Register a worker record owned by ``volunteer`` and issue its token."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        owner = await accounts.get_user(conn, "volunteer")
+        record = await identity.register_worker(
+            conn,
+            name=name,
+            owner_id=owner.id,
+            hardware=hardware,
+            max_slots=slots,
+            trust=trust,
+            reason="test worker",
+        )
+        issued = await accounts.create_token(
+            conn, user_id=owner.id, scopes=("worker",), name=name, worker_id=record.id
+        )
+        return issued.token
+    finally:
+        await conn.close()
 
 
 def free_port() -> int:
@@ -68,9 +115,9 @@ async def _prepare(admin_uri: str, name: str) -> tuple[str, str, str]:
     try:
         user = await accounts.create_user(conn, "alice")
         user_token = await accounts.create_token(conn, user_id=user.id, scopes=("user",))
-        owner = await accounts.create_user(conn, "volunteer")
-        worker_token = await accounts.create_token(conn, user_id=owner.id, scopes=("worker",))
-        return database_uri(admin_uri, name), user_token.token, worker_token.token
+        await accounts.create_user(conn, "volunteer")
+        url = database_uri(admin_uri, name)
+        return url, user_token.token, await register_test_worker(url, "volunteer", "gpu", 64, 2)
     finally:
         await conn.close()
 
@@ -161,7 +208,7 @@ def start_worker(hub: LiveHub, name: str, log: Path) -> subprocess.Popen[bytes]:
                 "--threads",
                 "1",
             ],
-            env={**os.environ, "IAMINE_WORKER_TOKEN": hub.worker_token},
+            env={**os.environ, "IAMINE_WORKER_TOKEN": hub.worker_token_for(name)},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,11 +44,22 @@ async def receive(ws: ClientConnection, frame_type: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def raw_worker(
-    hub: LiveHub, model: str, slots: int = 1, name: str = "by-hand", tools: bool = False
+    hub: LiveHub,
+    model: str,
+    slots: int = 1,
+    name: str | None = None,
+    tools: bool = False,
+    token: str | None = None,
 ) -> AsyncIterator[ClientConnection]:
-    """A connected, welcomed worker that keeps sending heartbeats (so slow tests keep it)."""
+    """A connected, welcomed worker that keeps sending heartbeats (so slow tests keep it).
+
+    It speaks for the worker record ``name`` (an established test worker, made on first use;
+    a fresh one when no name is given) unless ``token`` names another.
+    """
+    name = name or f"by-hand-{uuid.uuid4().hex[:8]}"
+    token = token or hub.worker_token_for(name)
     async with connect(hub.ws_url) as ws:
-        await ws.send(json.dumps(hello(hub.worker_token, model, slots, name, tools)))
+        await ws.send(json.dumps(hello(token, model, slots, name, tools)))
         welcome = await receive(ws, "welcome")
         assert welcome["protocol"] == 1
         async with anyio.create_task_group() as tasks:

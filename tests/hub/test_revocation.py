@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection
 
 from hub import accounts
 from hub.revocation import Leases
+from inference import identity
 from tests.hub.conftest import LiveHub
 from tests.hub.raw_worker import answer, chat, raw_worker, receive
 
@@ -47,6 +48,9 @@ async def _member(hub: LiveHub) -> Member:
     try:
         user = await accounts.create_user(conn, name)
         worker = await accounts.create_token(conn, user_id=user.id, scopes=("worker",))
+        assert worker.record.worker_id is not None
+        # Vetted, so that users' chats reach it (the default minimum for chats is 1).
+        await identity.set_trust(conn, worker.record.worker_id, identity.ESTABLISHED, "test")
         caller = await accounts.create_token(conn, user_id=user.id, scopes=("user", "worker"))
     finally:
         await conn.close()
@@ -135,9 +139,8 @@ async def _asking(hub: LiveHub, model: str) -> AsyncIterator[dict[str, httpx.Res
 async def _revoked_worker_hands_its_job_over(
     live_hub: LiveHub, member: Member, model: str, revoke: Any
 ) -> None:
-    doomed_hub = dataclasses.replace(live_hub, worker_token=member.worker_token)
     async with (
-        raw_worker(doomed_hub, model, name="doomed") as doomed,
+        raw_worker(live_hub, model, name="doomed", token=member.worker_token) as doomed,
         _asking(live_hub, model) as result,
     ):
         job = await receive(doomed, "job")
@@ -178,8 +181,7 @@ async def test_revoking_a_workers_token_from_another_process_cuts_it_off(
     live_hub: LiveHub,
 ) -> None:
     member = await _member(live_hub)
-    doomed_hub = dataclasses.replace(live_hub, worker_token=member.worker_token)
-    async with raw_worker(doomed_hub, "revoked-cli-model") as ws:
+    async with raw_worker(live_hub, "revoked-cli-model", token=member.worker_token) as ws:
         prefix = accounts.token_prefix(member.worker_token) or ""
         await _in_another_process(live_hub, "revoke", prefix)
         await _assert_cut_off(ws)
@@ -196,8 +198,8 @@ async def test_revoking_a_token_cuts_off_a_worker_on_a_token_minted_from_it(
             headers={"Authorization": f"Bearer {member.user_token}"},
         )
     assert minted.status_code == 201, minted.text
-    child_hub = dataclasses.replace(live_hub, worker_token=minted.json()["token"])
-    async with raw_worker(child_hub, "child-token-model") as ws:
+    child = minted.json()["token"]
+    async with raw_worker(live_hub, "child-token-model", token=child) as ws:
         await _revoke_through_the_api(live_hub, member, member.user_token)
         await _assert_cut_off(ws)
 
