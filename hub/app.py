@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from hub.admin_token import ensure_admin_token, token_file
 from hub.auth import TokenResolver
+from hub.billing import Billing
 from hub.bookkeeping import BackgroundWriter
 from hub.config import Settings
 from hub.db import open_database
@@ -27,7 +28,9 @@ from hub.local_worker import LocalWorker
 from hub.mcp_mount import McpMount
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
+from hub.preferences import PreferenceCache
 from hub.routes import (
+    account,
     admin,
     agents,
     chat,
@@ -43,12 +46,14 @@ from hub.routes import (
     recall,
     red,
     tokens,
+    worker_records,
     workers,
 )
 from hub.scheduler import Scheduler
 from hub.schemas import ERROR_RESPONSES
 from hub.semantic import SemanticMemory, embedding_model_dir, pool_extractor
 from hub.state import HubState
+from hub.trust_sync import follow_trust
 from inference.dispatch import JobFailed, complete_text
 from inference.exclusions import Exclusion, record_exclusion
 from inference.link import WorkerLink
@@ -135,6 +140,9 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             )
             semantic = build_semantic_memory(db.pool, settings, registry)
             metrics.watch(registry, writer)
+            billing = None
+            if settings.economy.enabled:
+                billing = Billing(db.pool, settings.economy, lambda: registry.config, metrics)
             state = HubState(
                 settings=settings,
                 db=db,
@@ -142,8 +150,10 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 metrics=metrics,
                 workers=registry,
                 writer=writer,
+                preferences=PreferenceCache(db.pool),
                 compactor=compactor,
                 semantic=semantic,
+                billing=billing,
             )
             state.scheduler = Scheduler(build_jobs(state), db.pool, settings.jobs)
             await stack.enter_async_context(mcp.server.session_manager.run())
@@ -153,8 +163,11 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             async with anyio.create_task_group() as loops:
                 loops.start_soon(resolver.run_flusher)
                 loops.start_soon(resolver.run_sweeper)
+                loops.start_soon(follow_trust, db.pool, registry)
                 loops.start_soon(writer.run)
                 loops.start_soon(compactor.run)
+                if billing is not None:
+                    loops.start_soon(billing.run)
                 if semantic.miner is not None:
                     loops.start_soon(semantic.miner.run)
                 if local_worker.enabled:
@@ -163,6 +176,8 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 log.info("hub_started", embedded_db=db.embedded is not None)
                 yield {"hub": state}
                 loops.cancel_scope.cancel()
+            if billing is not None:
+                await billing.drain()
             await writer.drain()
             await resolver.flush_last_used()
             log.info("hub_stopped")
@@ -199,6 +214,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(red.router)
     app.include_router(agents.router)
     app.include_router(preferences.router)
+    app.include_router(worker_records.router)
+    app.include_router(worker_records.admin_router)
+    app.include_router(account.router)
+    app.include_router(account.admin_router)
     mcp.attach(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

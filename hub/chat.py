@@ -4,6 +4,8 @@
 this module owns what happens between: the memory injected before the job, the checks decided
 before dispatch, the job on the pool, and the bookkeeping after the answer (the conversation
 record, L1 raw messages, the L2 encrypted turn, fact mining), plus the optional auto-review.
+A user's chat is billed on the $IAMINE ledger (``hub/billing.py``): held beside placement,
+posted or voided when it ends, both off the request path.
 
 Bookkeeping goes through the hub's background writer, off the request path: the writes capture
 the token text and unwrap the data key inside the write, dropping it when it returns.
@@ -38,6 +40,7 @@ from hub.semantic import NO_MEMORY, ChatMemory
 from hub.state import HubState
 from inference.budget import prompt_tokens_floor
 from inference.dispatch import Degraded, JobEvent, JobFailed, Waiting, run_job
+from inference.link import JobHandle
 from inference.protocol import Chunk, Done, Job
 from inference.registry import WorkerRegistry
 from memory import l1, l2
@@ -92,14 +95,26 @@ async def start_chat(
     principal = caller.principal
     memory = await _recall(state, caller, request_messages(body))
     job = build_job(body, registry.settings.job_deadline_s, memory.injection.message)
+    needs_context = check_fit(registry, job)
+    billing, user_id = state.billing, principal.user_id
+    ticket, priority = None, 0
+    if billing is not None and user_id is not None:
+        priority = billing.priority(user_id)
+        ticket = await billing.open(job, user_id)  # queued: the hold is written beside placement
+    trace: list[JobHandle] = []
     events: AsyncIterator[JobEvent] = run_job(
         registry,
         job,
         needs_tools=body.wants_tools(),
-        user=str(principal.user_id),
-        needs_context=check_fit(registry, job),
+        user=str(user_id),
+        priority=priority,
+        needs_context=needs_context,
         notify_waiting=True,
+        trace=trace,
+        min_trust=await chat_min_trust(state, principal),
     )
+    if billing is not None and ticket is not None:
+        events = billing.bill(ticket, events, trace)
     try:
         first = await _first_event(events, body.stream)
     except JobFailed as exc:
@@ -110,6 +125,8 @@ async def start_chat(
     state.metrics.routes.labels(headers[ROUTE_HEADER]).inc()
     state.metrics.queue_wait.observe(int(headers[QUEUE_HEADER]) / 1000)
     if isinstance(first, Degraded):
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()  # ends the billing of an unanswered chat: its hold is voided
         return ChatRun(headers, degraded_answer(job.job_id, job.model, _degraded(job, first)), None)
     events = record_events(state, caller, body, events, mine=memory.enabled)
     if review is not None:
@@ -118,6 +135,14 @@ async def start_chat(
     # A stream that started while queued may still end degraded (no worker came back).
     events = degrade_late(events, job.job_id, job.model, partial(_degraded, job))
     return ChatRun(headers, events, review)
+
+
+async def chat_min_trust(state: HubState, principal: Principal) -> int:
+    """The least worker trust for this user's chat: the pool's minimum, or the user's if higher."""
+    pool_minimum = state.workers.config.trust.required("chat")
+    if principal.user_id is None:
+        return pool_minimum
+    return max(pool_minimum, (await state.preferences.get(principal.user_id)).min_trust)
 
 
 async def collect(run: ChatRun) -> tuple[Answer, Done]:

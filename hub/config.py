@@ -138,6 +138,40 @@ class JobsSettings(BaseModel):
     )
 
 
+class EconomySettings(BaseModel):
+    """The $IAMINE ledger on the chat path (hub/billing.py; prices live in the pool config)."""
+
+    enabled: bool = Field(
+        True, description="Hold, post and void every user chat on the ledger; off, chats are free."
+    )
+    queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="Ledger operations that may wait for the database; when full, new chats wait "
+        "for room (backpressure): an operation is never dropped.",
+    )
+    writers: int = Field(
+        2, ge=1, le=32, description="Connections applying ledger operations at once."
+    )
+    retry_attempts: int = Field(
+        6,
+        ge=1,
+        description="Tries of an operation that meets a transient database error before it is "
+        "counted in `iamine_ledger_failures_total` (its hold then expires, reading as voided).",
+    )
+    retry_backoff_s: float = Field(
+        0.05,
+        gt=0,
+        description="Seconds before the first retry; each further retry waits twice as long.",
+    )
+    expire_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds between sweeps that record the expiry of holds past their TTL (the "
+        "holds of jobs a crashed hub lost); 0 leaves it to each user's next hold.",
+    )
+
+
 class Settings(BaseSettings):
     """Root settings of the hub, read from ``IAMINE_*`` variables and ``.env``."""
 
@@ -173,3 +207,4 @@ class Settings(BaseSettings):
     checker: CheckerSettings = Field(default_factory=CheckerSettings)
     red: RedSettings = Field(default_factory=RedSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
+    economy: EconomySettings = Field(default_factory=EconomySettings)

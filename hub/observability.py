@@ -166,6 +166,23 @@ class Metrics:
             ["code"],
             registry=self.registry,
         )
+        self.ledger_pending = Gauge(
+            "iamine_ledger_pending",
+            "Ledger operations of chats (hold, post, void) queued and not yet applied.",
+            registry=self.registry,
+        )
+        self.ledger_retries = Counter(
+            "iamine_ledger_retries_total",
+            "Ledger operations retried after a transient database error, by operation.",
+            ["op"],
+            registry=self.registry,
+        )
+        self.ledger_failures = Counter(
+            "iamine_ledger_failures_total",
+            "Ledger operations that failed for good (logged with the job id), by operation.",
+            ["op"],
+            registry=self.registry,
+        )
 
     def watch(self, registry: WorkerRegistry, writer: BackgroundWriter) -> None:
         """Read live gauges from the worker registry and the background writer at scrape time."""

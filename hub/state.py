@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hub.auth import TokenResolver
+from hub.billing import Billing
 from hub.bookkeeping import BackgroundWriter
 from hub.config import Settings
 from hub.db import Database
 from hub.local_worker import LocalWorker
 from hub.observability import Metrics
+from hub.preferences import PreferenceCache
 from hub.scheduler import Scheduler
 from hub.semantic import SemanticMemory
 from inference.registry import WorkerRegistry
@@ -26,7 +28,9 @@ class HubState:
     metrics: Metrics
     workers: WorkerRegistry
     writer: BackgroundWriter
+    preferences: PreferenceCache
     compactor: Compactor | None = None
     scheduler: Scheduler | None = None
     semantic: SemanticMemory | None = None
     local_worker: LocalWorker | None = None
+    billing: Billing | None = None

@@ -1,0 +1,283 @@
+"""The chat path's $IAMINE bookkeeping: a hold beside placement, a post or a void at the end.
+
+Every user chat is a two-phase transfer on the ledger (``economy/``, docs/economy.md), keyed on
+the chat's job id, so it happens exactly once whatever the failover, retries or restarts:
+
+- :meth:`Billing.open`, before the job is placed, queues the **hold** of the expected cost (the
+  user's trial grant first, once) and returns at once: no database round trip before the job
+  starts. A background writer applies it beside placement.
+- :meth:`Billing.bill` relays the job's events and, when they end, queues the **post** of the
+  usage the hub counted itself (``done`` seen) or the **void** (failure, degraded answer, client
+  gone). The post and the void wait for their hold.
+
+The usage posted is bounded by what the hub saw: completion tokens are at most the chunks it
+relayed (a chunk is at least one token), prompt tokens at most the UTF-8 bytes of the prompt it
+sent (a token is at least one byte). The earner is the worker that finished the job.
+
+Nothing is dropped: the queue is bounded and a full queue makes new chats wait for room
+(backpressure); transient database errors are retried; an operation that still fails is logged
+with its job id and counted (``iamine_ledger_failures_total``). A crash (kill -9) loses at worst
+the queued operations: their holds stay open until their TTL, then read as voided (the user is
+not charged) and the periodic sweep records their expiry. The lifespan drains the queue on a
+clean shutdown.
+
+"Always answer" holds for money: a user whose latest hold came back unfunded is served at
+:data:`UNFUNDED_PRIORITY`, never refused; a funded hold (after a grant or a mint) lifts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
+
+import anyio
+import asyncpg
+import structlog
+
+from economy.errors import LedgerError
+from economy.ledger import Clock, Ledger
+from economy.pricing import LedgerPolicy, Usage
+from hub.config import EconomySettings
+from hub.observability import Metrics
+from inference.budget import prompt_tokens_floor
+from inference.dispatch import BACKGROUND_PRIORITY, JobEvent
+from inference.link import JobHandle
+from inference.pool_config import PoolConfig
+from inference.protocol import Chunk, Done, Job
+
+log = structlog.get_logger()
+
+UNFUNDED_PRIORITY = BACKGROUND_PRIORITY * 2
+"""Queue priority of a user whose balance ran out: behind users (0) and the hub's own work."""
+
+TRANSIENT = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.TransactionRollbackError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.CannotConnectNowError,
+)
+"""Database errors worth another try: the connection, a deadlock or serialization failure."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One billed chat: its job, who pays, the policy it started under, and its hold."""
+
+    job: Job
+    user_id: UUID
+    ledger: Ledger
+    expected_tokens: int
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the hold was applied (or failed for good): the post and the void wait for it."""
+    hold_written: bool = False
+
+    @property
+    def job_id(self) -> str:
+        """The chat's job id: the ledger's key for the hold, the post and the void."""
+        return self.job.job_id
+
+
+@dataclass(frozen=True)
+class _Op:
+    name: str
+    ticket: Ticket
+    run: Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+def prompt_bytes(job: Job) -> int:
+    """UTF-8 bytes of what the worker was asked (messages, tools): a ceiling on prompt tokens."""
+    sent: list[object] = [job.messages, job.tools or []]
+    return len(json.dumps(sent, ensure_ascii=False).encode())
+
+
+def hub_usage(job: Job, done: Done, chunks: int, served_model: str) -> Usage:
+    """The usage to charge: the worker's report, bounded by what the hub relayed and sent."""
+    reported = done.usage
+    return Usage(
+        served_model,
+        max(min(reported.prompt_tokens, prompt_bytes(job)), 0),
+        max(min(reported.completion_tokens, chunks), 0),
+    )
+
+
+class Billing:
+    """Queues the chat path's ledger operations and applies them off the request path."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: EconomySettings,
+        config: Callable[[], PoolConfig],
+        metrics: Metrics,
+        clock: Clock = lambda: datetime.now(UTC),
+    ) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=settings.queue_size)
+        self._ledger = Ledger(config().ledger, clock)
+        self._granted: set[UUID] = set()
+        self._unfunded: set[UUID] = set()
+        metrics.ledger_pending.set_function(lambda: self.pending)
+
+    @property
+    def pending(self) -> int:
+        """Operations queued and not yet applied."""
+        return self._queue.qsize()
+
+    def priority(self, user_id: UUID) -> int:
+        """Queue priority of the user's next chat: lowest while their latest hold was unfunded."""
+        return UNFUNDED_PRIORITY if user_id in self._unfunded else 0
+
+    def ledger(self) -> Ledger:
+        """The ledger under the live pool config's policy (a new policy, a new ledger)."""
+        policy: LedgerPolicy = self._config().ledger
+        if self._ledger.policy is not policy:
+            self._ledger = Ledger(policy, self._clock)
+        return self._ledger
+
+    async def open(self, job: Job, user_id: UUID) -> Ticket:
+        """Queue the hold of a chat about to be placed; waits only while the queue is full."""
+        config = self._config()
+        expected = job.params.max_tokens or config.default_expected_tokens
+        ticket = Ticket(job, user_id, self.ledger(), expected)
+        await self._put(_Op("hold", ticket, lambda conn: self._hold(conn, ticket)))
+        return ticket
+
+    async def bill(
+        self, ticket: Ticket, events: AsyncIterator[JobEvent], trace: list[JobHandle]
+    ) -> AsyncGenerator[JobEvent, None]:
+        """Relay a chat's events; when they end, queue its post (answered) or void (not)."""
+        chunks = 0
+        done: Done | None = None
+        try:
+            async for event in events:
+                if isinstance(event, Chunk):
+                    chunks += 1
+                elif isinstance(event, Done):
+                    done = event
+                yield event
+        finally:
+            # Shielded: this runs while a departed client's request is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await self._settle(ticket, done, chunks, trace)
+            if isinstance(events, AsyncGenerator):
+                await events.aclose()
+
+    async def _settle(
+        self, ticket: Ticket, done: Done | None, chunks: int, trace: list[JobHandle]
+    ) -> None:
+        finisher = trace[-1] if trace else None
+        owner = None if finisher is None else finisher.worker.owner_id
+        if done is None or finisher is None or owner is None:
+            memo = "not answered" if done is None else "no worker owner to credit"
+            await self._put(_Op("void", ticket, lambda conn: self._void(conn, ticket, memo)))
+            return
+        usage = hub_usage(finisher.job, done, chunks, finisher.job.model)
+        worker_id = finisher.worker.record_id
+
+        async def post(conn: asyncpg.Connection) -> None:
+            await ticket.ledger.post(conn, ticket.job_id, usage, owner, worker_id=worker_id)
+
+        await self._put(_Op("post", ticket, post))
+
+    async def _put(self, op: _Op) -> None:
+        await self._queue.put(op)
+
+    async def _hold(self, conn: asyncpg.Connection, ticket: Ticket) -> None:
+        user, ledger = ticket.user_id, ticket.ledger
+        if user not in self._granted:
+            await ledger.grant_trial(conn, user)
+            self._granted.add(user)
+        floor = prompt_tokens_floor(ticket.job.messages, ticket.job.tools)
+        cost = ledger.policy.expected_cost(ticket.job.model, floor, ticket.expected_tokens)
+        hold = await ledger.hold(conn, ticket.job_id, user, cost)
+        ticket.hold_written = True
+        if hold.funded:
+            self._unfunded.discard(user)
+        else:
+            self._unfunded.add(user)
+
+    async def _void(self, conn: asyncpg.Connection, ticket: Ticket, memo: str) -> None:
+        await ticket.ledger.void(conn, ticket.job_id, memo=memo)
+
+    async def run(self) -> None:
+        """Apply operations forever (cancelled by the lifespan, which then calls :meth:`drain`)."""
+        async with anyio.create_task_group() as writers:
+            for _ in range(self._settings.writers):
+                writers.start_soon(self._consume)
+            if self._settings.expire_interval_s > 0:
+                writers.start_soon(self._sweep_expired)
+
+    async def drain(self) -> None:
+        """Apply everything still queued, in order (a hold before its post)."""
+        while not self._queue.empty():
+            await self._apply(self._queue.get_nowait())
+
+    async def _consume(self) -> None:
+        while True:
+            op = await self._queue.get()
+            # Shielded: a shutdown lets the operation in hand finish; drain() applies the rest.
+            with anyio.CancelScope(shield=True):
+                await self._apply(op)
+
+    async def _apply(self, op: _Op) -> None:
+        """Apply one operation, retrying transient database errors; count it if it fails."""
+        ticket = op.ticket
+        if op.name != "hold":
+            await ticket.held.wait()  # set once the hold was applied or failed
+            if not ticket.hold_written:
+                self._fail(op, "its hold was never written")
+                return
+        try:
+            await self._attempts(op)
+        # The top-level handler of the writer: whatever an operation raises, the writer survives.
+        except Exception as exc:
+            self._fail(op, repr(exc))
+        finally:
+            if op.name == "hold":
+                ticket.held.set()
+
+    async def _attempts(self, op: _Op) -> None:
+        delay = self._settings.retry_backoff_s
+        for attempt in range(1, self._settings.retry_attempts + 1):
+            try:
+                async with self._pool.acquire() as conn:
+                    await op.run(conn)
+                return
+            except LedgerError:
+                raise
+            except TRANSIENT as exc:
+                if attempt == self._settings.retry_attempts:
+                    raise
+                self._metrics.ledger_retries.labels(op.name).inc()
+                log.warning("ledger_retry", op=op.name, job_id=op.ticket.job_id, error=repr(exc))
+                await anyio.sleep(delay)
+                delay *= 2
+
+    def _fail(self, op: _Op, error: str) -> None:
+        self._metrics.ledger_failures.labels(op.name).inc()
+        log.error("ledger_operation_failed", op=op.name, job_id=op.ticket.job_id, error=error)
+
+    async def _sweep_expired(self) -> None:
+        """Record the expiry of holds past their TTL (a crashed hub's lost jobs)."""
+        while True:
+            await anyio.sleep(self._settings.expire_interval_s)
+            try:
+                async with self._pool.acquire() as conn:
+                    expired = await self.ledger().expire_holds(conn)
+            except (LedgerError, *TRANSIENT) as exc:
+                self._metrics.ledger_failures.labels("expire").inc()
+                log.warning("ledger_expire_failed", error=repr(exc))
+                continue
+            if expired:
+                log.info("ledger_holds_expired", count=expired)
