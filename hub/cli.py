@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from hub import accounts, admin_token, cli_ledger, cli_namespaces, cli_processes
+from hub import accounts, admin_token, cli_ledger, cli_namespaces, cli_processes, cli_workers
 from hub.config import ServerSettings, Settings
 from hub.db import connect_once, server_uri
 from hub.embedded import DataDirLock
@@ -49,6 +49,7 @@ jobs_app = typer.Typer(help="Scheduled jobs: list them, run one now.", no_args_i
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(cli_namespaces.app, name="namespaces")
 app.add_typer(cli_ledger.app, name="ledger")
+app.add_typer(cli_workers.app, name="workers")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,7 +1,14 @@
-"""A user's agent preferences (``user_preferences``): for now, auto-review of every answer."""
+"""A user's preferences (``user_preferences``): auto-review of every answer, and the least worker
+trust their chats may run on.
+
+Read on every chat, so :class:`PreferenceCache` keeps them in memory for a few seconds; a change
+made through this hub is seen at once, one made elsewhere within ``ttl_s``.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -10,17 +17,22 @@ import asyncpg
 
 @dataclass(frozen=True)
 class Preferences:
-    """What a user chose; everything is off until the user turns it on."""
+    """What a user chose; everything is off (or the pool's default) until the user says so."""
 
     auto_review: bool = False
+    # The least trust level of a worker this user's chats may run on; the pool's minimum for
+    # chats applies when it is higher.
+    min_trust: int = 0
 
 
 async def load_preferences(conn: asyncpg.Connection, user_id: UUID) -> Preferences:
     """The user's preferences (the defaults when never set)."""
-    auto_review = await conn.fetchval(
-        "SELECT auto_review FROM user_preferences WHERE user_id = $1", user_id
+    row = await conn.fetchrow(
+        "SELECT auto_review, min_trust FROM user_preferences WHERE user_id = $1", user_id
     )
-    return Preferences(auto_review=bool(auto_review))
+    if row is None:
+        return Preferences()
+    return Preferences(auto_review=row["auto_review"], min_trust=row["min_trust"])
 
 
 async def save_preferences(
@@ -28,10 +40,48 @@ async def save_preferences(
 ) -> Preferences:
     """Store the user's preferences, replacing earlier ones."""
     await conn.execute(
-        "INSERT INTO user_preferences (user_id, auto_review) VALUES ($1, $2) "
+        "INSERT INTO user_preferences (user_id, auto_review, min_trust) VALUES ($1, $2, $3) "
         "ON CONFLICT (user_id) DO UPDATE SET auto_review = EXCLUDED.auto_review, "
-        "updated_at = now()",
+        "min_trust = EXCLUDED.min_trust, updated_at = now()",
         user_id,
         preferences.auto_review,
+        preferences.min_trust,
     )
     return preferences
+
+
+class PreferenceCache:
+    """Users' preferences kept ``ttl_s`` seconds, so a chat rarely waits on the database."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        ttl_s: float = 5.0,
+        max_users: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = pool
+        self._ttl_s = ttl_s
+        self._max_users = max_users
+        self._clock = clock
+        self._entries: dict[UUID, tuple[float, Preferences]] = {}
+
+    async def get(self, user_id: UUID) -> Preferences:
+        """The user's preferences, from memory when fresh."""
+        entry = self._entries.get(user_id)
+        now = self._clock()
+        if entry is not None and now - entry[0] < self._ttl_s:
+            return entry[1]
+        async with self._pool.acquire() as conn:
+            preferences = await load_preferences(conn, user_id)
+        if len(self._entries) >= self._max_users:
+            self._entries.clear()
+        self._entries[user_id] = (now, preferences)
+        return preferences
+
+    async def save(self, user_id: UUID, preferences: Preferences) -> Preferences:
+        """Store the user's preferences and remember them."""
+        async with self._pool.acquire() as conn:
+            await save_preferences(conn, user_id, preferences)
+        self._entries[user_id] = (self._clock(), preferences)
+        return preferences

@@ -24,7 +24,6 @@ from fastapi import Request
 
 from hub.auth import Principal
 from hub.errors import InvalidRequestError
-from hub.preferences import load_preferences
 from hub.state import HubState
 from inference.agents import Review, review_answer
 from inference.dispatch import JobEvent
@@ -48,8 +47,7 @@ async def review_wanted(state: HubState, request: Request, principal: Principal)
         )
     if principal.user_id is None:
         return False
-    async with state.db.pool.acquire() as conn:
-        return (await load_preferences(conn, principal.user_id)).auto_review
+    return (await state.preferences.get(principal.user_id)).auto_review
 
 
 def review_body(review: Review) -> dict[str, Any]:

@@ -141,6 +141,9 @@ class TokenOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     last_used_at: datetime | None
+    worker_id: UUID | None = Field(
+        None, description="The worker record a worker-scope token speaks for."
+    )
 
     @classmethod
     def of(cls, record: TokenRecord) -> TokenOut:
@@ -155,6 +158,7 @@ class TokenOut(BaseModel):
             expires_at=record.expires_at,
             revoked_at=record.revoked_at,
             last_used_at=record.last_used_at,
+            worker_id=record.worker_id,
         )
 
 
@@ -162,6 +166,10 @@ class IssuedTokenOut(TokenOut):
     """A freshly issued token: ``token`` is shown this once and never again."""
 
     token: str
+
+
+# The users table's CHECK: refused here first, so no NUL or newline ever reaches PostgreSQL.
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 
 
 class TokenCreate(StrictBody):
@@ -172,14 +180,16 @@ class TokenCreate(StrictBody):
     name: str = Field("", max_length=100)
     scopes: list[str] = Field(default_factory=lambda: ["user"], min_length=1)
     expires_in_s: int | None = Field(None, gt=0, le=10 * 365 * 86400)
+    worker: str | None = Field(
+        None,
+        pattern=USER_NAME_PATTERN,
+        description="For a worker-scope token: one of your workers by name (POST /v1/workers "
+        "registers one). Left out: the issuing token's worker, else a new record at trust 0.",
+    )
 
     def expires_at(self, now: datetime) -> datetime | None:
         """Absolute expiry for a token created at ``now``."""
         return now + timedelta(seconds=self.expires_in_s) if self.expires_in_s else None
-
-
-# The users table's CHECK: refused here first, so no NUL or newline ever reaches PostgreSQL.
-USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 
 
 class UserCreate(StrictBody):

@@ -40,6 +40,12 @@ class InferenceSettings(BaseModel):
     job_attempts: int = Field(
         2, ge=1, description="Workers tried for a job that fails before producing any output."
     )
+    trust_sync_s: float = Field(
+        2.0,
+        gt=0,
+        description="Seconds between reads of connected workers' trust levels, so a change made "
+        "elsewhere (the CLI, another process) reaches their links.",
+    )
     model_memory_s: float = Field(
         600.0,
         ge=0,

@@ -35,6 +35,10 @@ CREATE TABLE worker_trust_events (
 
 CREATE INDEX worker_trust_events_worker_idx ON worker_trust_events (worker_id, id DESC);
 
+-- A user may ask for more trust than the pool's minimum for their own chats, never less.
+ALTER TABLE user_preferences
+    ADD COLUMN min_trust smallint NOT NULL DEFAULT 0 CHECK (min_trust BETWEEN 0 AND 3);
+
 -- A worker-scope token belongs to one worker record (its owner is the token's user).
 ALTER TABLE tokens ADD COLUMN worker_id uuid REFERENCES workers (id) ON DELETE CASCADE;
 

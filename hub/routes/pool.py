@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from hub.deps import AdminPrincipal, State, UserPrincipal
+from inference import identity
 from inference.exclusions import recent_exclusions
 from inference.pool_config import PoolConfig, save_pool_config
 
@@ -38,7 +39,12 @@ async def pool_status(state: State, _: UserPrincipal) -> dict[str, Any]:
 
 @router.get("/workers")
 async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
-    """Connected workers: served share vs target, speed, in-flight jobs, exclusions."""
+    """Connected workers (trust, served share vs target, measured speed, in flight), every
+    registered worker record (``records``, with ``connected``), and recent exclusions.
+
+    ``tokens_per_s`` is the hub's own measurement (the checker's clock and chunk count), never a
+    figure the worker reported.
+    """
     registry = state.workers
     links = list(registry.workers.values())
     targets = registry.router.targets(w for w in links if w.excluded is None)
@@ -49,6 +55,8 @@ async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
             "name": w.name,
             "owner_id": str(w.owner_id) if w.owner_id else None,
             "hardware": w.hardware,
+            "trust": w.trust,
+            "trust_name": identity.TRUST_NAMES[w.trust],
             "models": sorted(w.models),
             "slots": w.slots,
             "in_flight": len(w.jobs),
@@ -65,9 +73,11 @@ async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
     ]
     async with state.db.pool.acquire() as conn:
         exclusions = await recent_exclusions(conn)
+        records = await identity.list_workers(conn)
     return {
         "object": "list",
         "data": data,
+        "records": [{**r.as_dict(), "connected": str(r.id) in registry.workers} for r in records],
         "exclusions": [
             {
                 "worker_id": e.worker_id,

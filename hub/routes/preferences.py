@@ -1,12 +1,12 @@
-"""The caller's agent preferences (``/v1/preferences``): auto-review on or off."""
+"""The caller's preferences (``/v1/preferences``): auto-review, and the least worker trust."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import ConfigDict, Field, StrictBool
+from pydantic import ConfigDict, Field, StrictBool, StrictInt
 
 from hub.deps import State, UserCallerDep
-from hub.preferences import Preferences, load_preferences, save_preferences
+from hub.preferences import Preferences
 from hub.schemas import StrictBody
 
 router = APIRouter(prefix="/v1", tags=["agents"])
@@ -20,14 +20,20 @@ class PreferencesBody(StrictBody):
     auto_review: StrictBool = Field(
         description="Have the reviewer role critique every chat answer (see docs/agents.md)."
     )
+    min_trust: StrictInt = Field(
+        0,
+        ge=0,
+        le=3,
+        description="The least trust level (0–3, docs/trust.md) of a worker your chats may run "
+        "on; the pool's own minimum applies when it is higher. Left out: 0.",
+    )
 
 
 @router.get("/preferences")
 async def read_preferences(state: State, caller: UserCallerDep) -> PreferencesBody:
     """The caller's preferences (auto-review is off until turned on)."""
-    async with state.db.pool.acquire() as conn:
-        preferences = await load_preferences(conn, caller.user_id)
-    return PreferencesBody(auto_review=preferences.auto_review)
+    preferences = await state.preferences.get(caller.user_id)
+    return PreferencesBody(auto_review=preferences.auto_review, min_trust=preferences.min_trust)
 
 
 @router.put("/preferences")
@@ -35,6 +41,6 @@ async def write_preferences(
     body: PreferencesBody, state: State, caller: UserCallerDep
 ) -> PreferencesBody:
     """Replace the caller's preferences."""
-    async with state.db.pool.acquire() as conn:
-        await save_preferences(conn, caller.user_id, Preferences(auto_review=body.auto_review))
+    wanted = Preferences(auto_review=body.auto_review, min_trust=body.min_trust)
+    await state.preferences.save(caller.user_id, wanted)
     return body

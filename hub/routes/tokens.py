@@ -9,8 +9,9 @@ from pydantic import Field
 
 from hub import accounts
 from hub.deps import State, UserCallerDep, UserPrincipal
-from hub.errors import PermissionDeniedError
+from hub.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from hub.schemas import IssuedTokenOut, TokenCreate, TokenOut
+from inference import identity
 from memory.keys import KeyIssue, extend_key
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
@@ -51,6 +52,16 @@ async def create_own_token(
     if not set(scopes) <= caller.principal.scopes:
         raise PermissionDeniedError("A token can only grant scopes its issuer holds.")
     async with state.db.pool.acquire() as conn, conn.transaction():
+        worker_id = None
+        if body.worker is not None:
+            if "worker" not in scopes:
+                raise InvalidRequestError(
+                    "Only a token with the worker scope names a worker.", param="worker"
+                )
+            record = await identity.find_worker(conn, body.worker)
+            if record is None or record.owner_id != caller.user_id:
+                raise NotFoundError(f"You have no worker named {body.worker!r}.", param="worker")
+            worker_id = record.id
         issued = await accounts.create_token(
             conn,
             user_id=caller.user_id,
@@ -58,6 +69,7 @@ async def create_own_token(
             name=body.name,
             expires_at=body.expires_at(datetime.now(UTC)),
             parent_id=caller.token_id,
+            worker_id=worker_id,
         )
         memory = await extend_key(
             conn,

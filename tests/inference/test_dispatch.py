@@ -28,8 +28,11 @@ from inference.settings import InferenceSettings
 pytestmark = pytest.mark.anyio
 
 
-def worker(registry: WorkerRegistry, reply: list[str] | None) -> WorkerLink:
-    """A worker that answers each job with ``reply`` pieces, or fails it when ``reply`` is None."""
+def worker(registry: WorkerRegistry, reply: list[str] | None, trust: int = 2) -> WorkerLink:
+    """A worker that answers each job with ``reply`` pieces, or fails it when ``reply`` is None.
+
+    Established (trust 2) unless told otherwise, so the hub's private jobs may reach it.
+    """
 
     async def send(frame: Frame) -> None:
         if not isinstance(frame, Job):
@@ -54,6 +57,7 @@ def worker(registry: WorkerRegistry, reply: list[str] | None) -> WorkerLink:
         hardware="cpu",
         slots=1,
         send=send,
+        trust=trust,
     )
     registry.workers[link.id] = link
     return link
@@ -67,7 +71,12 @@ async def test_the_answer_comes_back_whole() -> None:
     pool = registry()
     worker(pool, ["A short ", "summary."])
     text = await complete_text(
-        pool, "m", [{"role": "user", "content": "x"}], max_tokens=8, temperature=0
+        pool,
+        "m",
+        [{"role": "user", "content": "x"}],
+        max_tokens=8,
+        temperature=0,
+        kind="extraction",
     )
     assert text == "A short summary."
     assert pool.workers["w"].jobs == {}
@@ -76,7 +85,12 @@ async def test_the_answer_comes_back_whole() -> None:
 async def test_no_worker_for_the_model_is_a_clear_failure() -> None:
     with pytest.raises(JobFailed) as caught:
         await complete_text(
-            registry(), "m", [{"role": "user", "content": "x"}], max_tokens=8, temperature=0
+            registry(),
+            "m",
+            [{"role": "user", "content": "x"}],
+            max_tokens=8,
+            temperature=0,
+            kind="extraction",
         )
     assert caught.value.code == "model_unavailable"
 
@@ -86,9 +100,52 @@ async def test_a_failing_worker_is_reported_not_hidden() -> None:
     worker(pool, None)
     with pytest.raises(JobFailed) as caught:
         await complete_text(
-            pool, "m", [{"role": "user", "content": "x"}], max_tokens=8, temperature=0
+            pool,
+            "m",
+            [{"role": "user", "content": "x"}],
+            max_tokens=8,
+            temperature=0,
+            kind="extraction",
         )
     assert caught.value.code == "engine_error"
+
+
+@pytest.mark.parametrize("kind", ["extraction", "compaction"])
+async def test_the_hubs_private_work_never_reaches_a_worker_below_its_trust(kind: str) -> None:
+    pool = registry()
+    link = worker(pool, ["leaked"], trust=1)
+    with pytest.raises(JobFailed) as caught:
+        await complete_text(
+            pool, "m", [{"role": "user", "content": "x"}], max_tokens=8, temperature=0, kind=kind
+        )
+    assert caught.value.code == "model_unavailable"
+    assert "trust 2" in caught.value.message
+    assert link.jobs == {} and link.jobs_done == 0
+
+
+async def test_a_chat_waits_for_a_trusted_worker_and_never_runs_on_a_new_one() -> None:
+    pool = registry()
+    untrusted, untrusted_jobs = holding_worker(pool, "new")
+    job = Job(
+        job_id=uuid.uuid4().hex,
+        model="m",
+        messages=[{"role": "user", "content": "hi"}],
+        params=SamplingParams(max_tokens=4),
+        deadline_s=5,
+    )
+    events = [e async for e in run_job(pool, job, needs_tools=False, user="u", min_trust=1)]
+    assert isinstance(events[-1], Degraded)
+    assert untrusted_jobs == [] and untrusted.trust == 0
+    pool.apply_trust(untrusted.id, 1)
+    async with anyio.create_task_group() as tasks:
+
+        async def answer() -> None:
+            await untrusted_jobs.wait_for(1)
+            await finish(pool, untrusted, untrusted_jobs[0], "now trusted")
+
+        tasks.start_soon(answer)
+        events = [e async for e in run_job(pool, job, needs_tools=False, user="u", min_trust=1)]
+    assert isinstance(events[0], Started) and events[0].worker_id == "new"
 
 
 class Jobs(list[Job]):
