@@ -60,3 +60,27 @@ class NotReversible(LedgerError):
     """The transfer moved nothing posted, or was reversed already."""
 
     code = "not_reversible"
+
+
+class NotSettleable(LedgerError):
+    """The job's earning cannot be settled: it was refunded, or went to the owner at posting."""
+
+    code = "not_settleable"
+
+
+class JobNotFound(LedgerError):
+    """No charged job has this id (for a user: none of theirs; others' jobs are never revealed)."""
+
+    code = "job_not_found"
+
+
+class DisputeNotFound(LedgerError):
+    """No dispute has this id."""
+
+    code = "dispute_not_found"
+
+
+class DisputeRefused(LedgerError):
+    """The job cannot be disputed (or the dispute resolved) as asked; ``message`` says why."""
+
+    code = "dispute_refused"

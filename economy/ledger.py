@@ -1,9 +1,10 @@
-"""The ledger's operations: a job's hold, post and void; grants, mints, corrections, reversals.
+"""The ledger's operations: a job's hold, post, void, settle, refund; grants, fixes, penalties.
 
 Every operation is one PostgreSQL transaction that locks the accounts it touches in id order,
 writes a transfer and its entries, and updates the accounts' totals. Every operation is
-idempotent by key: the job id for a job's hold, post and void (``hold:<job>``, ``post:<job>``,
-``void:<job>``), the caller's key otherwise. The same request again returns the first transfer;
+idempotent by key: the job id for a job's hold, post, void, settlement and refund
+(``hold:<job>``, ``post:<job>``, ``void:<job>``, ``settle:<job>``, ``refund:<job>``), the caller's
+key otherwise. The same request again returns the first transfer;
 another request under a used key raises :class:`IdempotencyConflict`. So retries, failover and a
 restart after a crash can call again safely: a transaction either happened whole or not at all.
 
@@ -47,6 +48,7 @@ from economy.errors import (
     HoldResolved,
     InvalidLedgerInput,
     NotReversible,
+    NotSettleable,
     TransferNotFound,
 )
 from economy.pricing import LedgerPolicy, Usage
@@ -68,6 +70,8 @@ from economy.transfers import (
 )
 
 Clock = Callable[[], datetime]
+Guard = Callable[[asyncpg.Connection], Awaitable[bool]]
+"""A check run inside a ledger transaction, after its locks: False refuses the operation."""
 
 
 class HoldState(StrEnum):
@@ -108,6 +112,10 @@ class Ledger:
         # Accounts seen opened: never deleted, so a hit skips the opening insert.
         self._opened: set[AccountKey] = set()
 
+    def now(self) -> datetime:
+        """The ledger's clock now (settlement windows and disputes read it too)."""
+        return self._clock()
+
     async def _lock(
         self, conn: asyncpg.Connection, keys: list[AccountKey], *, create: bool
     ) -> dict[AccountKey, Account]:
@@ -122,14 +130,14 @@ class Ledger:
         self._opened.update(keys)
         return accounts
 
-    async def _idempotent(
+    async def _idempotent[T: (Transfer, Transfer | None)](
         self,
         conn: asyncpg.Connection,
         key: str,
         kind: TransferKind,
         request: dict[str, Any],
-        attempt: Callable[[], Awaitable[Transfer]],
-    ) -> Transfer:
+        attempt: Callable[[], Awaitable[T]],
+    ) -> T | Transfer:
         try:
             return await attempt()
         except asyncpg.UniqueViolationError:
@@ -457,8 +465,26 @@ class Ledger:
     async def reverse(
         self, conn: asyncpg.Connection, key: str, transfer_id: int, *, memo: str
     ) -> Transfer:
-        """Undo every posted entry of a transfer with a new mirrored transfer; once per transfer."""
-        _caller_key(key)
+        """Undo every posted entry of a transfer with a new mirrored transfer; once per transfer.
+
+        A job's post whose earning was settled is refused: that money is the owner's now (a
+        correction from the owner's account undoes it).
+        """
+        return await self._reverse(conn, _caller_key(key), transfer_id, memo=memo)
+
+    async def refund(self, conn: asyncpg.Connection, job_id: str, *, memo: str) -> Transfer:
+        """Reverse a job's post (``refund:<job>``): user repaid, earning and pool fee taken back.
+
+        Raises :class:`NotReversible` once the job's earning is settled (or it was reversed).
+        """
+        post = await find_transfer(conn, job_key(TransferKind.POST, job_id))
+        if post is None:
+            raise TransferNotFound(f"Job {job_id} was not charged.", param="job_id")
+        return await self._reverse(conn, f"refund:{job_id}", post.id, memo=memo)
+
+    async def _reverse(
+        self, conn: asyncpg.Connection, key: str, transfer_id: int, *, memo: str
+    ) -> Transfer:
         request = {"reverses": transfer_id}
         target = await transfer_by_id(conn, transfer_id)
         if target is None:
@@ -483,6 +509,8 @@ class Ledger:
                     "SELECT 1 FROM ledger_transfers WHERE reverses_id = $1", transfer_id
                 ):
                     raise NotReversible(f"Transfer {transfer_id} was reversed already.")
+                if target.kind is TransferKind.POST and await _settled(conn, target):
+                    raise NotReversible(f"Job {target.job_id}'s earning was settled already.")
                 amount = sum(leg.amount for leg in legs if leg.side is Side.DEBIT)
                 new = NewTransfer(
                     key, kind, legs, amount, request, reverses_id=transfer_id, memo=memo
@@ -490,3 +518,74 @@ class Ledger:
                 return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.REVERSAL, request, attempt)
+
+    async def settle(
+        self, conn: asyncpg.Connection, post: Transfer, *, allow: Guard | None = None
+    ) -> Transfer | None:
+        """Release a job's unsettled earning to the worker's owner (``settle:<job>``); once.
+
+        ``allow`` runs inside the transaction once the worker's earnings account is locked (so a
+        dispute, a refund or a slash of the same worker waits or is seen): when it says no, the
+        earning stays unsettled and this returns None. Raises :class:`NotSettleable` for a post
+        that credited the owner directly or was refunded.
+        """
+        if post.kind is not TransferKind.POST or "worker_id" not in post.request:
+            raise NotSettleable(f"Transfer {post.key} holds no unsettled earning.", param="post")
+        assert post.job_id is not None
+        key = job_key(TransferKind.SETTLE, post.job_id)
+        earnings = AccountKey(AccountKind.WORKER_EARNINGS, post.request["worker_id"])
+        owner = AccountKey(AccountKind.WORKER_OWNER, post.request["worker_owner"])
+        share = sum(
+            leg.amount for leg, _ in await entries_of(conn, post.id) if leg.account == earnings
+        )
+        request = {"post": post.id}
+
+        async def attempt() -> Transfer | None:
+            async with conn.transaction():
+                now = self._clock()
+                accounts = await self._lock(conn, [earnings, owner], create=True)
+                kind = TransferKind.SETTLE
+                if (done := await self._recheck(conn, key, kind, request)) is not None:
+                    return done
+                if await conn.fetchval(
+                    "SELECT 1 FROM ledger_transfers WHERE reverses_id = $1", post.id
+                ):
+                    raise NotSettleable(f"Job {post.job_id} was refunded.", param="post")
+                if allow is not None and not await allow(conn):
+                    return None
+                legs = [
+                    Leg(earnings, Side.DEBIT, Phase.POSTED, share),
+                    Leg(owner, Side.CREDIT, Phase.POSTED, share),
+                ]
+                new = NewTransfer(key, kind, legs, share, request, job_id=post.job_id)
+                return await write_transfer(conn, accounts, new, now)
+
+        return await self._idempotent(conn, key, TransferKind.SETTLE, request, attempt)
+
+    async def penalize(
+        self, conn: asyncpg.Connection, key: str, owner_id: UUID, amount: int, *, memo: str
+    ) -> Transfer:
+        """A slash's penalty (``slash:<key>``): worker owner → pool treasury, even into debt."""
+        check_key(key)
+        if check_amount(amount) == 0:
+            raise InvalidLedgerInput("A penalty moves a positive amount.", param="penalty")
+        request = {"owner": str(owner_id), "amount": amount}
+        return await self._simple(
+            conn,
+            f"slash:{key}",
+            TransferKind.SLASH,
+            AccountKey.worker_owner(owner_id),
+            POOL_TREASURY,
+            amount,
+            request,
+            create=True,
+            memo=memo,
+        )
+
+
+async def _settled(conn: asyncpg.Connection, post: Transfer) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM ledger_transfers WHERE kind = 'settle' AND job_id = $1", post.job_id
+        )
+    )

@@ -1,8 +1,7 @@
-"""The ledger's policy: prices per model, the worker's share, the trial grant, holds and overdraft.
+"""The ledger's policy: prices, the worker's share, the trial grant, holds, overdraft, settlement.
 
 Everything is in integer micro-credits (``MICRO`` of them make one ``$IAMINE``) so that sums are
-exact. The pool config (``inference/pool_config.py``) is meant to carry one of these; until then
-callers build it themselves.
+exact. The pool config (``inference/pool_config.py``) carries one as ``PoolConfig.ledger``.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 
 class LedgerPolicy(BaseModel):
-    """Prices, the worker's share, the trial grant, how long holds live, and the overdraft."""
+    """Prices, the worker's share, the trial grant, holds, overdraft, settlement and slashing."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,6 +89,26 @@ class LedgerPolicy(BaseModel):
         ge=1,
         description="Seconds a hold lives; an expired hold reads as voided and cannot be posted, "
         "so it must outlast the longest job.",
+    )
+
+    dispute_window_s: int = Field(
+        86_400,
+        ge=0,
+        description="Seconds after a job's posting during which its user may dispute it; its "
+        "earning is settled to the worker's owner only once this window has closed.",
+    )
+    settlement_period_s: int = Field(
+        86_400,
+        ge=60,
+        description="Seconds a settlement period lasts: a settlement run closes one (writes every "
+        "active account's statement) once this long has passed since the last.",
+    )
+    slash_penalty: int = Field(
+        MICRO,
+        ge=0,
+        description="Micro-credits a slash takes from the worker owner's account to the pool "
+        "treasury, beside forfeiting the worker's unsettled earnings (the account may go "
+        "negative: the owner's debt).",
     )
 
     def price(self, model: str) -> ModelPrice:

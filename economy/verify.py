@@ -8,7 +8,14 @@ What it checks, each a line of ``problems`` when it fails:
 - all posted balances sum to zero, and so do all pending ones;
 - the open-hold index holds exactly the holds no post, void or expiry resolved;
 - the clearing account carries exactly the open holds (zero when none is open), nothing posted;
-- no job is held, charged or resolved twice, and every resolution names its job's hold.
+- no job is held, charged, resolved or settled twice, and every resolution names its job's hold;
+- every settlement moves exactly its job's unsettled earning (never more), from a post neither
+  refunded nor under an open or upheld dispute;
+- every worker's earnings account holds exactly its unsettled, unrefunded posts' shares;
+- every slashing event's penalty and refunds are the transfers it names; every upheld dispute's
+  post is refunded;
+- settlement periods follow each other without gap, and each statement closes on the balance
+  its account had at the period's end.
 """
 
 from __future__ import annotations
@@ -87,6 +94,70 @@ WHERE r.pending_id IS NOT NULL
 ORDER BY r.id LIMIT 20
 """
 
+_EARNING = """
+coalesce((SELECT sum(e.amount) FROM revenue_ledger e JOIN ledger_accounts a ON a.id = e.account_id
+          WHERE e.transfer_id = p.id AND a.kind = 'worker_earnings'
+            AND a.ref = p.request->>'worker_id'), 0)
+"""
+
+_SETTLES = f"""
+SELECT s.key FROM ledger_transfers s
+LEFT JOIN ledger_transfers p ON p.kind = 'post' AND p.job_id = s.job_id
+WHERE s.kind = 'settle' AND (
+    p.id IS NULL OR NOT p.request ? 'worker_id' OR s.amount <> {_EARNING}
+    OR EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.reverses_id = p.id)
+    OR EXISTS (SELECT 1 FROM disputes d WHERE d.job_id = s.job_id
+               AND d.status IN ('open', 'upheld')))
+ORDER BY s.id LIMIT 20
+"""  # noqa: S608
+
+_EARNINGS = f"""
+SELECT a.ref, a.credits_posted - a.debits_posted AS balance, coalesce(u.unsettled, 0) AS unsettled
+FROM ledger_accounts a LEFT JOIN (
+    SELECT p.request->>'worker_id' AS ref, sum({_EARNING}) AS unsettled FROM ledger_transfers p
+    WHERE p.kind = 'post' AND p.request ? 'worker_id'
+      AND NOT EXISTS (SELECT 1 FROM ledger_transfers s WHERE s.kind = 'settle'
+                      AND s.job_id = p.job_id)
+      AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.reverses_id = p.id)
+    GROUP BY 1
+) u ON u.ref = a.ref
+WHERE a.kind = 'worker_earnings' AND a.credits_posted - a.debits_posted <> coalesce(u.unsettled, 0)
+ORDER BY a.id LIMIT 20
+"""  # noqa: S608
+
+_SLASHES = """
+SELECT ev.key FROM slashing_events ev LEFT JOIN ledger_transfers t ON t.id = ev.penalty_transfer_id
+WHERE (ev.penalty_transfer_id IS NOT NULL
+       AND (t.kind <> 'slash' OR t.amount <> ev.amount OR t.key <> 'slash:' || ev.key))
+   OR EXISTS (SELECT 1 FROM unnest(ev.reversal_ids) AS r(id)
+              LEFT JOIN ledger_transfers x ON x.id = r.id
+              WHERE x.kind IS DISTINCT FROM 'reversal')
+ORDER BY ev.id LIMIT 20
+"""
+
+_UPHELD = """
+SELECT d.id, d.job_id FROM disputes d WHERE d.status = 'upheld'
+  AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.reverses_id = d.post_id)
+ORDER BY d.id LIMIT 20
+"""
+
+_PERIODS = """
+SELECT id FROM (
+    SELECT id, after_entry_id,
+           lag(through_entry_id, 1, 0::bigint) OVER (ORDER BY id) AS previous
+    FROM ledger_periods
+) x WHERE after_entry_id <> previous ORDER BY id LIMIT 20
+"""
+
+_STATEMENTS = """
+SELECT s.period_id, a.kind, a.ref FROM ledger_statements s
+JOIN ledger_periods p ON p.id = s.period_id JOIN ledger_accounts a ON a.id = s.account_id
+WHERE s.closing <> coalesce((SELECT b.balance_after FROM revenue_ledger b
+                             WHERE b.account_id = s.account_id AND b.id <= p.through_entry_id
+                             ORDER BY b.id DESC LIMIT 1), 0)
+ORDER BY s.period_id, s.account_id LIMIT 20
+"""
+
 _COUNTS = """
 SELECT (SELECT count(*) FROM ledger_accounts) AS accounts,
        (SELECT count(*) FROM ledger_transfers) AS transfers,
@@ -139,6 +210,7 @@ async def verify(conn: asyncpg.Connection) -> VerifyReport:
             problems.append(f"job {row['job_id']}: {row['n']} {row['kind']} transfers")
         for row in await conn.fetch(_RESOLUTIONS):
             problems.append(f"transfer {row['key']}: resolves no hold of its job")
+        problems.extend(await _settlement_problems(conn))
         counts = await conn.fetchrow(_COUNTS)
     return VerifyReport(
         accounts=counts["accounts"],
@@ -148,6 +220,27 @@ async def verify(conn: asyncpg.Connection) -> VerifyReport:
         posted_jobs=counts["posted_jobs"],
         problems=tuple(problems),
     )
+
+
+async def _settlement_problems(conn: asyncpg.Connection) -> list[str]:
+    problems = []
+    for row in await conn.fetch(_SETTLES):
+        problems.append(f"transfer {row['key']}: settles other than its job's unsettled earning")
+    for row in await conn.fetch(_EARNINGS):
+        problems.append(
+            f"account worker_earnings:{row['ref']}: holds {row['balance']}, its unsettled "
+            f"earnings are {row['unsettled']}"
+        )
+    for row in await conn.fetch(_SLASHES):
+        problems.append(f"slashing event {row['key']}: names transfers that are not its own")
+    for row in await conn.fetch(_UPHELD):
+        problems.append(f"dispute {row['id']}: upheld but job {row['job_id']} is not refunded")
+    for row in await conn.fetch(_PERIODS):
+        problems.append(f"period {row['id']}: does not start where the previous one ended")
+    for row in await conn.fetch(_STATEMENTS):
+        name = f"{row['kind']}:{row['ref']}" if row["ref"] else row["kind"]
+        problems.append(f"period {row['period_id']}: statement of {name} closes off its balance")
+    return problems
 
 
 def _clearing_problems(row: asyncpg.Record | None) -> list[str]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
+import asyncpg
 import pytest
 
 from economy.ledger import Ledger
-from economy.pricing import LedgerPolicy, ModelPrice
+from economy.pricing import LedgerPolicy, ModelPrice, Usage
+from economy.transfers import Transfer
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -18,6 +21,9 @@ POLICY = LedgerPolicy(
     trial_grant=50_000,
     overdraft=0,
     hold_ttl_s=600,
+    dispute_window_s=3_600,
+    settlement_period_s=7_200,
+    slash_penalty=10_000,
 )
 
 
@@ -45,3 +51,31 @@ def clock() -> FakeClock:
 def ledger(clock: FakeClock) -> Ledger:
     """The ledger under the test policy and the fake clock."""
     return Ledger(POLICY, clock)
+
+
+SMALL_JOB = Usage("small", 1_000, 500)
+"""Costs 2,000: 1,800 to the worker's share, 200 to the pool fee."""
+
+
+async def charge(
+    conn: asyncpg.Connection,
+    ledger: Ledger,
+    job_id: str,
+    user: UUID,
+    worker: UUID | None,
+    owner: UUID,
+    usage: Usage = SMALL_JOB,
+) -> Transfer:
+    """Hold and post one job (2,000 by default: 1,800 to the worker's share, 200 pool fee)."""
+    await ledger.hold(conn, job_id, user, 5_000)
+    return await ledger.post(conn, job_id, usage, owner, worker_id=worker)
+
+
+class Trust:
+    """Worker trust levels as settlement reads them (the hub reads ``workers.trust``)."""
+
+    def __init__(self, levels: dict[UUID, int] | None = None) -> None:
+        self.levels = dict(levels or {})
+
+    async def __call__(self, conn: asyncpg.Connection, worker_id: UUID) -> bool:
+        return self.levels.get(worker_id, 0) >= 1

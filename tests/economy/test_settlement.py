@@ -1,0 +1,180 @@
+"""Settlement: earnings released after the dispute window to trusted workers, once; periods."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+
+from economy.accounts import POOL_FEE, AccountKey, get_account
+from economy.disputes import Decision, open_dispute, resolve_dispute
+from economy.errors import NotReversible, NotSettleable
+from economy.ledger import Ledger
+from economy.settlement import (
+    close_period,
+    period_statements,
+    run_settlement,
+    settle_due,
+)
+from economy.transfers import TransferKind, find_transfer
+from economy.verify import verify
+from tests.economy.conftest import POLICY, FakeClock, Trust, charge
+
+pytestmark = pytest.mark.anyio
+
+ALICE = uuid.UUID("00000000-0000-4000-8000-00000000a11c")
+BOB = uuid.UUID("00000000-0000-4000-8000-000000000b0b")
+OWNER = uuid.UUID("00000000-0000-4000-8000-0000000000b0")
+WORKER = uuid.UUID("00000000-0000-4000-8000-0000000000c1")
+OTHER = uuid.UUID("00000000-0000-4000-8000-0000000000c2")
+WINDOW = POLICY.dispute_window_s
+
+
+async def balance(conn: asyncpg.Connection, key: AccountKey) -> int:
+    return (await get_account(conn, key)).balance
+
+
+async def test_an_earning_settles_to_the_owner_once_its_dispute_window_closed(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    trust = Trust({WORKER: 1})
+    await ledger.grant_trial(conn, ALICE)
+    await charge(conn, ledger, "job-1", ALICE, WORKER, OWNER)
+
+    early = await settle_due(conn, ledger, trust)
+    assert early.jobs == 0 and await balance(conn, AccountKey.worker_earnings(WORKER)) == 1_800
+
+    clock.advance(WINDOW)
+    summary = await run_settlement(conn, ledger, trust)
+
+    assert summary.jobs == 1 and summary.amount == 1_800
+    assert summary.counts() == {WORKER: 1}
+    assert summary.workers[WORKER].owner_id == OWNER
+    assert await balance(conn, AccountKey.worker_earnings(WORKER)) == 0
+    assert await balance(conn, AccountKey.worker_owner(OWNER)) == 1_800
+    settled = await find_transfer(conn, "settle:job-1")
+    assert settled is not None and settled.kind is TransferKind.SETTLE and settled.amount == 1_800
+    again = await run_settlement(conn, ledger, trust)
+    assert again.jobs == 0 and again.period is None
+    assert await balance(conn, AccountKey.worker_owner(OWNER)) == 1_800
+    assert (await verify(conn)).ok
+
+
+async def test_an_untrusted_workers_earning_waits_until_its_worker_is_trusted(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    trust = Trust({WORKER: 0, OTHER: 2})
+    await charge(conn, ledger, "job-1", ALICE, WORKER, OWNER)
+    await charge(conn, ledger, "job-2", BOB, OTHER, OWNER)
+    clock.advance(WINDOW)
+
+    first = await settle_due(conn, ledger, trust)
+    assert (first.counts(), first.held) == ({OTHER: 1}, 1)
+    assert await balance(conn, AccountKey.worker_earnings(WORKER)) == 1_800
+
+    trust.levels[WORKER] = 1
+    second = await settle_due(conn, ledger, trust)
+    assert (second.counts(), second.held) == ({WORKER: 1}, 0)
+    assert await balance(conn, AccountKey.worker_owner(OWNER)) == 3_600
+    assert (await verify(conn)).ok
+
+
+async def test_a_disputed_earning_is_held_while_open_and_settles_once_rejected(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    trust = Trust({WORKER: 1})
+    await charge(conn, ledger, "job-1", ALICE, WORKER, OWNER)
+    dispute = await open_dispute(conn, ledger, "job-1", "gibberish", user_id=ALICE)
+    clock.advance(WINDOW)
+
+    assert (await settle_due(conn, ledger, trust)).jobs == 0
+    assert await find_transfer(conn, "settle:job-1") is None
+
+    await resolve_dispute(conn, ledger, dispute.id, Decision.REJECTED, "looks fine")
+    assert (await settle_due(conn, ledger, trust)).counts() == {WORKER: 1}
+    assert (await verify(conn)).ok
+
+
+async def test_a_refunded_earning_is_never_settled_and_a_settled_one_never_refunded(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    trust = Trust({WORKER: 1})
+    refunded = await charge(conn, ledger, "job-1", ALICE, WORKER, OWNER)
+    await charge(conn, ledger, "job-2", ALICE, WORKER, OWNER)
+    await ledger.refund(conn, "job-1", memo="bad answer")
+    clock.advance(WINDOW)
+
+    assert (await settle_due(conn, ledger, trust)).counts() == {WORKER: 1}
+    with pytest.raises(NotSettleable):
+        await ledger.settle(conn, refunded)
+    with pytest.raises(NotReversible):
+        await ledger.refund(conn, "job-2", memo="too late")
+    post = await find_transfer(conn, "post:job-2")
+    assert post is not None
+    with pytest.raises(NotReversible):
+        await ledger.reverse(conn, "fix-1", post.id, memo="too late")
+    assert await balance(conn, AccountKey.worker_owner(OWNER)) == 1_800
+    assert (await verify(conn)).ok
+
+
+async def test_a_post_that_paid_the_owner_directly_has_nothing_to_settle(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    legacy = await charge(conn, ledger, "job-1", ALICE, None, OWNER)
+    clock.advance(WINDOW)
+    with pytest.raises(NotSettleable):
+        await ledger.settle(conn, legacy)
+    assert (await settle_due(conn, ledger, Trust({OWNER: 3}))).jobs == 0
+    assert await balance(conn, AccountKey.worker_owner(OWNER)) == 1_800
+
+
+async def test_a_period_closes_only_when_due_and_its_statements_add_up(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    trust = Trust({WORKER: 1})
+    await ledger.grant_trial(conn, ALICE)
+    await charge(conn, ledger, "job-1", ALICE, WORKER, OWNER)
+    clock.advance(WINDOW)
+    first = (await run_settlement(conn, ledger, trust)).period
+    assert first is not None and (first.settled_jobs, first.settled_amount) == (1, 1_800)
+    lines = {s.account: s for s in await period_statements(conn, first.id)}
+    alice = lines[str(AccountKey.user(ALICE))]
+    assert (alice.opening, alice.debits, alice.credits, alice.closing) == (0, 2_000, 50_000, 48_000)
+    assert lines[str(POOL_FEE)].closing == 200
+    assert lines[str(AccountKey.worker_owner(OWNER))].closing == 1_800
+
+    await charge(conn, ledger, "job-2", ALICE, WORKER, OWNER)
+    assert await close_period(conn, ledger) is None  # not due yet
+    clock.advance(POLICY.settlement_period_s)
+    second = await close_period(conn, ledger)
+    assert second is not None and second.after_entry_id == first.through_entry_id
+    alice = {s.account: s for s in await period_statements(conn, second.id)}[
+        str(AccountKey.user(ALICE))
+    ]
+    assert (alice.opening, alice.debits, alice.credits, alice.closing) == (48_000, 2_000, 0, 46_000)
+    clock.advance(POLICY.settlement_period_s)
+    assert await close_period(conn, ledger) is None  # nothing written since
+    assert (await verify(conn)).ok
+
+
+async def test_concurrent_settlement_runs_settle_every_earning_exactly_once(
+    conn: asyncpg.Connection, database_url: str, clock: FakeClock
+) -> None:
+    trust = Trust({WORKER: 1, OTHER: 1})
+    ledger = Ledger(POLICY, clock)
+    for n in range(30):
+        await charge(conn, ledger, f"job-{n}", ALICE, (WORKER, OTHER)[n % 2], OWNER)
+    clock.advance(WINDOW)
+    others = [await asyncpg.connect(database_url) for _ in range(3)]
+    try:
+        runs = await asyncio.gather(
+            *(settle_due(c, Ledger(POLICY, clock), trust, batch=4) for c in others)
+        )
+    finally:
+        for other in others:
+            await other.close()
+    assert sum(run.jobs for run in runs) == 30
+    assert await balance(conn, AccountKey.worker_owner(OWNER)) == 30 * 1_800
+    assert (await verify(conn)).ok
