@@ -10,11 +10,15 @@ runs on a fresh database in a temporary directory:
   fee, so this measures the ledger's hot rows under contention (TigerBeetle's hot-account case).
 
 Then ``verify`` recomputes the books (its time is reported too) and must find nothing wrong.
-The chat path's added p50 with the ledger on vs off needs the ledger wired into the chat path;
-it is not measured here yet.
 
-Run: ``python bench/ledger.py [--jobs 2000] [--concurrency 8] [--quick]``. One JSON line on
-stdout; progress on stderr.
+Last, **the chat path**: two live hubs on the same database, one with the ledger on
+(``IAMINE_ECONOMY__ENABLED=true``), one with it off, each with an ``iamine worker --upstream``
+in front of ``bench/stub_upstream.py`` (a fast fake model). One client sends ``--chats`` chats
+to each, alternating hub by hub so drift hits both alike, plain JSON and streamed, one at a
+time; ``chat_p50_added_ms`` is the ledger-on p50 less the ledger-off p50 (goal: at most 1 ms).
+
+Run: ``python bench/ledger.py [--jobs 2000] [--concurrency 8] [--chats 400] [--quick]``. One
+JSON line on stdout; progress on stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -32,19 +37,34 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from services import (
+    HUB_COMMAND,
+    Services,
+    free_port,
+    log,
+    sigterm_as_interrupt,
+    start_stub,
+    wait_ready,
+)
 
 from economy.ledger import Ledger
 from economy.pricing import LedgerPolicy, Usage
 from economy.verify import verify
+from hub import accounts
 from hub.config import ServerSettings
 from hub.embedded import EmbeddedPostgres
 from hub.migrations import migrate
 from hub.observability import configure_logging
+from inference import identity
 
 USAGE = Usage("bench-model", 600, 200)
 OWNERS = [uuid.UUID(int=1_000 + i) for i in range(4)]
+STUB_MODEL = "stub"
+STUB_TOKENS = 8
+WARMUP = 20
 
 
 async def one_job(
@@ -114,8 +134,10 @@ async def concurrent(
     }
 
 
-async def run(uri: str, jobs: int, concurrency: int, users: int) -> dict[str, Any]:
-    """Migrate, run both measurements, verify."""
+async def run(
+    uri: str, jobs: int, concurrency: int, users: int, chats: int, workdir: Path
+) -> dict[str, Any]:
+    """Migrate, run both measurements, verify, then time the chat path with the ledger on/off."""
     conn = await asyncpg.connect(uri)
     try:
         await migrate(conn)
@@ -133,12 +155,115 @@ async def run(uri: str, jobs: int, concurrency: int, users: int) -> dict[str, An
         verify_s = time.perf_counter() - started
     finally:
         await conn.close()
+    with Services(workdir) as services:
+        chat = await chat_path(services, uri, chats)
     return {
         "sequential": seq,
         "concurrent": con,
         "verify_s": round(verify_s, 3),
         "verify_ok": report.ok,
         "entries": report.entries,
+        "chats": chats,
+        **chat,
+    }
+
+
+async def chat_tokens(uri: str) -> tuple[str, dict[str, str]]:
+    """A user token, and a worker token per hub (established workers, so chats reach them)."""
+    conn = await asyncpg.connect(uri)
+    try:
+        user = await accounts.create_user(conn, "bench")
+        token = (await accounts.create_token(conn, user_id=user.id, scopes=("user",))).token
+        workers = {}
+        for hub in ("on", "off"):
+            record = await identity.register_worker(
+                conn, name=f"bench-{hub}", owner_id=user.id, max_slots=8, trust=2
+            )
+            issued = await accounts.create_token(
+                conn, user_id=user.id, scopes=("worker",), worker_id=record.id
+            )
+            workers[hub] = issued.token
+        return token, workers
+    finally:
+        await conn.close()
+
+
+async def start_chat_hubs(services: Services, uri: str) -> tuple[dict[str, str], str]:
+    """Start the ledger-on and ledger-off hubs, each with its worker; their URLs and the token."""
+    user_token, worker_tokens = await chat_tokens(uri)
+    stub, stub_url = start_stub(services, STUB_TOKENS)
+    await wait_ready(stub, f"{stub_url}/v1/models")
+    auth = {"Authorization": f"Bearer {user_token}"}
+    urls = {}
+    for hub, enabled in (("on", "true"), ("off", "false")):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IAMINE_")} | {
+            "IAMINE_DATABASE_URL": uri,
+            "IAMINE_DATA_DIR": str(services.workdir / f"hub-{hub}"),
+            "IAMINE_SERVER__PORT": str(port),
+            "IAMINE_SERVER__LOG_LEVEL": "warning",
+            "IAMINE_INFERENCE__LOCAL_WORKER": "false",
+            "IAMINE_MEMORY__FACTS_EXTRACTION": "false",
+            "IAMINE_ECONOMY__ENABLED": enabled,
+        }
+        url = f"http://127.0.0.1:{port}"
+        log(f"starting the ledger-{hub} hub and its worker")
+        service = services.start(f"hub-{hub}", [*HUB_COMMAND, "serve"], env)
+        await wait_ready(service, f"{url}/readyz")
+        argv = [*HUB_COMMAND, "worker", "--hub", url, "--name", f"bench-{hub}"]
+        argv += ["--upstream", stub_url, "--slots", "8"]
+        worker = services.start(
+            f"worker-{hub}", argv, env | {"IAMINE_WORKER_TOKEN": worker_tokens[hub]}
+        )
+        await wait_ready(
+            worker,
+            f"{url}/v1/models",
+            headers=auth,
+            ready=lambda r: any(m["id"] == STUB_MODEL for m in r.json().get("data", [])),
+        )
+        urls[hub] = url
+    return urls, user_token
+
+
+async def one_chat(client: httpx.AsyncClient, url: str, token: str, stream: bool) -> float:
+    """Milliseconds of one whole chat (the full stream when streamed)."""
+    body = {
+        "model": STUB_MODEL,
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": stream,
+    }
+    headers = {"Authorization": f"Bearer {token}"}
+    started = time.perf_counter()
+    async with client.stream(
+        "POST", f"{url}/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        await response.aread()
+        if response.status_code != 200:
+            raise RuntimeError(f"chat failed: HTTP {response.status_code} {response.text[:200]}")
+    return (time.perf_counter() - started) * 1e3
+
+
+async def chat_path(services: Services, uri: str, chats: int) -> dict[str, Any]:
+    """p50 of plain and streamed chats on the ledger-on and ledger-off hubs, alternating."""
+    urls, token = await start_chat_hubs(services, uri)
+    timings: dict[tuple[str, bool], list[float]] = {
+        (hub, stream): [] for hub in urls for stream in (False, True)
+    }
+    async with httpx.AsyncClient(timeout=30) as client:
+        for n in range(WARMUP + chats):
+            for stream in (False, True):
+                for hub, url in urls.items():
+                    elapsed = await one_chat(client, url, token, stream)
+                    if n >= WARMUP:
+                        timings[hub, stream].append(elapsed)
+    p50 = {key: statistics.median(values) for key, values in timings.items()}
+    return {
+        "chat_p50_ms": {
+            f"{hub}_{'stream' if stream else 'plain'}": round(value, 3)
+            for (hub, stream), value in p50.items()
+        },
+        "chat_p50_added_ms": round(p50["on", False] - p50["off", False], 3),
+        "chat_stream_p50_added_ms": round(p50["on", True] - p50["off", True], 3),
     }
 
 
@@ -148,15 +273,18 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2_000, help="Jobs of the concurrent run.")
     parser.add_argument("--concurrency", type=int, default=8, help="Connections at once.")
     parser.add_argument("--users", type=int, default=50, help="Users the jobs belong to.")
-    parser.add_argument("--quick", action="store_true", help="A smoke run: 200 jobs.")
+    parser.add_argument("--chats", type=int, default=400, help="Chats timed on each hub.")
+    parser.add_argument("--quick", action="store_true", help="A smoke run: 200 jobs, 50 chats.")
     args = parser.parse_args()
     jobs = 200 if args.quick else args.jobs
+    chats = 50 if args.quick else args.chats
     configure_logging(ServerSettings(log_format="console", log_level="warning"))
     work = Path(tempfile.mkdtemp(prefix="iamine-bench-"))
     server = EmbeddedPostgres(work / "data")
     try:
         uri = server.start()
-        results = asyncio.run(run(uri, jobs, args.concurrency, args.users))
+        with sigterm_as_interrupt():
+            results = asyncio.run(run(uri, jobs, args.concurrency, args.users, chats, work))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -167,8 +295,6 @@ def main() -> None:
         "concurrency": args.concurrency,
         "users": args.users,
         **results,
-        "chat_p50_added_ms": None,
-        "note": "chat path p50 with the ledger on vs off needs the chat-path wiring (not yet)",
     }
     print(json.dumps(line))
 
