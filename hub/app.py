@@ -23,7 +23,7 @@ from hub.config import Settings
 from hub.db import open_database
 from hub.embedded import DataDirLock
 from hub.errors import install_error_handlers
-from hub.jobs import build_jobs
+from hub.jobs import build_canaries, build_jobs
 from hub.local_worker import LocalWorker
 from hub.mcp_mount import McpMount
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -155,7 +155,10 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 semantic=semantic,
                 billing=billing,
             )
-            state.scheduler = Scheduler(build_jobs(state), db.pool, settings.jobs)
+            canaries = build_canaries(state)
+            state.scheduler = Scheduler(
+                build_jobs(state, canaries=canaries), db.pool, settings.jobs
+            )
             await stack.enter_async_context(mcp.server.session_manager.run())
             stack.push_async_callback(mcp.aclose)
             local_worker = state.local_worker = LocalWorker(settings, db.pool)
@@ -165,6 +168,7 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 loops.start_soon(resolver.run_sweeper)
                 loops.start_soon(follow_trust, db.pool, registry)
                 loops.start_soon(writer.run)
+                loops.start_soon(canaries.run)
                 loops.start_soon(compactor.run)
                 if billing is not None:
                     loops.start_soon(billing.run)

@@ -3,15 +3,18 @@
 :data:`CATALOG` describes them (the CLI lists it without a running hub); :func:`build_jobs`
 binds them to a running hub's state for the scheduler. ``l1_purge`` needs only the database, so
 ``iamine jobs run l1_purge`` runs it in the CLI's process (:func:`local_job`); the checker and RED
-need live workers, so the CLI asks the running hub to run them.
+need live workers, so the CLI asks the running hub to run them. The checker runs the canaries
+too (:func:`build_canaries`: the same object checks each new worker as it joins).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import httpx
@@ -20,7 +23,9 @@ from hub.config import Settings
 from hub.errors import HubError
 from hub.observability import Metrics
 from hub.scheduler import JobResult, JobSpec
+from hub.slashing import slash_worker
 from hub.state import HubState
+from inference.canaries import Canaries
 from inference.checker import run_checker
 from inference.red import Planner, pool_planner, run_red
 from memory.l1 import purge_expired_l1
@@ -52,7 +57,7 @@ CATALOG: dict[str, JobInfo] = {
         ),
         JobInfo(
             CHECKER,
-            "Benchmark every worker; check a known answer and tool calls.",
+            "Benchmark every worker; check a known answer and tool calls; run canaries.",
             needs_hub=True,
             interval=lambda s: s.jobs.checker_interval_s,
         ),
@@ -97,7 +102,24 @@ def route_counts(metrics: Metrics) -> dict[str, int]:
     return counts
 
 
-def build_jobs(state: HubState, planner: Planner | None = None) -> list[JobSpec]:
+def build_canaries(state: HubState) -> Canaries:
+    """The hub's canaries: told of each worker that joins, slashing through the ledger.
+
+    The lifespan runs :meth:`Canaries.run` (new workers are checked soon after they join) and
+    hands the object to :func:`build_jobs` (the checker's sweep).
+    """
+
+    async def slash(worker_id: UUID, reason: str, evidence: dict[str, Any]) -> object:
+        return await slash_worker(state, worker_id, reason, evidence)
+
+    canaries = Canaries(state.workers, state.db.pool, state.settings.checker, slash)
+    state.workers.on_join = canaries.request
+    return canaries
+
+
+def build_jobs(
+    state: HubState, planner: Planner | None = None, canaries: Canaries | None = None
+) -> list[JobSpec]:
     """Every job, bound to the running hub (``planner`` replaces RED's model call)."""
     settings, pool, registry = state.settings, state.db.pool, state.workers
 
@@ -116,6 +138,13 @@ def build_jobs(state: HubState, planner: Planner | None = None) -> list[JobSpec]
             f"checked {len(checked)}: {passed} passed, {len(checked) - passed} failed; "
             f"{len(summary['skipped'])} skipped, {len(summary['excluded'])} excluded"
         )
+        if canaries is not None:
+            verdicts = summary["canaries"] = await canaries.sweep()
+            outcomes = Counter(v["outcome"] for v in verdicts)
+            line += (
+                f"; canaries: {outcomes['passed']} passed, {outcomes['failed']} failed, "
+                f"{outcomes['inconclusive']} inconclusive"
+            )
         return JobResult("ok", line, summary)
 
     async def purge_effect() -> int:

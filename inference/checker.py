@@ -16,6 +16,9 @@ router's speed weights; a worker that fails the tool-call check stops getting re
 (``WorkerLink.tools_ok``); one that fails ``failures_to_exclude`` runs in a row (no answer, an
 error, or a wrong known answer) is excluded with reason ``checker_failed``. A check that found the
 worker busy for the whole queue wait is skipped, neither passed nor failed.
+
+Whether a worker may be trusted is the canaries' question (``inference/canaries.py``): their
+settings are the ``canaries`` group here, and they reuse :func:`run_pinned`.
 """
 
 from __future__ import annotations
@@ -63,6 +66,66 @@ PROBE_TOOL: dict[str, Any] = {
 PROBE_QUESTION = "What is the weather in Paris?"
 
 
+class CanarySettings(BaseModel):
+    """Canaries (docs/trust.md): the ``IAMINE_CHECKER__CANARIES__*`` group."""
+
+    enabled: bool = Field(
+        True, description="Verify workers with canaries (on joining, on suspicion, spot checks)."
+    )
+    prompts: int = Field(3, ge=1, le=12, description="Canary prompts per model per check.")
+    max_tokens: int = Field(
+        24, ge=4, le=256, description="Tokens each canary answer may take (greedy decoding)."
+    )
+    compare_chars: int = Field(
+        32,
+        ge=1,
+        description="Characters of an answer (whitespace collapsed) that must equal the "
+        "reference's: greedy decoding on other hardware may drift further on.",
+    )
+    prompt_allowance_tokens: int = Field(
+        256,
+        ge=0,
+        description="Prompt tokens a worker may report above the prompt's UTF-8 bytes (chat "
+        "template, default system prompt); more is forged usage.",
+    )
+    completion_slack_tokens: int = Field(
+        8,
+        ge=0,
+        description="Completion tokens a worker may report above the bytes it streamed (special "
+        "tokens); more is forged usage.",
+    )
+    speed_factor: float = Field(
+        4.0,
+        gt=1,
+        description="A worker measured this many times faster than the fastest other worker of "
+        "its model gets canaries (speed alone never slashes).",
+    )
+    spot_check_rate: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Chance that a verified or trusted worker gets canaries at a checker run.",
+    )
+    slash_cooldown_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="Seconds after a slash before canaries may verify the worker again (the "
+        "admin may set its trust at any time).",
+    )
+    rejoin_after_s: float = Field(
+        300.0,
+        ge=0,
+        description="A new worker that joins again within this many seconds of its last "
+        "canaries is not checked again on joining (the next checker run does).",
+    )
+    queue_size: int = Field(
+        256,
+        ge=1,
+        description="Workers waiting for canaries after joining; beyond, the next "
+        "checker run takes them.",
+    )
+
+
 class CheckerSettings(BaseModel):
     """The worker checker: the ``IAMINE_CHECKER__*`` group of the hub's settings."""
 
@@ -86,6 +149,7 @@ class CheckerSettings(BaseModel):
     speed_weight: float = Field(
         0.5, gt=0, le=1, description="Weight of a benchmark in the router's moving speed average."
     )
+    canaries: CanarySettings = Field(default_factory=CanarySettings)
 
 
 @dataclass
@@ -115,11 +179,13 @@ class CheckResult:
 
 
 @dataclass
-class _Run:
+class PinnedRun:
     """What one pinned job produced, with timestamps (monotonic seconds)."""
 
     text: str = ""
     chunks: int = 0
+    # UTF-8 bytes of text and tool-call pieces received: each generated token is at least one.
+    output_bytes: int = 0
     calls: dict[int, dict[str, str]] = field(default_factory=dict)
     started_at: float | None = None
     first_at: float | None = None
@@ -128,14 +194,19 @@ class _Run:
     degraded: str | None = None
 
 
-class _Busy(Exception):
+class WorkerBusy(Exception):
     """The worker stayed busy (or left) for the whole queue wait."""
 
 
-async def _run_pinned(
+async def run_pinned(
     registry: WorkerRegistry, link: WorkerLink, job: Job, settings: CheckerSettings
-) -> _Run:
-    run = _Run()
+) -> PinnedRun:
+    """Run ``job`` on ``link`` only, behind user traffic; what came back, on the hub's clock.
+
+    Raises :class:`WorkerBusy` when the worker could not take it within the queue wait,
+    ``JobFailed`` when it failed, ``TimeoutError`` past ``timeout_s``.
+    """
+    run = PinnedRun()
     events = run_job(
         registry,
         job,
@@ -152,15 +223,18 @@ async def _run_pinned(
                 if isinstance(event, Started):
                     run.started_at = now
                 elif isinstance(event, Degraded):
-                    raise _Busy(event.reason)
+                    raise WorkerBusy(event.reason)
                 elif isinstance(event, Chunk):
                     run.first_at = run.first_at or now
                     run.chunks += 1
                     run.text += event.delta.content or ""
+                    run.output_bytes += len((event.delta.content or "").encode())
                     for piece in event.delta.tool_calls or []:
                         call = run.calls.setdefault(piece.index, {"name": "", "arguments": ""})
-                        call["name"] += piece.function.name or ""
-                        call["arguments"] += piece.function.arguments or ""
+                        name, arguments = piece.function.name or "", piece.function.arguments or ""
+                        call["name"] += name
+                        call["arguments"] += arguments
+                        run.output_bytes += len((name + arguments).encode())
                 elif isinstance(event, Done):
                     run.done_at, run.done = now, event
     finally:
@@ -183,7 +257,7 @@ def _job(
     )
 
 
-def _measure(result: CheckResult, run: _Run) -> None:
+def _measure(result: CheckResult, run: PinnedRun) -> None:
     if run.done is None or run.started_at is None or run.first_at is None:
         return
     usage = run.done.usage
@@ -200,7 +274,7 @@ def _measure(result: CheckResult, run: _Run) -> None:
         result.generation_tps = round((generated - 1) / generating, 2)
 
 
-def _tool_call_ok(run: _Run) -> bool:
+def _tool_call_ok(run: PinnedRun) -> bool:
     for call in run.calls.values():
         if call["name"] != PROBE_TOOL["function"]["name"]:
             continue
@@ -221,11 +295,11 @@ async def check_worker(
     deadline = settings.timeout_s
     try:
         bench_job = _job(model, user, settings.max_tokens, deadline)
-        bench = await _run_pinned(registry, link, bench_job, settings)
+        bench = await run_pinned(registry, link, bench_job, settings)
         _measure(result, bench)
         result.raw["benchmark"] = bench.text
         known = [{"role": "user", "content": KNOWN_QUESTION}]
-        answer = await _run_pinned(registry, link, _job(model, known, 16, deadline), settings)
+        answer = await run_pinned(registry, link, _job(model, known, 16, deadline), settings)
         result.known_answer_ok = KNOWN_ANSWER in answer.text.lower()
         result.raw["known_answer"] = answer.text
         if link.models[model].supports_tools:
@@ -237,10 +311,10 @@ async def check_worker(
                 tools=[PROBE_TOOL],
                 tool_choice={"type": "function", "function": {"name": "get_weather"}},
             )
-            tools = await _run_pinned(registry, link, probe, settings)
+            tools = await run_pinned(registry, link, probe, settings)
             result.tools_ok = _tool_call_ok(tools)
             result.raw["tool_calls"] = list(tools.calls.values())
-    except _Busy as exc:
+    except WorkerBusy as exc:
         result.skipped = str(exc)
     except JobFailed as exc:
         result.error = f"{exc.code}: {exc.message}"

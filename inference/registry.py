@@ -94,6 +94,8 @@ class WorkerRegistry:
         # Exclusions outlive a link: a worker record excluded here stays excluded when it
         # reconnects, until readmitted (reason, detail).
         self._excluded: dict[str, tuple[str, str]] = {}
+        # Told of every worker that joins (the hub queues new ones for canaries).
+        self.on_join: Callable[[WorkerLink], None] | None = None
 
     def set_config(self, config: PoolConfig) -> None:
         """Apply a new routing policy to the next placements."""
@@ -153,6 +155,8 @@ class WorkerRegistry:
             self.exclude(link, UNKNOWN_MODEL, f"announced models outside the catalog: {outside}")
         self._remember_models(link)
         self._release_waiters()
+        if self.on_join is not None:
+            self.on_join(link)
 
     async def remove(self, worker_id: str, reason: str) -> None:
         """Forget a worker and end each of its jobs with ``worker_lost``."""

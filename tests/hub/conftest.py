@@ -27,6 +27,7 @@ import uvicorn
 from hub import accounts
 from hub.app import create_app
 from hub.config import Settings
+from hub.errors import NotFoundError
 from inference import identity
 from inference.protocol import Hardware
 from inference.settings import InferenceSettings
@@ -58,28 +59,42 @@ class LiveHub:
         return self.url.replace("http://", "ws://") + "/v1/workers/ws"
 
     def worker_token_for(
-        self, name: str, *, hardware: Hardware = "gpu", slots: int = 64, trust: int = 2
+        self,
+        name: str,
+        *,
+        hardware: Hardware = "gpu",
+        slots: int = 64,
+        trust: int = 2,
+        owner: str = "volunteer",
     ) -> str:
-        """The token of the worker record ``name`` (owned by ``volunteer``), made on first use.
+        """The token of the worker record ``name`` (owned by ``owner``), made on first use.
 
         Test workers are registered established (trust 2) by default, as an admin would after
         vetting them, so that chats and the hub's private jobs reach them; trust tests ask for
         less. Callable from sync and async tests alike (it runs on a thread of its own).
         """
         if name not in self.worker_tokens:
-            work = register_test_worker(self.database_url, name, hardware, slots, trust)
+            work = register_test_worker(self.database_url, name, hardware, slots, trust, owner)
             with ThreadPoolExecutor(1) as pool:
                 self.worker_tokens[name] = pool.submit(asyncio.run, work).result()
         return self.worker_tokens[name]
 
 
 async def register_test_worker(
-    database_url: str, name: str, hardware: Hardware, slots: int, trust: int
+    database_url: str,
+    name: str,
+    hardware: Hardware,
+    slots: int,
+    trust: int,
+    owner_name: str = "volunteer",
 ) -> str:
-    """Register a worker record owned by ``volunteer`` and issue its token."""
+    """Register a worker record owned by ``owner_name`` (made if missing) and issue its token."""
     conn = await asyncpg.connect(database_url)
     try:
-        owner = await accounts.get_user(conn, "volunteer")
+        try:
+            owner = await accounts.get_user(conn, owner_name)
+        except NotFoundError:
+            owner = await accounts.create_user(conn, owner_name)
         record = await identity.register_worker(
             conn,
             name=name,

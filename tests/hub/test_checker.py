@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from inference.checker import CheckerSettings
+from inference.checker import CanarySettings, CheckerSettings
 from tests.hub.conftest import LiveHub
 from tests.hub.raw_worker import answer, raw_worker
 
@@ -24,8 +24,21 @@ WEATHER_TOOL = {
 
 @pytest.fixture(scope="module")
 def hub_overrides() -> dict[str, Any]:
-    """Exclude after two failed runs, and do not wait long for a busy worker."""
-    return {"checker": CheckerSettings(failures_to_exclude=2, timeout_s=10, queue_wait_s=2)}
+    """Exclude after two failed runs, do not wait long for a busy worker, no spot checks.
+
+    The workers here are trusted (2): canaries reach them only as random spot checks, which
+    tests/hub/test_canaries.py covers.
+    """
+    checker = CheckerSettings(
+        failures_to_exclude=2,
+        timeout_s=10,
+        queue_wait_s=2,
+        canaries=CanarySettings(spot_check_rate=0),
+    )
+    return {"checker": checker}
+
+
+NO_CANARIES = "; canaries: 0 passed, 0 failed, 0 inconclusive"
 
 
 def admin(hub: LiveHub) -> dict[str, str]:
@@ -98,7 +111,9 @@ async def test_a_worker_that_fails_the_tool_check_gets_no_tool_requests(
         tasks.start_soon(lambda: serve(good, good_jobs, capital="Paris", tools_work=True))
         tasks.start_soon(lambda: serve(bad, bad_jobs, capital="Paris", tools_work=False))
         checked = await run_checker(live_hub)
-        assert checked["summary"] == "checked 2: 2 passed, 0 failed; 0 skipped, 0 excluded"
+        assert checked["summary"] == (
+            "checked 2: 2 passed, 0 failed; 0 skipped, 0 excluded" + NO_CANARIES
+        )
         state = await workers(live_hub)
         assert state["good-tools"]["tools_ok"] is True
         assert state["bad-tools"]["tools_ok"] is False
@@ -121,10 +136,14 @@ async def test_repeated_failures_exclude_the_worker_with_a_reason(live_hub: Live
     ):
         tasks.start_soon(lambda: serve(ws, jobs, capital="London", tools_work=True))
         first = await run_checker(live_hub)
-        assert first["summary"] == "checked 1: 0 passed, 1 failed; 0 skipped, 0 excluded"
+        assert first["summary"] == (
+            "checked 1: 0 passed, 1 failed; 0 skipped, 0 excluded" + NO_CANARIES
+        )
         assert (await workers(live_hub))["wrong"]["excluded"] is None
         second = await run_checker(live_hub)
-        assert second["summary"] == "checked 1: 0 passed, 1 failed; 0 skipped, 1 excluded"
+        assert second["summary"] == (
+            "checked 1: 0 passed, 1 failed; 0 skipped, 1 excluded" + NO_CANARIES
+        )
         listed = await workers(live_hub)
         tasks.cancel_scope.cancel()
     assert listed["wrong"]["excluded"] == "checker_failed"
