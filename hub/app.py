@@ -35,6 +35,7 @@ from hub.routes import (
     agents,
     chat,
     conversations,
+    disputes,
     facts,
     health,
     jobs,
@@ -222,6 +223,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(worker_records.admin_router)
     app.include_router(account.router)
     app.include_router(account.admin_router)
+    app.include_router(disputes.router)
     mcp.attach(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
