@@ -96,6 +96,7 @@ async def start_chat(
     memory = await _recall(state, caller, request_messages(body))
     job = build_job(body, registry.settings.job_deadline_s, memory.injection.message)
     needs_context = check_fit(registry, job)
+    min_trust = await chat_min_trust(state, principal)
     billing, user_id = state.billing, principal.user_id
     ticket, priority = None, 0
     if billing is not None and user_id is not None:
@@ -111,7 +112,7 @@ async def start_chat(
         needs_context=needs_context,
         notify_waiting=True,
         trace=trace,
-        min_trust=await chat_min_trust(state, principal),
+        min_trust=min_trust,
     )
     if billing is not None and ticket is not None:
         events = billing.bill(ticket, events, trace)
