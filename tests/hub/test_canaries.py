@@ -140,10 +140,15 @@ async def run_checker(hub: LiveHub) -> dict[str, Any]:
     return body
 
 
-async def worker_ids(hub: LiveHub) -> dict[str, str]:
+async def connected(hub: LiveHub) -> list[dict[str, Any]]:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"{hub.url}/admin/api/workers", headers=admin(hub))
-    return {w["name"]: w["id"] for w in response.json()["data"]}
+    workers: list[dict[str, Any]] = response.json()["data"]
+    return workers
+
+
+async def worker_ids(hub: LiveHub) -> dict[str, str]:
+    return {w["name"]: w["id"] for w in await connected(hub)}
 
 
 async def chat(hub: LiveHub, model: str) -> httpx.Response:
@@ -429,10 +434,32 @@ async def test_an_implausible_speed_triggers_canaries_but_no_slash(live_hub: Liv
         tasks.cancel_scope.cancel()
     verdicts = checked["detail"]["canaries"]
     assert [(v["worker"], v["trigger"]) for v in verdicts] == [("rocket", "speed")]
-    assert verdicts[0]["outcome"] in {"passed", "inconclusive"}
+    assert verdicts[0]["outcome"] == "passed"
     assert canary_jobs(fast_jobs), "the fast worker got canaries"
     assert await slashes_of(live_hub, "rocket") == []
     assert await trust_of(live_hub, "rocket") == 2
+
+
+async def test_a_granted_worker_failing_canaries_is_excluded_not_slashed(
+    live_hub: LiveHub,
+) -> None:
+    token = live_hub.worker_token_for("boss", trust=3)
+    async with (
+        raw_worker(live_hub, "boss-model", name="oracle-boss", slots=4) as slow,
+        raw_worker(live_hub, "boss-model", name="boss", token=token, slots=4) as fast,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(lambda: serve(slow, [], pieces=8, pause_s=0.05))
+        tasks.start_soon(lambda: serve(fast, [], text=lie, pieces=8))
+        checked = await run_checker(live_hub)
+        excluded = {w["name"]: w["excluded"] for w in await connected(live_hub)}
+        tasks.cancel_scope.cancel()
+    [verdict] = [v for v in checked["detail"]["canaries"] if v["worker"] == "boss"]
+    assert (verdict["trigger"], verdict["outcome"]) == ("speed", "failed")
+    assert verdict["action"] == "excluded"
+    assert excluded["boss"] == "canary_failed"
+    assert await slashes_of(live_hub, "boss") == []
+    assert await trust_of(live_hub, "boss") == 3
 
 
 async def test_an_honest_real_worker_is_promoted_and_then_gets_user_chats(
