@@ -34,6 +34,7 @@ from hub.routes import (
     admin,
     agents,
     chat,
+    clients,
     conversations,
     disputes,
     facts,
@@ -224,6 +225,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(account.router)
     app.include_router(account.admin_router)
     app.include_router(disputes.router)
+    app.include_router(clients.router)
     mcp.attach(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
