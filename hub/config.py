@@ -133,6 +133,7 @@ class JobsSettings(BaseModel):
         900.0, ge=0, description="Seconds between checker runs over every worker."
     )
     red_interval_s: float = Field(10_800.0, ge=0, description="Seconds between RED runs.")
+    settlement_interval_s: float = Field(3_600.0, ge=0, description="Seconds between settlements.")
     run_timeout_s: float = Field(
         900.0, gt=0, description="Most seconds one job run may take before it is cancelled."
     )

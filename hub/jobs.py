@@ -1,10 +1,11 @@
-"""The hub's scheduled jobs: L1 purge, the worker checker, the RED daemon.
+"""The hub's scheduled jobs: L1 purge, the worker checker, the RED daemon, settlement.
 
 :data:`CATALOG` describes them (the CLI lists it without a running hub); :func:`build_jobs`
 binds them to a running hub's state for the scheduler. ``l1_purge`` needs only the database, so
 ``iamine jobs run l1_purge`` runs it in the CLI's process (:func:`local_job`); the checker and RED
-need live workers, so the CLI asks the running hub to run them. The checker runs the canaries
-too (:func:`build_canaries`: the same object checks each new worker as it joins).
+need live workers, and settlement the live pool config, so the CLI asks the running hub to run
+them. The checker runs the canaries too (:func:`build_canaries`: the same object checks each
+new worker as it joins).
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from uuid import UUID
 import asyncpg
 import httpx
 
+from economy.settlement import run_settlement
+from hub.cli_ledger import credits
 from hub.config import Settings
 from hub.errors import HubError
 from hub.observability import Metrics
 from hub.scheduler import JobResult, JobSpec
-from hub.slashing import slash_worker
+from hub.slashing import ledger_of, slash_worker
 from hub.state import HubState
+from inference import identity
 from inference.canaries import Canaries
 from inference.checker import run_checker
 from inference.red import Planner, pool_planner, run_red
@@ -34,6 +38,7 @@ from memory.settings import MemorySettings
 L1_PURGE = "l1_purge"
 CHECKER = "checker"
 RED = "red"
+SETTLEMENT = "settlement"
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,12 @@ CATALOG: dict[str, JobInfo] = {
             "Admin daemon: read the pool, plan from an allow-list, report.",
             needs_hub=True,
             interval=lambda s: s.jobs.red_interval_s,
+        ),
+        JobInfo(
+            SETTLEMENT,
+            "Release earnings past the dispute window; close a ledger period; count verified jobs.",
+            needs_hub=True,
+            interval=lambda s: s.jobs.settlement_interval_s,
         ),
     )
 }
@@ -100,6 +111,45 @@ def route_counts(metrics: Metrics) -> dict[str, int]:
             if sample.name.endswith("_total"):
                 counts[sample.labels["route"]] = int(sample.value)
     return counts
+
+
+async def _trusted(conn: asyncpg.Connection, worker_id: UUID) -> bool:
+    """Earnings are released only to workers that passed canaries (trust 1 or more)."""
+    trust = await conn.fetchval("SELECT trust FROM workers WHERE id = $1", worker_id)
+    return trust is not None and trust >= identity.VERIFIED
+
+
+_UPHELD_SINCE_RESET = """
+SELECT DISTINCT d.worker_id FROM disputes d
+WHERE d.status = 'upheld' AND d.worker_id = ANY($1::uuid[])
+  AND d.resolved_at > coalesce((SELECT max(e.created_at) FROM worker_trust_events e
+                                WHERE e.worker_id = d.worker_id AND e.to_level = 0), '-infinity')
+"""
+
+
+async def settle(state: HubState) -> JobResult:
+    """One settlement run, then the settled jobs count towards each worker's establishment.
+
+    Workers with an upheld dispute since their last trust reset do not count. An uphold resets
+    trust in its own transaction, so this bars only a worker whose reset did not happen.
+    """
+    config, registry = state.workers.config, state.workers
+    async with state.db.pool.acquire() as conn:
+        summary = await run_settlement(conn, ledger_of(state), _trusted)
+        counts = summary.counts()
+        barred = await conn.fetch(_UPHELD_SINCE_RESET, list(counts))
+        for row in barred:
+            counts.pop(row["worker_id"], None)
+        established = config.trust.established_jobs
+        promoted = await identity.count_verified_jobs(conn, counts, established)
+    for worker_id in promoted:
+        registry.apply_trust(str(worker_id), identity.ESTABLISHED)
+    period = "" if summary.period is None else f"; closed period {summary.period.id}"
+    line = (
+        f"settled {summary.jobs} earning(s), {credits(summary.amount)} $IAMINE; "
+        f"{summary.held} held for trust; {len(promoted)} worker(s) established{period}"
+    )
+    return JobResult("ok", line, {**summary.as_dict(), "promoted": [str(w) for w in promoted]})
 
 
 def build_canaries(state: HubState) -> Canaries:
@@ -162,7 +212,10 @@ def build_jobs(
         )
         return JobResult(run.outcome, run.summary, {"report_id": run.report_id})
 
-    runs = {L1_PURGE: l1, CHECKER: check, RED: red}
+    async def settlement() -> JobResult:
+        return await settle(state)
+
+    runs = {L1_PURGE: l1, CHECKER: check, RED: red, SETTLEMENT: settlement}
     return [_spec(info, settings, runs[name]) for name, info in CATALOG.items()]
 
 

@@ -9,6 +9,7 @@ found; bad input, missing tokens and wrong scopes are refused in the OpenAI erro
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,12 +40,20 @@ from tests.hub.test_billing import (
     finish,
     new_payer,
     new_volunteer,
+    put_config,
     settled,
 )
 
 pytestmark = pytest.mark.anyio
 POLICY = LedgerPolicy()
 MODEL = "dispute-model"
+
+
+@pytest.fixture
+def default_config(live_hub: LiveHub) -> Iterator[None]:
+    """The pool config back to its defaults after the test."""
+    yield
+    put_config(live_hub)
 
 
 def call(
@@ -345,3 +354,40 @@ def test_slash_worker_forfeits_resets_trust_and_slashes_once_per_finding(
         portal.call(slash_worker, state, uuid.uuid4(), "wrong canary answer", evidence)
     with pytest.raises(InvalidLedgerInput):
         portal.call(slash_worker, state, worker_id, "", evidence)
+
+
+async def test_the_settlement_job_releases_earnings_once_and_establishes_verified_workers(
+    live_hub: LiveHub, default_config: None
+) -> None:
+    payer, volunteer = await new_payer(live_hub), await new_volunteer(live_hub)
+    conn = await asyncpg.connect(live_hub.database_url)
+    try:
+        await identity.set_trust(conn, volunteer.record_id, identity.VERIFIED, "canaries passed")
+    finally:
+        await conn.close()
+    await chat_once(live_hub, payer, volunteer)
+    put_config(live_hub, ledger={"dispute_window_s": 0}, trust={"established_jobs": 1})
+    share, _ = POLICY.split(POLICY.cost(Usage(MODEL, 4, 3)))
+    owner = AccountKey.worker_owner(volunteer.owner_id)
+
+    run = call(live_hub, "POST", "/admin/api/jobs/settlement/run", live_hub.admin_token)
+
+    assert run.status_code == 200 and run.json()["outcome"] == "ok", run.text
+    detail = run.json()["detail"]
+    assert str(volunteer.record_id) in detail["promoted"]
+    mine = [w for w in detail["workers"] if w["worker_id"] == str(volunteer.record_id)]
+    assert mine == [
+        {
+            "worker_id": str(volunteer.record_id),
+            "owner_id": str(volunteer.owner_id),
+            "jobs": 1,
+            "amount": share,
+        }
+    ]
+    assert await balance(live_hub, owner) == share
+    assert await balance(live_hub, AccountKey.worker_earnings(volunteer.record_id)) == 0
+    assert await trust_of(live_hub, volunteer.record_id) == identity.ESTABLISHED
+    again = call(live_hub, "POST", "/admin/api/jobs/settlement/run", live_hub.admin_token)
+    assert again.json()["detail"]["settled_jobs"] == 0
+    assert await balance(live_hub, owner) == share
+    await books_balance(live_hub)
