@@ -24,6 +24,7 @@ from uuid import UUID
 
 import asyncpg
 
+from economy.errors import NotSettleable
 from economy.ledger import Ledger
 from economy.transfers import Transfer
 
@@ -207,7 +208,10 @@ async def _settle_one(
         verdict = not held and await trusted(locked, worker_id)
         return verdict
 
-    settled = await ledger.settle(conn, post, allow=allow)
+    try:
+        settled = await ledger.settle(conn, post, allow=allow)
+    except NotSettleable:
+        return None, None  # refunded (a slash, a reversal) between the query and the lock
     return verdict, settled
 
 

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
+from collections import Counter
 
 import asyncpg
 import pytest
 
 from economy.accounts import POOL_FEE, AccountKey, get_account
 from economy.disputes import Decision, open_dispute, resolve_dispute
-from economy.errors import NotReversible, NotSettleable
+from economy.errors import (
+    DisputeRefused,
+    HoldResolved,
+    IdempotencyConflict,
+    JobNotFound,
+    NotReversible,
+    NotSettleable,
+)
 from economy.ledger import Ledger
+from economy.pricing import Usage
 from economy.settlement import (
     close_period,
     period_statements,
     run_settlement,
     settle_due,
 )
+from economy.slashing import slash
 from economy.transfers import TransferKind, find_transfer
 from economy.verify import verify
 from tests.economy.conftest import POLICY, FakeClock, Trust, charge
@@ -178,3 +189,135 @@ async def test_concurrent_settlement_runs_settle_every_earning_exactly_once(
     assert sum(run.jobs for run in runs) == 30
     assert await balance(conn, AccountKey.worker_owner(OWNER)) == 30 * 1_800
     assert (await verify(conn)).ok
+
+
+SIM_USERS = [uuid.UUID(int=1 + n) for n in range(4)]
+SIM_WORKERS = [uuid.UUID(int=200 + n) for n in range(3)]
+SIM_OWNER_OF = {w: (OWNER, BOB)[n % 2] for n, w in enumerate(SIM_WORKERS)}
+EXPECTED_REFUSALS = (
+    HoldResolved,
+    IdempotencyConflict,
+    DisputeRefused,
+    JobNotFound,
+    NotReversible,
+)
+
+
+class Simulation:
+    """Drivers on their own connections doing seeded random work at once on one fake clock."""
+
+    def __init__(self, seed: int, clock: FakeClock) -> None:
+        self.seed, self.clock = seed, clock
+        self.ledger = Ledger(POLICY, clock)
+        self.trust = Trust(dict.fromkeys(SIM_WORKERS, 1))
+        self.jobs: list[str] = []
+        self.done: Counter[str] = Counter()
+
+    async def drive(self, n: int, conn: asyncpg.Connection, steps: int) -> None:
+        rng = random.Random(self.seed * 100 + n)
+        ops = {
+            self.job: 10,
+            self.dispute: 3,
+            self.resolve: 2,
+            self.settle: 2,
+            self.advance: 2,
+            self.slash: 1,
+            self.expire: 1,
+        }
+        for step in range(steps):
+            [op] = rng.choices(list(ops), weights=list(ops.values()))
+            try:
+                await op(conn, rng, f"s{self.seed}-{n}-{step}")
+            except EXPECTED_REFUSALS as refused:
+                self.done[type(refused).__name__] += 1
+
+    async def job(self, conn: asyncpg.Connection, rng: random.Random, job_id: str) -> None:
+        user = rng.choice(SIM_USERS)
+        await self.ledger.grant_trial(conn, user)
+        await self.ledger.hold(conn, job_id, user, rng.randint(0, 8_000))
+        self.jobs.append(job_id)
+        ending = rng.choices(["post", "failover", "cancel", "lost"], weights=[6, 2, 1, 1])[0]
+        usage = Usage(rng.choice(["small", "big"]), rng.randint(0, 900), rng.randint(0, 900))
+        worker = rng.choice(SIM_WORKERS)
+        if ending == "cancel":
+            await self.ledger.void(conn, job_id, memo="client left")
+        elif ending in ("post", "failover"):
+            await self.ledger.post(conn, job_id, usage, SIM_OWNER_OF[worker], worker_id=worker)
+            self.done["posted"] += 1
+            if ending == "failover":  # the first worker's late answer: refused, never charged
+                first = next(w for w in SIM_WORKERS if w != worker)
+                await self.ledger.post(conn, job_id, usage, SIM_OWNER_OF[first], worker_id=first)
+
+    async def dispute(self, conn: asyncpg.Connection, rng: random.Random, _: str) -> None:
+        if not self.jobs:
+            return
+        job_id = rng.choice(self.jobs)
+        hold = await find_transfer(conn, f"hold:{job_id}")
+        assert hold is not None
+        user = rng.choice([uuid.UUID(hold.request["user"]), None, rng.choice(SIM_USERS)])
+        await open_dispute(conn, self.ledger, job_id, "looks wrong", user_id=user)
+        self.done["disputed"] += 1
+
+    async def resolve(self, conn: asyncpg.Connection, rng: random.Random, _: str) -> None:
+        open_ids = await conn.fetch("SELECT id FROM disputes WHERE status = 'open'")
+        if open_ids:
+            decision = rng.choice([Decision.UPHELD, Decision.REJECTED])
+            row = rng.choice(open_ids)
+            await resolve_dispute(conn, self.ledger, row["id"], decision, "")
+            self.done[decision.value] += 1
+
+    async def settle(self, conn: asyncpg.Connection, rng: random.Random, _: str) -> None:
+        self.trust.levels[rng.choice(SIM_WORKERS)] = rng.choice([0, 1, 1, 2])
+        self.done["settled"] += (await run_settlement(conn, self.ledger, self.trust)).jobs
+
+    async def advance(self, conn: asyncpg.Connection, rng: random.Random, _: str) -> None:
+        self.clock.advance(rng.randint(60, WINDOW))
+
+    async def slash(self, conn: asyncpg.Connection, rng: random.Random, key: str) -> None:
+        worker = rng.choice(SIM_WORKERS)
+        await slash(conn, self.ledger, worker, SIM_OWNER_OF[worker], "canary", {}, 10, key=key)
+        self.done["slashed"] += 1
+
+    async def expire(self, conn: asyncpg.Connection, rng: random.Random, _: str) -> None:
+        await self.ledger.expire_holds(conn)
+
+
+_LEFT_UNSETTLED = """
+SELECT p.job_id FROM ledger_transfers p
+WHERE p.kind = 'post' AND p.request ? 'worker_id'
+  AND NOT EXISTS (SELECT 1 FROM ledger_transfers s WHERE s.kind = 'settle' AND s.job_id = p.job_id)
+  AND NOT EXISTS (SELECT 1 FROM ledger_transfers r WHERE r.reverses_id = p.id)
+  AND NOT EXISTS (SELECT 1 FROM disputes d WHERE d.job_id = p.job_id AND d.status = 'open')
+"""
+
+_SETTLED_WHILE_DISPUTED = """
+SELECT s.job_id FROM ledger_transfers s JOIN disputes d ON d.job_id = s.job_id
+WHERE s.kind = 'settle' AND d.status IN ('open', 'upheld')
+"""
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_a_seeded_simulation_of_interleaved_jobs_disputes_and_settlements_keeps_the_books(
+    conn: asyncpg.Connection, database_url: str, clock: FakeClock, seed: int
+) -> None:
+    sim = Simulation(seed, clock)
+    drivers = [await asyncpg.connect(database_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(sim.drive(n, c, 40) for n, c in enumerate(drivers)))
+    finally:
+        for driver in drivers:
+            await driver.close()
+    sim.trust.levels = dict.fromkeys(SIM_WORKERS, 1)
+    clock.advance(2 * WINDOW)
+    await run_settlement(conn, sim.ledger, sim.trust)
+
+    assert sim.done["posted"] and sim.done["disputed"] and sim.done["IdempotencyConflict"]
+    report = await verify(conn)
+    assert report.ok, report.problems
+    assert await conn.fetch(_LEFT_UNSETTLED) == []
+    assert await conn.fetch(_SETTLED_WHILE_DISPUTED) == []
+    charged = await conn.fetch(
+        "SELECT job_id FROM ledger_transfers WHERE kind IN ('post', 'settle') "
+        "GROUP BY job_id, kind HAVING count(*) > 1"
+    )
+    assert charged == []

@@ -1,9 +1,9 @@
 """The ledger as a hypothesis state machine, checked step by step against an in-memory model.
 
 The model is written from the rules in docs/economy.md, not from the SQL: plain dictionaries of
-balances and jobs. Each example runs on its own fresh database (a copy of the migrated
-template) and a fake clock; after every step the database must agree with the model and
-``verify`` must find nothing wrong.
+balances and jobs, each job with its worker's unsettled earning, settlement, dispute and refund.
+Each example runs on its own fresh database (a copy of the migrated template) and a fake clock;
+after every step the database must agree with the model and ``verify`` must find nothing wrong.
 """
 
 from __future__ import annotations
@@ -27,17 +27,22 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from economy.accounts import CLEARING, AccountKey, AccountKind, get_account
+from economy.accounts import CLEARING, POOL_TREASURY, AccountKey, AccountKind, get_account
+from economy.disputes import Decision, open_dispute, resolve_dispute
 from economy.errors import (
     AccountNotFound,
+    DisputeRefused,
     HoldExpired,
     HoldResolved,
     IdempotencyConflict,
+    JobNotFound,
     NotReversible,
 )
 from economy.ledger import HoldState, Ledger
 from economy.pricing import Usage
-from economy.transfers import Transfer, TransferKind
+from economy.settlement import run_settlement
+from economy.slashing import slash
+from economy.transfers import Transfer, TransferKind, find_transfer
 from economy.verify import verify
 from tests.conftest import TEMPLATE_DB, database_uri
 from tests.economy.conftest import POLICY, FakeClock
@@ -45,6 +50,9 @@ from tests.fuzzing import fuzz_settings
 
 USERS = [uuid.UUID(int=i + 1) for i in range(3)]
 OWNERS = [uuid.UUID(int=100 + i) for i in range(2)]
+WORKERS = [uuid.UUID(int=200 + i) for i in range(3)]
+OWNER_OF = {worker: OWNERS[n % len(OWNERS)] for n, worker in enumerate(WORKERS)}
+WINDOW = timedelta(seconds=POLICY.dispute_window_s)
 MODELS = ["small", "big"]
 TTL = timedelta(seconds=POLICY.hold_ttl_s)
 
@@ -59,7 +67,12 @@ class Job:
     state: HoldState = HoldState.OPEN
     swept: bool = False
     resolution: Transfer | None = None
-    posted_with: tuple[Usage, uuid.UUID] | None = None
+    posted_with: tuple[Usage, uuid.UUID, uuid.UUID | None] | None = None
+    earning: Charge | None = None
+    """For a post that named its worker: the charge holding the unsettled earning."""
+    settled: bool = False
+    dispute: str | None = None
+    dispute_id: int = 0
 
 
 @dataclass
@@ -69,10 +82,13 @@ class Charge:
     transfer: Transfer
     moves: dict[str, int]
     reversal: Transfer | None = None
+    worker: uuid.UUID | None = None
+    share: int = 0
 
 
 class LedgerMachine(RuleBasedStateMachine):
-    """Random holds, posts, voids, expiries, grants, corrections and reversals."""
+    """Random holds, posts, voids, expiries, grants, corrections, reversals, settlements,
+    disputes and slashes."""
 
     admin_uri = ""
     jobs = Bundle("jobs")
@@ -91,6 +107,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.balances: dict[str, int] = {}
         self.model_jobs: dict[str, Job] = {}
         self.granted: set[uuid.UUID] = set()
+        self.trust = dict.fromkeys(WORKERS, 0)
         self.next_job = 0
         self.next_key = 0
 
@@ -163,14 +180,23 @@ class LedgerMachine(RuleBasedStateMachine):
         prompt=st.integers(0, 3_000),
         completion=st.integers(0, 3_000),
         owner=st.sampled_from(OWNERS),
+        worker=st.sampled_from([None, *WORKERS]),
     )
     def post(
-        self, job_id: str, model: str, prompt: int, completion: int, owner: uuid.UUID
+        self,
+        job_id: str,
+        model: str,
+        prompt: int,
+        completion: int,
+        owner: uuid.UUID,
+        worker: uuid.UUID | None,
     ) -> Charge | MultipleResults[Charge]:
         job, usage = self.model_jobs[job_id], Usage(model, prompt, completion)
-        call = self.ledger.post(self.conn, job_id, usage, owner)
+        if worker is not None:
+            owner = OWNER_OF[worker]
+        call = self.ledger.post(self.conn, job_id, usage, owner, worker_id=worker)
         if job.state is HoldState.POSTED:
-            if job.posted_with == (usage, owner):
+            if job.posted_with == (usage, owner, worker):
                 assert self.runner.run(call) == job.resolution
             else:
                 with pytest.raises(IdempotencyConflict):
@@ -187,16 +213,20 @@ class LedgerMachine(RuleBasedStateMachine):
             return multiple()
         posted = self.runner.run(call)
         cost = POLICY.cost(usage)
-        worker, fee = POLICY.split(cost)
-        moves = {
-            str(AccountKey.user(job.user)): -cost,
-            str(AccountKey.worker_owner(owner)): worker,
-            "pool_fee": fee,
-        }
+        share, fee = POLICY.split(cost)
+        earner = AccountKey.worker_owner(owner) if worker is None else self.earnings(worker)
+        moves = {str(AccountKey.user(job.user)): -cost, str(earner): share, "pool_fee": fee}
         for name, delta in moves.items():
             self.balances[name] = self.balances.get(name, 0) + delta
-        job.state, job.resolution, job.posted_with = HoldState.POSTED, posted, (usage, owner)
-        return Charge(posted, moves)
+        job.state, job.resolution, job.posted_with = (
+            HoldState.POSTED,
+            posted,
+            (usage, owner, worker),
+        )
+        charge = Charge(posted, moves, worker=worker, share=share)
+        if worker is not None:
+            job.earning = charge
+        return charge
 
     @rule(job_id=jobs)
     def void(self, job_id: str) -> None:
@@ -254,15 +284,116 @@ class LedgerMachine(RuleBasedStateMachine):
         key = f"rev-{charge.transfer.id}" if same_key else f"rev-again-{self.next_key}"
         self.next_key += 1
         call = self.ledger.reverse(self.conn, key, charge.transfer.id, memo="undo")
-        if charge.reversal is None:
+        if charge.reversal is None and not self.settled(charge):
             charge.reversal = self.runner.run(call)
             for name, delta in charge.moves.items():
                 self.balances[name] -= delta
-        elif same_key and charge.reversal.key == key:
+        elif same_key and charge.reversal is not None and charge.reversal.key == key:
             assert self.runner.run(call) == charge.reversal
         else:
             with pytest.raises(NotReversible):
                 self.runner.run(call)
+
+    # Settlement, disputes and slashing.
+
+    def earnings(self, worker: uuid.UUID) -> AccountKey:
+        return AccountKey.worker_earnings(worker)
+
+    def settled(self, charge: Charge) -> bool:
+        return any(j.settled for j in self.model_jobs.values() if j.earning is charge)
+
+    def unsettled(self, job: Job) -> bool:
+        """An earning still held for its worker: neither settled nor refunded."""
+        return job.earning is not None and not job.settled and job.earning.reversal is None
+
+    @rule(worker=st.sampled_from(WORKERS), level=st.integers(0, 3))
+    def set_trust(self, worker: uuid.UUID, level: int) -> None:
+        self.trust[worker] = level
+
+    @rule()
+    def pass_the_dispute_window(self) -> None:
+        self.clock.advance(POLICY.dispute_window_s)
+
+    @rule()
+    def settle(self) -> None:
+        due = [
+            job
+            for job in self.model_jobs.values()
+            if self.unsettled(job)
+            and job.dispute not in ("open", "upheld")
+            and job.resolution is not None
+            and job.resolution.created_at + WINDOW <= self.clock.now
+        ]
+        expected: dict[uuid.UUID, int] = {}
+        for job in due:
+            assert job.earning is not None and job.earning.worker is not None
+            if self.trust[job.earning.worker] < 1:
+                continue
+            worker = job.earning.worker
+            expected[worker] = expected.get(worker, 0) + 1
+            self.move(self.earnings(worker), -job.earning.share)
+            self.move(AccountKey.worker_owner(OWNER_OF[worker]), job.earning.share)
+            job.settled = True
+
+        async def trusted(conn: asyncpg.Connection, worker: uuid.UUID) -> bool:
+            return self.trust[worker] >= 1
+
+        summary = self.runner.run(run_settlement(self.conn, self.ledger, trusted))
+        assert summary.counts() == expected
+
+    def slashed(self, worker: uuid.UUID) -> None:
+        """The model of a slash: the worker's unsettled earnings refunded, the penalty taken."""
+        for job_id, job in self.model_jobs.items():
+            if self.unsettled(job) and job.earning is not None and job.earning.worker == worker:
+                refund = self.runner.run(find_transfer(self.conn, f"refund:{job_id}"))
+                assert refund is not None
+                job.earning.reversal = refund
+                for name, delta in job.earning.moves.items():
+                    self.balances[name] -= delta
+        self.move(AccountKey.worker_owner(OWNER_OF[worker]), -POLICY.slash_penalty)
+        self.move(POOL_TREASURY, POLICY.slash_penalty)
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def slash(self, worker: uuid.UUID) -> None:
+        key = f"slash-{self.next_key}"
+        self.next_key += 1
+        call = slash(
+            self.conn, self.ledger, worker, OWNER_OF[worker], "canary", {}, 10_000, key=key
+        )
+        event = self.runner.run(call)
+        self.slashed(worker)
+        assert event.amount == POLICY.slash_penalty == 10_000
+
+    @rule(job_id=jobs, by=st.sampled_from(["user", "admin", "another user"]))
+    def dispute(self, job_id: str, by: str) -> None:
+        job = self.model_jobs[job_id]
+        user = {"user": job.user, "admin": None}.get(by, USERS[USERS.index(job.user) - 1])
+        call = open_dispute(self.conn, self.ledger, job_id, "bad answer", user_id=user)
+        if by == "another user":
+            with pytest.raises(JobNotFound):
+                self.runner.run(call)
+            return
+        late = by == "user" and (
+            job.resolution is not None and job.resolution.created_at + WINDOW <= self.clock.now
+        )
+        if job.state is not HoldState.POSTED or not self.unsettled(job) or job.dispute or late:
+            with pytest.raises(DisputeRefused):
+                self.runner.run(call)
+            return
+        opened = self.runner.run(call)
+        job.dispute, job.dispute_id = "open", opened.id
+
+    @rule(job_id=jobs, upheld=st.booleans())
+    def resolve(self, job_id: str, upheld: bool) -> None:
+        job = self.model_jobs[job_id]
+        if job.dispute != "open":
+            return
+        decision = Decision.UPHELD if upheld else Decision.REJECTED
+        self.runner.run(resolve_dispute(self.conn, self.ledger, job.dispute_id, decision, ""))
+        job.dispute = decision.value
+        if upheld:
+            assert job.earning is not None and job.earning.worker is not None
+            self.slashed(job.earning.worker)
 
     @rule(job_id=jobs)
     def read_state(self, job_id: str) -> None:
