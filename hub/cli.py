@@ -17,7 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from hub import accounts, admin_token, cli_ledger, cli_namespaces, cli_processes, cli_workers
+from hub import (
+    accounts,
+    admin_token,
+    cli_client,
+    cli_ledger,
+    cli_namespaces,
+    cli_processes,
+    cli_workers,
+)
 from hub.config import ServerSettings, Settings
 from hub.db import connect_once, server_uri
 from hub.embedded import DataDirLock
@@ -534,3 +542,4 @@ def jobs_run(
 
 app.command()(cli_processes.worker)
 app.command()(cli_processes.mcp)
+cli_client.register(app, memory_app, models_app)
