@@ -94,6 +94,14 @@ def _user_of(hold: Transfer) -> AccountKey:
     return AccountKey(AccountKind.USER, hold.request["user"])
 
 
+def _not_earnings(*accounts: AccountKey) -> None:
+    """Unsettled earnings move only by a post, its settlement or its refund (verify checks it)."""
+    if any(a.kind is AccountKind.WORKER_EARNINGS for a in accounts):
+        raise InvalidLedgerInput(
+            "A worker's unsettled earnings move only by settlement or refund.", param="account"
+        )
+
+
 def _caller_key(key: str) -> str:
     check_key(key)
     if key.startswith(RESERVED_PREFIXES):
@@ -420,6 +428,7 @@ class Ledger:
         """Issue new credits from the pool treasury to an account (opened if missing)."""
         _caller_key(key)
         check_amount(amount)
+        _not_earnings(account)
         request = {"account": str(account), "amount": amount}
         return await self._simple(
             conn,
@@ -449,6 +458,7 @@ class Ledger:
             raise InvalidLedgerInput("A correction moves a positive amount.", param="amount")
         if debit == credit:
             raise InvalidLedgerInput("A correction needs two different accounts.", param="credit")
+        _not_earnings(debit, credit)
         request = {"debit": str(debit), "credit": str(credit), "amount": amount}
         return await self._simple(
             conn,

@@ -16,6 +16,7 @@ from economy.errors import (
     DisputeRefused,
     HoldResolved,
     IdempotencyConflict,
+    InvalidLedgerInput,
     JobNotFound,
     NotReversible,
     NotSettleable,
@@ -321,3 +322,57 @@ async def test_a_seeded_simulation_of_interleaved_jobs_disputes_and_settlements_
         "GROUP BY job_id, kind HAVING count(*) > 1"
     )
     assert charged == []
+
+
+async def test_an_unsettled_earning_moves_only_by_settlement_or_refund(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    await charge(conn, ledger, "job-1", ALICE, WORKER, OWNER)
+    earnings = AccountKey.worker_earnings(WORKER)
+    with pytest.raises(InvalidLedgerInput):
+        await ledger.correct(conn, "fix-1", earnings, AccountKey.user(ALICE), 100, memo="x")
+    with pytest.raises(InvalidLedgerInput):
+        await ledger.mint(conn, "mint-1", earnings, 100, memo="x")
+    assert await balance(conn, earnings) == 1_800
+    assert (await verify(conn)).ok
+
+
+async def test_verify_reports_tampered_statements_periods_disputes_and_slashing_events(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    trust = Trust({WORKER: 1})
+    await charge(conn, ledger, "job-1", ALICE, WORKER, OWNER)
+    await charge(conn, ledger, "job-2", ALICE, WORKER, OWNER)
+    await open_dispute(conn, ledger, "job-2", "bad", user_id=ALICE)
+    clock.advance(WINDOW)
+    period = (await run_settlement(conn, ledger, trust)).period
+    assert period is not None and (await verify(conn)).ok
+    await conn.execute(
+        "UPDATE ledger_statements SET credits = credits + 1, closing = closing + 1 "
+        "WHERE period_id = $1",
+        period.id,
+    )
+    await conn.execute(
+        "INSERT INTO ledger_periods (after_entry_id, through_entry_id, settled_jobs, "
+        "settled_amount, closed_at) VALUES ($1, $2, 0, 0, now())",
+        period.through_entry_id + 5,
+        period.through_entry_id + 9,
+    )
+    await conn.execute("UPDATE disputes SET status = 'upheld', resolved_at = now()")
+    settle = await find_transfer(conn, "settle:job-1")
+    assert settle is not None
+    await conn.execute(
+        "INSERT INTO slashing_events (key, worker_id, owner_id, reason, amount, forfeited, "
+        "reversal_ids, created_at) VALUES ('forged', $1, $2, 'r', 0, 0, $3, now())",
+        WORKER,
+        OWNER,
+        [settle.id],
+    )
+
+    problems = "\n".join((await verify(conn)).problems)
+
+    assert f"period {period.id}: statement of" in problems
+    assert "does not start where the previous one ended" in problems
+    assert "upheld but job job-2 is not refunded" in problems
+    assert "settle:job-2" not in problems  # job-2 was never settled
+    assert "slashing event forged: names transfers that are not its own" in problems
