@@ -1,8 +1,9 @@
 """``iamine`` as a user client: the real binary (``python -m hub``) against a live hub.
 
 Fake workers answer by hand over the real WebSocket, so each answer's text is known. Every
-command runs with ``HOME`` and ``XDG_CONFIG_HOME`` in a temporary folder; the interactive loop
-runs in-process with scripted input (pexpect is not installed).
+command runs with ``HOME`` and ``XDG_CONFIG_HOME`` in a temporary folder. The interactive mode
+runs on a pseudo-terminal (the stdlib's ``pty``: pexpect is not installed), and in-process with
+scripted input for the paths a terminal cannot reach cheaply (errors, end of input).
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import io
 import json
 import os
 import re
+import select
 import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -36,7 +39,7 @@ from tests.hub.raw_worker import raw_worker
 pytestmark = pytest.mark.anyio
 
 MODEL = "cli-model"
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @pytest.fixture
@@ -344,6 +347,54 @@ async def test_interactive_loop_streams_markdown_starts_anew_and_survives_errors
     assert "Again!" in shown
     assert sessions[0].history[-1] == {"role": "assistant", "content": "Again!"}
     assert "error:" in err.getvalue() and "no-such-model" in err.getvalue()
+
+
+def read_until(fd: int, text: str, seen: bytearray) -> str:
+    """Read a terminal's output until ``text`` shows (escape codes removed); bounded."""
+    deadline = time.monotonic() + 60
+    while text not in (shown := ANSI.sub("", seen.decode(errors="replace"))):
+        remaining = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(remaining, 0))
+        if not ready:
+            raise AssertionError(f"{text!r} never showed; the terminal shows {shown!r}")
+        seen += os.read(fd, 65536)
+    return shown
+
+
+async def test_interactive_session_on_a_terminal_renders_and_exits(
+    live_hub: LiveHub, user_env: dict[str, str]
+) -> None:
+    terminal, child_side = os.openpty()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hub", "chat", "--model", MODEL],
+            env=user_env | {"TERM": "xterm-256color", "COLUMNS": "100", "LINES": "40"},
+            stdin=child_side,
+            stdout=child_side,
+            stderr=child_side,
+        )
+
+    seen = bytearray()
+    async with raw_worker(live_hub, MODEL) as ws:
+        process = await anyio.to_thread.run_sync(start)
+        os.close(child_side)
+        try:
+            await anyio.to_thread.run_sync(read_until, terminal, "you>", seen)
+            os.write(terminal, b"Hello\n")
+            job = await next_frame(ws, "job")
+            await answer(ws, job, "A **bold** move")
+            await anyio.to_thread.run_sync(read_until, terminal, "A bold move", seen)
+            os.write(terminal, b"/exit\n")
+            code = await anyio.to_thread.run_sync(partial(process.wait, timeout=60))
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            os.close(terminal)
+    assert code == 0
+    assert job["messages"] == [{"role": "user", "content": "Hello"}]
+    assert "**bold**" not in ANSI.sub("", seen.decode(errors="replace"))
 
 
 def test_interactive_loop_leaves_on_end_of_input(live_hub: LiveHub) -> None:
