@@ -8,6 +8,8 @@ and exit 1; Ctrl-C during a one-shot answer cancels the job and exits 130. docs/
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import sys
@@ -133,22 +135,24 @@ def chat(
     if prompt is None and json_output:
         raise fail("--json needs a prompt (an argument or stdin)")
     markdown = console.is_terminal
-    with hub_client(hub, token, timeout) as client:
-        session = ChatSession(client, model or default_model(client), system, conversation)
-        session.resume()
-        if prompt is None:
-            read = lambda: console.input("[bold cyan]you>[/] ")  # noqa: E731
-            interactive(session, console, err_console, read, markdown=markdown, verbose=verbose)
-            return
-        try:
+    try:
+        with hub_client(hub, token, timeout) as client:
+            session = ChatSession(client, model or default_model(client), system, conversation)
+            session.resume()
+            if prompt is None:
+                with contextlib.suppress(ImportError):
+                    importlib.import_module("readline")  # line editing and history at the prompt
+                read = lambda: console.input("[bold cyan]you>[/] ")  # noqa: E731
+                interactive(session, console, err_console, read, markdown=markdown, verbose=verbose)
+                return
             reply = (
                 session.ask(prompt)
                 if json_output
                 else stream_to(console, session, prompt, markdown)
             )
-        except KeyboardInterrupt:
-            err_console.print("[yellow]cancelled[/]")
-            raise typer.Exit(INTERRUPTED) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]cancelled[/]")
+        raise typer.Exit(INTERRUPTED) from None
     if verbose:
         err_console.print(f"[dim]{escape(describe_route(reply))}[/]", soft_wrap=True)
     if json_output:

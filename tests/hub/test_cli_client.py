@@ -28,8 +28,10 @@ import anyio
 import httpx
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 from websockets.asyncio.client import ClientConnection
 
+from hub.cli import app
 from hub.client.api import HubClient, describe_error
 from hub.client.chat import ChatSession, interactive
 from hub.client.profile import Profile
@@ -126,6 +128,19 @@ async def ask(
         job = await next_frame(ws, "job")
         await answer(ws, job, *chunks)
     return result["cli"], job
+
+
+def test_every_user_command_has_help_text() -> None:
+    runner = CliRunner()
+    commands = [
+        ["login"], ["logout"], ["chat"], ["conversations"], ["account"], ["connect"],
+        ["models", "list"], ["memory", "facts"], ["memory", "notes"], ["memory", "search"],
+        ["memory", "export"], ["memory", "forget"],
+    ]  # fmt: skip
+    for command in commands:
+        output = runner.invoke(app, [*command, "--help"]).output
+        assert "Usage" in output and len(output.splitlines()) > 3, command
+    assert "--hub" in runner.invoke(app, ["chat", "--help"]).output
 
 
 def test_login_saves_a_verified_profile_only_the_user_can_read(
