@@ -189,6 +189,7 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=round(settings.server.keep_alive_s),
         # Workers' messages are bounded by the transport too, before the hub reads them.
         ws_max_size=settings.inference.max_frame_bytes,
     )

@@ -36,6 +36,13 @@ class ServerSettings(BaseModel):
         ge=1024,
         description="Largest request body accepted; larger bodies get 413 `request_too_large`.",
     )
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="Seconds an idle HTTP/1.1 connection stays open. Longer than clients' own "
+        "pool expiry (httpx and the OpenAI SDKs: 5 s), so a client never reuses a connection the "
+        "hub is closing at that instant (a reset POST is not retried).",
+    )
     mcp_allowed_hosts: list[str] = Field(
         default_factory=list,
         description=(
