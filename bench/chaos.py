@@ -146,7 +146,7 @@ class Pool:
     def start(self, name: str) -> None:
         """Start (or start again) the worker called ``name``; do not wait for it."""
         argv = [*HUB_COMMAND, "worker", "--hub", self.hub.url, "--name", name, *self.worker_args]
-        env = self.hub.env | {"IAMINE_WORKER_TOKEN": self.hub.worker_token}
+        env = self.hub.env | {"IAMINE_WORKER_TOKEN": self.hub.worker_token(name)}
         self.workers[name] = self.services.start(f"{name}-{self.kills}", argv, env)
 
     async def wait_for(self, what: str, timeout_s: float, name: str | None = None) -> bool:

@@ -195,12 +195,29 @@ class Hub:
     url: str
     data_dir: Path
     user_token: str
-    worker_token: str
     env: dict[str, str]
+    worker_tokens: dict[str, str] = field(default_factory=dict)
 
     def auth(self) -> dict[str, str]:
         """The user token as request headers."""
         return {"Authorization": f"Bearer {self.user_token}"}
+
+    def worker_token(self, name: str) -> str:
+        """The token of the worker record ``name``, registered on first use.
+
+        A record per worker name (one link per record), registered by the admin at trust 3 as
+        the pool's own machines: GPU class allowed, 1024 slots, any model.
+        """
+        if name not in self.worker_tokens:
+            output = iamine(
+                self.env, "workers", "register", name, "--owner", "bench",
+                "--hardware", "gpu", "--slots", "1024", "--trust", "3",
+            )  # fmt: skip
+            match = _TOKEN.search(output)
+            if match is None:
+                raise ServiceError(f"no token in the output of iamine workers register:\n{output}")
+            self.worker_tokens[name] = match[0]
+        return self.worker_tokens[name]
 
     def postgres(self) -> list[psutil.Process]:
         """The embedded PostgreSQL server and its backends (for CPU accounting)."""
@@ -257,11 +274,10 @@ async def start_hub(services: Services) -> Hub:
     services.on_close(lambda: stop_postgres(data_dir))
     iamine(env, "users", "create", "bench")
     user_token = issue_token(env, "bench", scope="user")
-    worker_token = issue_token(env, "bench", scope="worker")
     service = services.start("hub", [*HUB_COMMAND, "serve"], env)
     url = f"http://127.0.0.1:{port}"
     await wait_ready(service, f"{url}/readyz")
-    return Hub(service, url, data_dir, user_token, worker_token, env)
+    return Hub(service, url, data_dir, user_token, env)
 
 
 async def start_worker(
@@ -269,7 +285,8 @@ async def start_worker(
 ) -> Service:
     """Run ``iamine worker`` against ``hub`` and wait until ``/v1/models`` lists ``model``."""
     argv = [*HUB_COMMAND, "worker", "--hub", hub.url, "--name", name, *args]
-    service = services.start(name, argv, hub.env | {"IAMINE_WORKER_TOKEN": hub.worker_token})
+    token = hub.worker_token(name)
+    service = services.start(name, argv, hub.env | {"IAMINE_WORKER_TOKEN": token})
 
     def listed(response: httpx.Response) -> bool:
         return response.status_code == 200 and any(
