@@ -24,7 +24,7 @@ from economy.ledger import Ledger
 from economy.transfers import check_key
 
 _KEY_MAX = 190
-_DEADLOCK_TRIES = 3
+_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -133,23 +133,32 @@ async def slash(
     """Forfeit a worker's unsettled earnings and take ``penalty`` from its owner; once per key.
 
     All of it is one transaction (a savepoint when the caller already has one, so the hub can
-    reset trust beside it). Accounts are locked up front in id order; a deadlock with a job
-    posted meanwhile for a user not yet locked is retried.
+    reset trust beside it). Every account it touches is locked up front, in id order, as every
+    ledger operation does, so it cannot deadlock with them: when a job of a user not locked was
+    posted for the worker before the lock, it rolls back and starts again (the last try locks
+    that user late instead, and a deadlock then, which PostgreSQL breaks, is retried).
     """
     text = _check(key, reason, penalty, evidence)
-    for attempt in range(_DEADLOCK_TRIES):
+    for attempt in range(_TRIES):
         if (done := await find_event(conn, key)) is not None:
             return _same(done, worker_id, owner_id)
+        last = attempt == _TRIES - 1
         try:
-            return await _slash_once(conn, ledger, worker_id, owner_id, reason, text, penalty, key)
+            return await _slash_once(
+                conn, ledger, worker_id, owner_id, reason, text, penalty, key, strict=not last
+            )
         except asyncpg.UniqueViolationError:
             if (done := await find_event(conn, key)) is None:
                 raise
             return _same(done, worker_id, owner_id)
-        except asyncpg.DeadlockDetectedError:
-            if attempt == _DEADLOCK_TRIES - 1:
+        except (_Relock, asyncpg.DeadlockDetectedError):
+            if last:
                 raise
     raise AssertionError("unreachable")
+
+
+class _Relock(Exception):
+    """A post of a user not locked committed before the lock: roll back and lock again."""
 
 
 async def _slash_once(
@@ -161,18 +170,20 @@ async def _slash_once(
     evidence: str,
     penalty: int,
     key: str,
+    *,
+    strict: bool,
 ) -> SlashingEvent:
     earnings = AccountKey.worker_earnings(worker_id)
     owner = AccountKey.worker_owner(owner_id)
     async with conn.transaction():
         posts = await conn.fetch(_UNSETTLED, str(worker_id))
         users = {AccountKey.user(UUID(row["user_id"])) for row in posts}
-        wanted = [owner, POOL_TREASURY, *users]
-        if posts:
-            wanted += [earnings, POOL_FEE]
-        await lock_accounts(conn, wanted, create=True)
+        await lock_accounts(conn, [owner, POOL_TREASURY, earnings, POOL_FEE, *users], create=True)
         # Posts that committed before the lock are seen now; settled or refunded ones are gone.
+        # No new post of the worker can commit while its earnings account is locked.
         posts = await conn.fetch(_UNSETTLED, str(worker_id))
+        if strict and any(AccountKey.user(UUID(row["user_id"])) not in users for row in posts):
+            raise _Relock
         memo = f"slash {key}: {reason}"[:200]
         reversals = [await ledger.refund(conn, row["job_id"], memo=memo) for row in posts]
         forfeited = 0

@@ -39,9 +39,11 @@ CREATE TABLE ledger_periods (
 );
 
 -- Per account and period: posted balance before, posted debits and credits in it, balance after.
+-- No foreign key to ledger_accounts (accounts are never deleted): its check would take a key
+-- share lock on every account of the period out of id order, deadlocking with postings.
 CREATE TABLE ledger_statements (
     period_id  bigint NOT NULL REFERENCES ledger_periods (id),
-    account_id bigint NOT NULL REFERENCES ledger_accounts (id),
+    account_id bigint NOT NULL,
     opening    bigint NOT NULL,
     debits     bigint NOT NULL CHECK (debits >= 0),
     credits    bigint NOT NULL CHECK (credits >= 0),
