@@ -129,9 +129,9 @@ async def open_dispute(
     *,
     user_id: UUID | None,
 ) -> Dispute:
-    """Open a dispute on a charged job: the user's own within the window, or (``user_id`` None)
-    the admin's on any unsettled job.
+    """Open a dispute on a charged job: its user's, within the window; the admin's, any time.
 
+    ``user_id`` None is the admin, who may dispute any job whose earning is not settled.
     Raises :class:`JobNotFound` (no such job, or not the user's), :class:`DisputeRefused` (not
     charged, already disputed, window closed, settled or refunded), :class:`InvalidLedgerInput`.
     """

@@ -195,8 +195,10 @@ async def settle_due(
 async def _settle_one(
     conn: asyncpg.Connection, ledger: Ledger, trusted: TrustCheck, post: Transfer
 ) -> tuple[bool | None, Transfer | None]:
-    """Settle one earning; the verdict is True when this call settled it, False when it is held,
-    None when another run settled it first (``allow`` runs only after the lock and the recheck).
+    """Settle one earning; say whether this call did (True), held it (False) or found it done.
+
+    ``allow`` runs only after the lock and the recheck, so its verdict is None when another run
+    settled the earning first or a refund got there first.
     """
     worker_id = UUID(post.request["worker_id"])
     verdict: bool | None = None
