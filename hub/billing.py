@@ -43,6 +43,7 @@ from economy.ledger import Clock, Ledger
 from economy.pricing import LedgerPolicy, Usage
 from hub.config import EconomySettings
 from hub.observability import Metrics
+from inference.agents import Meter
 from inference.budget import prompt_tokens_floor
 from inference.dispatch import BACKGROUND_PRIORITY, JobEvent
 from inference.link import JobHandle
@@ -152,6 +153,16 @@ class Billing:
         ticket = Ticket(job, user_id, self.ledger(), expected)
         await self._put(_Op("hold", ticket, lambda conn: self._hold(conn, ticket)))
         return ticket
+
+    def meter(self, user_id: UUID) -> Meter:
+        """Book a user's sub-agent runs like their chats: a hold, then a post or a void."""
+
+        async def book(
+            job: Job, events: AsyncIterator[JobEvent], trace: list[JobHandle]
+        ) -> AsyncIterator[JobEvent]:
+            return self.bill(await self.open(job, user_id), events, trace)
+
+        return book
 
     async def bill(
         self, ticket: Ticket, events: AsyncIterator[JobEvent], trace: list[JobHandle]

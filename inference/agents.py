@@ -9,7 +9,7 @@ budget. Running past the wall budget stops the job on its worker and ends the an
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -18,6 +18,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from inference.dispatch import Degraded, JobEvent, JobFailed, Started, run_job
+from inference.link import JobHandle
 from inference.protocol import Chunk, Done, Job, SamplingParams, Usage
 from inference.registry import WorkerRegistry
 from inference.roles import DEFAULT_MODEL, Role, RoleName
@@ -111,6 +112,13 @@ def role_messages(
     ]
 
 
+Meter = Callable[
+    [Job, AsyncIterator[JobEvent], list[JobHandle]], Awaitable[AsyncIterator[JobEvent]]
+]
+"""Books a user's run (the hub's ledger): given the job before it starts, its events and the
+trace of the workers it ran on, returns the events to relay (the booking ends with them)."""
+
+
 async def run_role(
     registry: WorkerRegistry,
     role: Role,
@@ -124,10 +132,12 @@ async def run_role(
     user: str = "pool",
     priority: int = 0,
     min_trust: int | None = None,
+    meter: Meter | None = None,
 ) -> AsyncGenerator[JobEvent, None]:
     """Run one role on the pool: ``Started`` (or ``Degraded``), chunks, one ``Done``.
 
-    ``min_trust`` defaults to the pool config's level for sub-agents (``agent``).
+    ``min_trust`` defaults to the pool config's level for sub-agents (``agent``); ``meter``
+    books the run for the user who asked (a run cut by its wall budget counts as unanswered).
 
     ``max_tokens`` and ``wall_s`` can only tighten the role's budget. Tools must already be
     checked against :meth:`Role.allows_tool`. Raises :class:`JobFailed` like ``run_job``.
@@ -144,14 +154,18 @@ async def run_role(
     )
     if min_trust is None:
         min_trust = registry.config.trust.required("agent")
-    events = run_job(
+    trace: list[JobHandle] = []
+    events: AsyncIterator[JobEvent] = run_job(
         registry,
         job,
         needs_tools=bool(tools),
         user=user,
         priority=priority,
         min_trust=min_trust,
+        trace=trace,
     )
+    if meter is not None:
+        events = await meter(job, events, trace)
     # Closed explicitly: a nested generator left to the GC would keep its job running.
     async with aclosing(within_wall_budget(events, job, budget_s)) as relayed:
         async for event in relayed:
@@ -242,10 +256,12 @@ async def run_pipeline(
     model: str | None = None,
     max_tokens: int | None = None,
     user: str = "pool",
+    priority: int = 0,
+    meter: Meter | None = None,
 ) -> AsyncGenerator[Stage | JobEvent, None]:
     """Run roles in order, each seeing the previous stage's output; a degraded stage ends it.
 
-    ``max_tokens`` tightens every stage's token budget.
+    ``max_tokens`` tightens every stage's token budget; ``meter`` books each stage.
     """
     previous: tuple[str, str] | None = None
     for index, role in enumerate(stages):
@@ -260,6 +276,8 @@ async def run_pipeline(
             previous=previous,
             max_tokens=max_tokens,
             user=user,
+            priority=priority,
+            meter=meter,
         )
         async with aclosing(events):
             async for event in events:

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
+from hub.auth import Principal
 from hub.deps import State, UserPrincipal
 from hub.errors import (
     InvalidRequestError,
@@ -42,7 +43,7 @@ from hub.relay import (
 from hub.review import REVIEW_HEADER, AutoReview
 from hub.schemas import StrictBody
 from hub.state import HubState
-from inference.agents import RoleResult, Stage, choose_model, fold, run_pipeline, run_role
+from inference.agents import Meter, RoleResult, Stage, choose_model, fold, run_pipeline, run_role
 from inference.dispatch import Degraded, JobEvent, JobFailed, Started
 from inference.protocol import Chunk, Done
 from inference.roles import Role, resolve_roles
@@ -107,6 +108,14 @@ def _model(state: HubState, role: Role, requested: str | None) -> str:
     return model
 
 
+def _booking(state: HubState, principal: Principal) -> tuple[int, Meter | None]:
+    """The queue priority and the ledger meter of a user's runs (like their chats)."""
+    billing, user_id = state.billing, principal.user_id
+    if billing is None or user_id is None:
+        return 0, None
+    return billing.priority(user_id), billing.meter(user_id)
+
+
 def _tools(role: Role, tools: list[ToolSpec] | None) -> list[dict[str, Any]] | None:
     if not tools:
         return None
@@ -138,6 +147,7 @@ async def run_agent(
     tools = _tools(role, body.tools)
     model = _model(state, role, body.model)
     review = await AutoReview.for_request(state, request, principal, body.input)
+    priority, meter = _booking(state, principal)
     events = run_role(
         state.workers,
         role,
@@ -146,6 +156,8 @@ async def run_agent(
         tools=tools,
         max_tokens=body.max_tokens,
         user=str(principal.user_id),
+        priority=priority,
+        meter=meter,
     )
     try:
         first = await anext(events)
@@ -207,6 +219,7 @@ async def run_agent_pipeline(
     stages = [_find(roles, name, f"roles[{i}]") for i, name in enumerate(body.roles)]
     for role in stages:
         _model(state, role, body.model)
+    priority, meter = _booking(state, principal)
     events = run_pipeline(
         state.workers,
         stages,
@@ -215,6 +228,8 @@ async def run_agent_pipeline(
         model=body.model,
         max_tokens=body.max_tokens,
         user=str(principal.user_id),
+        priority=priority,
+        meter=meter,
     )
     headers = {PIPELINE_HEADER: ",".join(r.name for r in stages)}
     if body.stream:

@@ -277,6 +277,61 @@ async def test_a_degraded_answer_is_voided(live_hub: LiveHub, policy: None) -> N
     assert rows[1]["memo"] == "not answered"
 
 
+def run_agents(hub: LiveHub, payer: Payer, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        f"{hub.url}/v1/agents/{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {payer.token}"},
+        timeout=30,
+    )
+
+
+async def test_a_sub_agent_run_is_booked_like_a_chat(live_hub: LiveHub) -> None:
+    payer, volunteer = await new_payer(live_hub), await new_volunteer(live_hub)
+    responses: list[httpx.Response] = []
+    body = {"role": "scout", "input": "look around", "model": "agent-model"}
+
+    async def run() -> None:
+        responses.append(await anyio.to_thread.run_sync(run_agents, live_hub, payer, "run", body))
+
+    async with (
+        raw_worker(live_hub, "agent-model", name="agent-host", token=volunteer.token) as ws,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(run)
+        job = await receive(ws, "job")
+        await finish(ws, job, ["fo", "und"], (9, 2))
+    assert responses[0].status_code == 200, responses[0].text
+    rows = await settled(live_hub, payer)
+    assert [r["kind"] for r in rows] == ["hold", "post"]
+    assert rows[1]["job_id"] == job["job_id"]
+    assert rows[1]["amount"] == POLICY.cost(Usage("agent-model", 9, 2))
+    await books_balance(live_hub)
+
+
+async def test_each_stage_of_a_pipeline_is_booked_once(live_hub: LiveHub) -> None:
+    payer, volunteer = await new_payer(live_hub), await new_volunteer(live_hub)
+    responses: list[httpx.Response] = []
+    body = {"roles": ["scout", "coder"], "input": "plan it", "model": "stage-model"}
+
+    async def run() -> None:
+        answer = await anyio.to_thread.run_sync(run_agents, live_hub, payer, "pipeline", body)
+        responses.append(answer)
+
+    async with (
+        raw_worker(live_hub, "stage-model", name="stage-host", token=volunteer.token) as ws,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(run)
+        for _ in range(2):
+            await finish(ws, await receive(ws, "job"), ["ok"], (4, 1))
+    assert responses[0].status_code == 200, responses[0].text
+    rows = await settled(live_hub, payer, jobs=2)
+    assert sorted(r["kind"] for r in rows) == ["hold", "hold", "post", "post"]
+    assert len({r["job_id"] for r in rows}) == 2
+    await books_balance(live_hub)
+
+
 async def test_a_client_that_leaves_mid_stream_gets_its_chat_voided(live_hub: LiveHub) -> None:
     payer, volunteer = await new_payer(live_hub), await new_volunteer(live_hub)
     body = {"model": "left-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
