@@ -123,7 +123,13 @@ def _run_until_signal(work: Awaitable[None]) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    asyncio.run(main())
+    # uvloop (installed with uvicorn[standard]) when present: a worker relays one frame per token.
+    loop_factory = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    asyncio.run(main(), loop_factory=loop_factory)
 
 
 def mcp(

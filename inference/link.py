@@ -137,10 +137,14 @@ class JobHandle:
     ) -> AsyncIterator[JobFrame]:
         """Yield frames until ``done`` or ``error``; a silent worker ends the job as stalled."""
         timeout = first_timeout_s
+        frames = self.frames
         while True:
             try:
-                async with asyncio.timeout(timeout):
-                    frame = await self.frames.get()
+                if frames.empty():
+                    async with asyncio.timeout(timeout):
+                        frame = await frames.get()
+                else:
+                    frame = frames.get_nowait()  # ready: no timer armed per token
             except TimeoutError:
                 yield Error(
                     job_id=self.job.job_id,

@@ -3,6 +3,10 @@
 Frames are JSON text messages discriminated by their ``type`` field. Unknown *fields* are
 ignored so that a peer may add optional data without a version bump; unknown *types* and
 invalid fields are errors. ``docs/worker-protocol.md`` is the prose contract for this module.
+
+``chunk`` frames come one per token, so the hot path is lean: frames are read with orjson (the
+standard parser only for what orjson refuses) and a text-only chunk is written by orjson without
+building a model, byte for byte what pydantic writes (``tests/inference/test_protocol.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 PROTOCOL_VERSION = 1
@@ -228,10 +233,7 @@ _FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
 
 def parse_frame(text: str | bytes) -> Frame:
     """Parse one WebSocket message into a frame, raising ``ProtocolError`` on anything invalid."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # ValueError: also int literals > 4300 digits
-        raise ProtocolError(ErrorCode.MALFORMED_JSON, f"frame is not valid JSON: {exc}") from exc
+    data = _loads(text)
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.MALFORMED_JSON, "frame must be a JSON object")
     frame_type = data.get("type")
@@ -245,9 +247,36 @@ def parse_frame(text: str | bytes) -> Frame:
         raise ProtocolError(ErrorCode.INVALID_FRAME, _describe(frame_type, exc)) from exc
 
 
+def _loads(text: str | bytes) -> Any:
+    """orjson first; what it refuses (NaN, huge integers, UTF-16...) gets the standard parser."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # ValueError: also int literals > 4300 digits
+        raise ProtocolError(ErrorCode.MALFORMED_JSON, f"frame is not valid JSON: {exc}") from exc
+
+
 def encode(frame: Frame) -> str:
     """Serialise a frame to the JSON text sent on the wire (unset optional fields omitted)."""
+    if isinstance(frame, Chunk) and frame.delta.tool_calls is None:
+        return encode_chunk(frame.job_id, frame.delta.content).decode()
     return frame.model_dump_json(exclude_none=True)
+
+
+def encode_bytes(frame: Frame) -> bytes:
+    """:func:`encode` as UTF-8 bytes, for transports that send bytes as a text message."""
+    if isinstance(frame, Chunk) and frame.delta.tool_calls is None:
+        return encode_chunk(frame.job_id, frame.delta.content)
+    return frame.model_dump_json(exclude_none=True).encode()
+
+
+def encode_chunk(job_id: str, content: str | None) -> bytes:
+    """The wire bytes of a text-only ``chunk`` frame, without building the frame first."""
+    delta = {} if content is None else {"content": content}
+    return orjson.dumps({"type": "chunk", "job_id": job_id, "delta": delta})
 
 
 def _describe(frame_type: str, exc: ValidationError) -> str:

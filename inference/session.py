@@ -71,7 +71,7 @@ class LinkTransport(Protocol):
         ...
 
     async def send_text(self, text: str) -> None:
-        """Send one text message; raises :class:`LinkClosed` when the peer is gone."""
+        """Send one whole text message (concurrent calls are safe); :class:`LinkClosed` if gone."""
         ...
 
     async def close(self, code: int, reason: str) -> None:
@@ -80,18 +80,20 @@ class LinkTransport(Protocol):
 
 
 class _Sender:
-    """Serialises sends on one transport (frames come from several tasks)."""
+    """Sends frames on one transport from several tasks.
+
+    A transport writes each message whole, so concurrent sends need no lock; a link that closed
+    is a ``RuntimeError`` to the sender.
+    """
 
     def __init__(self, transport: LinkTransport) -> None:
         self._transport = transport
-        self._lock = asyncio.Lock()
 
     async def __call__(self, frame: Frame) -> None:
-        async with self._lock:
-            try:
-                await self._transport.send_text(encode(frame))
-            except LinkClosed as exc:
-                raise RuntimeError("worker link closed") from exc
+        try:
+            await self._transport.send_text(encode(frame))
+        except LinkClosed as exc:
+            raise RuntimeError("worker link closed") from exc
 
 
 async def _receive_hello(transport: LinkTransport, settings: InferenceSettings) -> Hello:

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import httpx
+import orjson
 import structlog
 from pydantic import ValidationError
 
@@ -63,6 +64,7 @@ class UpstreamEngine:
         self._context_size = context_size
         self._supports_tools = supports_tools
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._post_headers = self._headers | {"Content-Type": "application/json"}
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self._owns_client = client is None
         # No pool cap: the worker's slots bound concurrency, and httpx's default (20 kept alive,
@@ -127,8 +129,8 @@ class UpstreamEngine:
             async with self._client.stream(
                 "POST",
                 f"{self.base_url}/v1/chat/completions",
-                json=_request_body(job),
-                headers=self._headers,
+                content=orjson.dumps(_request_body(job)),
+                headers=self._post_headers,
                 timeout=self._timeout,
             ) as response:
                 if response.status_code >= 400:
@@ -136,7 +138,7 @@ class UpstreamEngine:
                     raise _status_error(response.status_code, body)
                 async with aclosing(_sse_data(response)) as events:
                     async for data in events:
-                        if data == "[DONE]":
+                        if data == b"[DONE]":
                             break
                         for delta in answer.take(_decode_chunk(data)):
                             yield delta
@@ -182,7 +184,15 @@ class _Answer:
             if choice.get("index", 0) != 0:
                 continue
             self.reason = choice.get("finish_reason") or self.reason
-            delta = _delta(choice.get("delta") or {})
+            raw = choice.get("delta") or {}
+            content = raw.get("content")
+            if isinstance(content, str) and not raw.get("tool_calls"):
+                # The common chunk, text only: one delta built, none validated twice.
+                text = self._echo.feed(content) if content else ""
+                if text:
+                    deltas.append(self._count(Delta(content=text)))
+                continue
+            delta = _delta(raw)
             if delta is not None and delta.content:
                 content = self._echo.feed(delta.content) or None
                 delta = Delta(content=content, tool_calls=delta.tool_calls)
@@ -289,25 +299,44 @@ def _request_body(job: Job) -> dict[str, Any]:
     return body
 
 
-async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
-    """Yield the ``data`` of each Server-Sent Event (multi-line data joined by newlines)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[5:].removeprefix(" "))
+async def _sse_data(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """Yield the ``data`` of each Server-Sent Event (multi-line data joined by newlines).
+
+    Split on bytes as they arrive: no text decoding or line objects per token. Lines end with
+    CRLF, LF or CR (a CR at the end of a read waits for the next read, which may hold its LF).
+    """
+    buffer = b""
+    lines: list[bytes] = []
+    async for received in response.aiter_bytes():
+        buffer += received
+        if b"\r" in buffer:
+            keep_cr = buffer.endswith(b"\r")
+            buffer = buffer[:-1] if keep_cr else buffer
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            buffer += b"\r" if keep_cr else b""
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            if not line:
+                if lines:
+                    yield b"\n".join(lines)
+                    lines = []
+            elif line.startswith(b"data:"):
+                lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
+    if buffer.rstrip(b"\r").startswith(b"data:"):
+        line = buffer.rstrip(b"\r")
+        lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
     if lines:
-        yield "\n".join(lines)
+        yield b"\n".join(lines)
 
 
-def _decode_chunk(data: str) -> dict[str, Any]:
+def _decode_chunk(data: bytes) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise EngineError(ErrorCode.UPSTREAM_ERROR, "upstream sent a non-JSON event") from exc
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            chunk = json.loads(data)  # what orjson refuses but JSON readers take (NaN...)
+        except ValueError as exc:
+            raise EngineError(ErrorCode.UPSTREAM_ERROR, "upstream sent a non-JSON event") from exc
     if not isinstance(chunk, dict):
         raise EngineError(ErrorCode.UPSTREAM_ERROR, "upstream sent a non-object event")
     if "error" in chunk:

@@ -41,7 +41,8 @@ from inference.protocol import (
     Leave,
     ProtocolError,
     Welcome,
-    encode,
+    encode_bytes,
+    encode_chunk,
     parse_frame,
 )
 
@@ -201,7 +202,6 @@ class _Session:
         self._websocket = websocket
         self._engine = engine
         self._options = options
-        self._send_lock = anyio.Lock()
         self._jobs: dict[str, _RunningJob] = {}
         self._task_group: TaskGroup | None = None
         self._failure: BaseException | None = None
@@ -327,6 +327,8 @@ class _Session:
                             usage=event.usage,
                             model=event.model,
                         )
+                    elif event.tool_calls is None:
+                        await self._send_bytes(encode_chunk(job.job_id, event.content), "chunk")
                     else:
                         await self._send(Chunk(job_id=job.job_id, delta=event))
         if running.scope.cancelled_caught:
@@ -346,13 +348,25 @@ class _Session:
 
     async def _send(self, frame: Frame) -> None:
         """Send one frame; a failure to send ends the session."""
+        await self._send_bytes(encode_bytes(frame), frame.type)
+
+    async def _send_bytes(self, data: bytes, kind: str) -> None:
+        """Send one encoded frame as a text message; a failure to send ends the session.
+
+        A message is written whole, so concurrent senders need no lock, and the write returns
+        at once unless the socket's buffer is full: only then can the hub's silence stall it,
+        so only then is ``send_timeout_s`` armed (not a timer per token).
+        """
+        websocket = self._websocket
         try:
+            if not websocket.paused:
+                await websocket.send(data, text=True)
+                return
             with anyio.fail_after(self._options.send_timeout_s):
-                async with self._send_lock:
-                    await self._websocket.send(encode(frame))
+                await websocket.send(data, text=True)
         except (TimeoutError, WebSocketException, OSError) as exc:
             self._fail(exc)
-            raise _LinkLost(f"could not send {frame.type}: {exc!r}") from exc
+            raise _LinkLost(f"could not send {kind}: {exc!r}") from exc
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
@@ -364,7 +378,7 @@ class _Session:
         """Say goodbye and close, shielded: this runs while the worker is being cancelled."""
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._options.leave_timeout_s):
             try:
-                await self._websocket.send(encode(Leave(reason=reason)))
+                await self._websocket.send(encode_bytes(Leave(reason=reason)), text=True)
                 await self._websocket.close(code=1001, reason="worker leaving")
             except (WebSocketException, OSError) as exc:
                 log.info("leave_not_sent", error=repr(exc))

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
+from fastapi.responses import Response
 
 from hub.chat import CONVERSATION_HEADER, ChatCaller, collect, request_messages, start_chat
 from hub.deps import State, UserPrincipal, bearer_token
 from hub.errors import InvalidRequestError, ModelNotFoundError
 from hub.openai_schema import ChatCompletionRequest, completion_body, completion_id
-from hub.relay import sse_events
+from hub.relay import SSEResponse, sse_events
 from hub.review import AutoReview, last_user_text
 from inference.registry import ModelSummary
 from memory.conversations import is_valid_conversation_id, new_conversation_id
@@ -69,7 +69,7 @@ def _conversation_id(request: Request, body: ChatCompletionRequest) -> str:
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: State, principal: UserPrincipal
-) -> JSONResponse | EventSourceResponse:
+) -> Response:
     """Answer a chat on a pool worker, as JSON or as an SSE stream of chunks."""
     caller = ChatCaller(principal, bearer_token(request), _conversation_id(request, body))
     question = last_user_text(request_messages(body))
@@ -78,11 +78,9 @@ async def chat_completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         sse = sse_events(run.events, body.model, include_usage)
-        return EventSourceResponse(
-            run.review.around(sse) if run.review else sse, headers=run.headers, ping=15
-        )
+        return SSEResponse(run.review.around(sse) if run.review else sse, headers=run.headers)
     answer, done = await collect(run)
     completion = completion_body(completion_id(), body.model, answer, done)
     if run.review is not None and (reviewed := await run.review.result()) is not None:
         completion["iamine_review"] = reviewed
-    return JSONResponse(completion, headers=run.headers)
+    return Response(orjson.dumps(completion), media_type="application/json", headers=run.headers)
