@@ -159,7 +159,7 @@ async def lock_accounts(
 
     With ``create``, missing owned accounts (user, worker owner, worker earnings, peer) are opened
     first (in key order, so concurrent openers cannot deadlock either); without it a missing one
-    is refused.
+    is refused before any account is locked.
     """
     wanted = sorted(set(keys))
     kinds = [k.kind.value for k in wanted]
@@ -171,9 +171,13 @@ async def lock_accounts(
             kinds,
             refs,
         )
+    # Lock only when every account exists: a refused call holds no lock, so a caller that then
+    # opens the missing one (Ledger._lock) never inserts while holding locks out of order.
     rows = await conn.fetch(
         f"SELECT {_COLUMNS} FROM ledger_accounts WHERE (kind, ref) IN "  # noqa: S608
-        "(SELECT * FROM unnest($1::text[], $2::text[])) ORDER BY id FOR UPDATE",
+        "(SELECT * FROM unnest($1::text[], $2::text[])) AND (SELECT count(*) FROM ledger_accounts "
+        "WHERE (kind, ref) IN (SELECT * FROM unnest($1::text[], $2::text[]))) = cardinality($1) "
+        "ORDER BY id FOR UPDATE",
         kinds,
         refs,
     )

@@ -10,8 +10,8 @@ import anyio
 import asyncpg
 import pytest
 
-from economy.accounts import CLEARING, POOL_FEE, AccountKey, get_account
-from economy.errors import HoldResolved, IdempotencyConflict
+from economy.accounts import CLEARING, POOL_FEE, AccountKey, get_account, lock_accounts
+from economy.errors import AccountNotFound, HoldResolved, IdempotencyConflict
 from economy.ledger import Ledger
 from economy.pricing import Usage
 from economy.transfers import Transfer
@@ -155,3 +155,28 @@ async def test_opposite_corrections_between_two_accounts_never_deadlock(
         assert (await get_account(conn, alice)).balance == 1_000 - moved
         assert (await get_account(conn, bob)).balance == 1_000 + moved
         assert (await verify(conn)).ok
+
+
+async def test_locking_with_a_missing_account_refuses_before_locking_any(
+    conn: asyncpg.Connection, database_url: str, ledger: Ledger
+) -> None:
+    """A post retried after a rolled-back one must not insert accounts while holding locks.
+
+    The ledger remembers accounts it saw opened; one opened in a transaction that rolled back
+    is missing, the lock without opening fails, and the ledger opens it after all. Had the
+    failed attempt kept its locks, that insert could wait on a transaction waiting on them.
+    """
+    await ledger.grant_trial(conn, USERS[0])
+    other = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            missing = AccountKey.worker_earnings(uuid.UUID(int=404))
+            with pytest.raises(AccountNotFound):
+                await lock_accounts(conn, [AccountKey.user(USERS[0]), missing], create=False)
+            locked = await other.fetchval(
+                "SELECT id FROM ledger_accounts WHERE kind = 'user' AND ref = $1 FOR UPDATE NOWAIT",
+                str(USERS[0]),
+            )
+        assert locked is not None
+    finally:
+        await other.close()

@@ -312,7 +312,8 @@ async def test_a_seeded_simulation_of_interleaved_jobs_disputes_and_settlements_
     clock.advance(2 * WINDOW)
     await run_settlement(conn, sim.ledger, sim.trust)
 
-    assert sim.done["posted"] and sim.done["disputed"] and sim.done["IdempotencyConflict"]
+    tried = sim.done["disputed"] + sim.done["DisputeRefused"] + sim.done["JobNotFound"]
+    assert sim.done["posted"] and sim.done["IdempotencyConflict"] and tried
     report = await verify(conn)
     assert report.ok, report.problems
     assert await conn.fetch(_LEFT_UNSETTLED) == []
