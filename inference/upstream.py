@@ -4,17 +4,28 @@ Jobs are forwarded to ``{base_url}/v1/chat/completions`` with ``stream: true`` a
 Server-Sent Events are turned back into engine events. Tool calls pass through unchanged.
 A failover job's ``assistant_prefix`` is sent as a trailing assistant message for the server to
 continue (llama-server does by default, vLLM when asked with ``continue_final_message``).
+
+The answer streams one event per token, so the chat request goes through :class:`_Http1`, a
+small HTTP/1.1 client over asyncio streams with httptools' C parser: a keep-alive pool (one
+connection per running job, kept while the server allows), the request written in one go, the
+body handed over as it arrives and its events split on bytes. ``/v1/models``, asked once at
+start, goes through httpx.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
+import anyio
+import httptools
 import httpx
 import orjson
 import structlog
@@ -41,6 +52,9 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 }
 # Upstreams that report no usage get an estimate of one token per this many characters.
 _CHARS_PER_TOKEN = 4
+# How long the end of a response may lag its [DONE] and still keep its connection for reuse.
+_DRAIN_S = 0.05
+_READ_SIZE = 64 * 1024
 
 
 class UpstreamEngine:
@@ -64,8 +78,10 @@ class UpstreamEngine:
         self._context_size = context_size
         self._supports_tools = supports_tools
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._post_headers = self._headers | {"Content-Type": "application/json"}
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
+        self._http = _Http1(
+            self.base_url, self._headers, read_timeout=timeout, connect_timeout=connect_timeout
+        )
         self._owns_client = client is None
         # No pool cap: the worker's slots bound concurrency, and httpx's default (20 kept alive,
         # 100 in all) would reconnect per job above 20 and queue jobs above 100.
@@ -88,7 +104,8 @@ class UpstreamEngine:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP client if this engine created it."""
+        """Close the pooled connections, and the HTTP client if this engine created it."""
+        self._http.close()
         if self._owns_client:
             await self._client.aclose()
 
@@ -125,24 +142,25 @@ class UpstreamEngine:
             raise EngineError(ErrorCode.TOOLS_UNSUPPORTED, "this upstream takes no tools")
         check_continuable(job)
         answer = _Answer(model=job.model, prefix=job.assistant_prefix or "")
+        path = "/v1/chat/completions"
         try:
-            async with self._client.stream(
-                "POST",
-                f"{self.base_url}/v1/chat/completions",
-                content=orjson.dumps(_request_body(job)),
-                headers=self._post_headers,
-                timeout=self._timeout,
-            ) as response:
-                if response.status_code >= 400:
-                    body = (await response.aread()).decode(errors="replace")
-                    raise _status_error(response.status_code, body)
-                async with aclosing(_sse_data(response)) as events:
+            async with self._http.post(path, orjson.dumps(_request_body(job))) as response:
+                if response.status >= 400:
+                    body = b"".join([piece async for piece in response.body()])
+                    raise _status_error(response.status, body.decode(errors="replace"))
+                async with aclosing(_sse_data(response.body())) as events:
                     async for data in events:
                         if data == b"[DONE]":
                             break
                         for delta in answer.take(_decode_chunk(data)):
                             yield delta
-        except httpx.HTTPError as exc:
+                    # Read the body to its end, which is due right after [DONE]: a response
+                    # read whole leaves its connection in the pool for the next job, one
+                    # abandoned is closed (a new TCP connection per job).
+                    with anyio.move_on_after(_DRAIN_S):
+                        async for _ in events:
+                            pass
+        except (OSError, TimeoutError, httptools.HttpParserError) as exc:
             raise EngineError(ErrorCode.UPSTREAM_ERROR, f"upstream failed: {exc!r}") from exc
         for delta in answer.flush():
             yield delta
@@ -299,7 +317,7 @@ def _request_body(job: Job) -> dict[str, Any]:
     return body
 
 
-async def _sse_data(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+async def _sse_data(body: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
     """Yield the ``data`` of each Server-Sent Event (multi-line data joined by newlines).
 
     Split on bytes as they arrive: no text decoding or line objects per token. Lines end with
@@ -307,7 +325,7 @@ async def _sse_data(response: httpx.Response) -> AsyncGenerator[bytes, None]:
     """
     buffer = b""
     lines: list[bytes] = []
-    async for received in response.aiter_bytes():
+    async for received in body:
         buffer += received
         if b"\r" in buffer:
             keep_cr = buffer.endswith(b"\r")
@@ -327,6 +345,156 @@ async def _sse_data(response: httpx.Response) -> AsyncGenerator[bytes, None]:
         lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
     if lines:
         yield b"\n".join(lines)
+
+
+class UpstreamClosed(ConnectionError):
+    """The upstream closed its connection before the response ended."""
+
+
+class _Response:
+    """One HTTP/1.1 response being read: the status once its head is in, then its body."""
+
+    def __init__(self, reader: asyncio.StreamReader, read_timeout: float) -> None:
+        self._reader = reader
+        self._read_timeout = read_timeout
+        self._parser = httptools.HttpResponseParser(self)
+        self._pieces: list[bytes] = []
+        self._framed = False  # a content-length or chunked body: its end is in the stream
+        self.head_done = False
+        self.complete = False
+        self.received = False
+
+    @property
+    def status(self) -> int:
+        """The response's status code."""
+        code: int = self._parser.get_status_code()
+        return code
+
+    @property
+    def reusable(self) -> bool:
+        """Whether its connection may carry the next request."""
+        return self.complete and self._framed and self._parser.should_keep_alive()
+
+    # httptools' callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lowered = name.lower()
+        if lowered == b"content-length" or (
+            lowered == b"transfer-encoding" and b"chunked" in value.lower()
+        ):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+    async def read_head(self) -> None:
+        """Read until the status line and headers are in."""
+        while not self.head_done:
+            await self._read()
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, every piece that is in joined into one."""
+        while True:
+            if self._pieces:
+                pieces, self._pieces = self._pieces, []
+                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if self.complete:
+                return
+            await self._read()
+
+    async def _read(self) -> None:
+        async with asyncio.timeout(self._read_timeout):
+            data = await self._reader.read(_READ_SIZE)
+        if not data:
+            if self.head_done and not self._framed:
+                self.complete = True  # a body that ends with its connection
+                return
+            raise UpstreamClosed("the upstream closed the connection mid-response")
+        self.received = True
+        self._parser.feed_data(data)
+
+
+_Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _Http1:
+    """A keep-alive pool of HTTP/1.1 connections to one upstream, for streamed POSTs."""
+
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        read_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise EngineError(ErrorCode.UPSTREAM_ERROR, f"not an http(s) URL: {base_url!r}")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._tls = ssl.create_default_context() if parts.scheme == "https" else None
+        self._path = parts.path.rstrip("/")
+        authority = parts.netloc.rpartition("@")[2]
+        fields = {"Host": authority, "Accept": "text/event-stream", **headers}
+        if any("\r" in f"{k}{v}" or "\n" in f"{k}{v}" for k, v in fields.items()):
+            raise EngineError(ErrorCode.UPSTREAM_ERROR, "the upstream key holds a line break")
+        self._head = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
+        self._read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
+        self._idle: list[_Connection] = []
+
+    @asynccontextmanager
+    async def post(self, path: str, body: bytes) -> AsyncIterator[_Response]:
+        """POST ``body`` (JSON) to ``path``; the response once its head is in.
+
+        A pooled connection the server closed meanwhile is replaced by a new one (the request
+        is sent again only when nothing at all came back). The connection returns to the pool
+        when the body was read to its end and the server keeps it alive; else it is closed.
+        """
+        request = (
+            f"POST {self._path}{path} HTTP/1.1\r\n{self._head}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        pooled = bool(self._idle)
+        reader, writer = self._idle.pop() if pooled else await self._connect()
+        response = _Response(reader, self._read_timeout)
+        try:
+            try:
+                writer.write(request)
+                await response.read_head()
+            except (OSError, UpstreamClosed):
+                if not pooled or response.received:
+                    raise
+                writer.close()
+                reader, writer = await self._connect()
+                response = _Response(reader, self._read_timeout)
+                writer.write(request)
+                await response.read_head()
+            yield response
+        except BaseException:
+            writer.close()
+            raise
+        if response.reusable and not writer.is_closing():
+            self._idle.append((reader, writer))
+        else:
+            writer.close()
+
+    async def _connect(self) -> _Connection:
+        async with asyncio.timeout(self._connect_timeout):
+            return await asyncio.open_connection(
+                self._host, self._port, ssl=self._tls, limit=_READ_SIZE
+            )
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        while self._idle:
+            self._idle.pop()[1].close()
 
 
 def _decode_chunk(data: bytes) -> dict[str, Any]:
