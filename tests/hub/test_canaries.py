@@ -310,6 +310,15 @@ async def test_a_new_worker_giving_wrong_answers_is_slashed_with_evidence_and_ge
     [cooling] = [v for v in again["detail"]["canaries"] if v["worker"] == "liar"]
     assert cooling["outcome"] == "inconclusive" and cooling["reason"] == "slashed lately"
     assert len(await slashes_of(live_hub, "liar")) == 1, "a cooling-down worker is not re-slashed"
+    async with httpx.AsyncClient() as http:
+        listed = await http.get(
+            f"{live_hub.url}/admin/api/slashing",
+            params={"worker_id": ids["liar"]},
+            headers={"Authorization": f"Bearer {live_hub.admin_token}"},
+        )
+    assert listed.status_code == 200, listed.text
+    [shown] = listed.json()["data"]
+    assert shown["reason"] == event["reason"] and shown["evidence"] == evidence
 
 
 async def test_forged_usage_is_slashed_even_with_right_answers(live_hub: LiveHub) -> None:
