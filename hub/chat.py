@@ -51,6 +51,7 @@ log = structlog.get_logger()
 
 CONVERSATION_HEADER = "X-Conversation-Id"
 MEMORY_HEADER = "X-Iamine-Memory"
+JOB_HEADER = "X-Iamine-Job-Id"  # the chat's id on the ledger: what a dispute names
 
 
 @dataclass
@@ -120,7 +121,11 @@ async def start_chat(
         first = await _first_event(events, body.stream)
     except JobFailed as exc:
         raise worker_failed(exc) from exc
-    headers = {CONVERSATION_HEADER: caller.conversation_id, **route_headers(first, body.model)}
+    headers = {
+        CONVERSATION_HEADER: caller.conversation_id,
+        JOB_HEADER: job.job_id,
+        **route_headers(first, body.model),
+    }
     if memory.enabled:
         headers[MEMORY_HEADER] = str(memory.injection.count)
     state.metrics.routes.labels(headers[ROUTE_HEADER]).inc()

@@ -209,6 +209,7 @@ async def test_an_answered_chat_is_held_then_posted_once_and_the_books_balance(
         job = await receive(ws, "job")
         await finish(ws, job, ["hel", "lo"], (5, 2))
     assert responses[0].status_code == 200
+    assert responses[0].headers["x-iamine-job-id"] == job["job_id"]  # what a dispute names
     rows = await settled(live_hub, payer)
     assert [r["kind"] for r in rows] == ["hold", "post"]
     assert {r["job_id"] for r in rows} == {job["job_id"]}
