@@ -360,6 +360,7 @@ class _Response:
         self._parser = httptools.HttpResponseParser(self)
         self._pieces: list[bytes] = []
         self._framed = False  # a content-length or chunked body: its end is in the stream
+        self._keep_alive = False
         self.head_done = False
         self.complete = False
         self.received = False
@@ -373,7 +374,7 @@ class _Response:
     @property
     def reusable(self) -> bool:
         """Whether its connection may carry the next request."""
-        return self.complete and self._framed and self._parser.should_keep_alive()
+        return self.complete and self._framed and self._keep_alive
 
     # httptools' callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -385,6 +386,8 @@ class _Response:
 
     def on_headers_complete(self) -> None:
         self.head_done = True
+        # Asked now: once the message completes the parser is reset for the next one.
+        self._keep_alive = self._parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self._pieces.append(body)
