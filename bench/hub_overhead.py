@@ -1,20 +1,24 @@
-"""Benchmark what the hub adds to a streamed chat: direct vs through the hub vs through LiteLLM.
+"""Benchmark what the hub adds to a chat: direct vs through the hub vs through LiteLLM.
 
-A stub OpenAI-compatible server (``bench/stub_upstream.py``) streams ``--tokens`` tokens
-instantly. The same streamed chat completions are sent, at each concurrency level, to:
+A stub OpenAI-compatible server (``bench/stub_upstream.py``) answers ``--tokens`` tokens
+instantly. The same chat completions, streamed and plain (JSON), are sent at each concurrency
+level to:
 
 - ``direct``: the stub itself (the floor: client + stub);
 - ``hub``: ``iamine serve`` with an ``iamine worker --upstream`` in front of the stub (the whole
-  path: HTTP API, auth, routing, the worker's WebSocket, the worker's HTTP client);
+  path: HTTP API, auth, the $IAMINE ledger, routing, the worker's WebSocket, the worker's HTTP
+  client);
+- ``hub_ledger_off``: the same with the ledger off (``IAMINE_ECONOMY__ENABLED=false``), to
+  show what the ledger costs;
 - ``litellm``: LiteLLM's proxy in front of the same stub (the peer), when it is installed.
 
-Per level and path: latency and time-to-first-token (first non-empty ``delta.content``) p50/p99
-in ms, requests per second, errors (a non-200 answer, a broken stream, or any answer but the
-stub's), the CPU each process used (in cores) and the CPU ms per request of the path's own
-processes (``proxy_cpu_ms_per_req``: what the hub or LiteLLM costs, robust to a busy machine).
-One JSON line on stdout; progress on stderr.
+Per level, mode and path: latency and time-to-first-token (first non-empty ``delta.content``)
+p50/p99 in ms, requests per second, errors (a non-200 answer, a broken stream, or any answer
+but the stub's), the CPU each process used (in cores), the path's own processes and cores
+beside its req/s, and their CPU ms per request (``proxy_cpu_ms_per_req``: what the hub or
+LiteLLM costs, robust to a busy machine). One JSON line on stdout; progress on stderr.
 
-Run: ``python bench/hub_overhead.py`` (2 to 3 minutes on 2 cores), ``--quick`` for a smoke run.
+Run: ``python bench/hub_overhead.py`` (5 to 8 minutes on 2 cores), ``--quick`` for a smoke run.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class Level:
     samples: list[Sample] = field(default_factory=list)
     wall_s: float = 0.0
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    processes: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary of the level."""
@@ -111,12 +116,18 @@ class Level:
             "ttft_p50_ms": _round(percentile(ttfts, 50)),
             "ttft_p99_ms": _round(percentile(ttfts, 99)),
             "req_s": round(len(good) / self.wall_s, 1) if self.wall_s else None,
+            "proxy_processes": sum(n for name, n in self.processes.items() if name not in SHARED),
+            "proxy_cpu_cores": round(self._proxy_cores(), 2),
             "requests": len(self.samples),
             "errors": len(errors),
             **({"first_error": errors[0][:200]} if errors else {}),
             "cpu_cores": {name: round(cores, 2) for name, cores in self.cpu_cores.items()},
+            "processes": self.processes,
             "proxy_cpu_ms_per_req": self.proxy_cpu_ms_per_request(),
         }
+
+    def _proxy_cores(self) -> float:
+        return sum(cores for name, cores in self.cpu_cores.items() if name not in SHARED)
 
     def proxy_cpu_ms_per_request(self) -> float:
         """CPU ms per request of the processes between client and stub: the proxy's own cost.
@@ -124,8 +135,7 @@ class Level:
         That is the hub, its worker and its database, or LiteLLM. Unlike latency, it barely
         moves when other work shares the machine.
         """
-        proxy = sum(cores for name, cores in self.cpu_cores.items() if name not in SHARED)
-        return round(1000 * proxy * self.wall_s / max(len(self.samples), 1), 2)
+        return round(1000 * self._proxy_cores() * self.wall_s / max(len(self.samples), 1), 2)
 
 
 def percentile(values: Sequence[float], pct: float) -> float | None:
@@ -142,15 +152,16 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def request_body(tokens: int) -> bytes:
-    """The one streamed chat request every path gets, serialised once."""
-    body = {
+def request_body(tokens: int, stream: bool) -> bytes:
+    """The one chat request every path gets, serialised once."""
+    body: dict[str, Any] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Say something."}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": stream,
         "max_tokens": tokens,
     }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     return json.dumps(body).encode()
 
 
@@ -191,18 +202,38 @@ async def stream_once(
     return Sample(elapsed, ttft)
 
 
+async def plain_once(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: bytes, expected: str
+) -> Sample:
+    """Send one plain (JSON) chat; time the whole answer."""
+    started = time.perf_counter()
+    try:
+        response = await client.post(url, content=body, headers=headers)
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            return Sample(elapsed, None, f"HTTP {response.status_code}: {response.text}")
+        text = response.json()["choices"][0]["message"]["content"]
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+        return Sample(time.perf_counter() - started, None, repr(exc))
+    if text != expected:
+        return Sample(elapsed, None, f"wrong answer: {str(text)[:60]!r}…")
+    return Sample(elapsed, None)
+
+
 async def drive(
     client: httpx.AsyncClient,
     concurrency: int,
     route: Route,
     requests: int,
-    body: bytes,
-    expected: str,
+    stream: bool,
+    tokens: int,
     on_done: Callable[[], None],
 ) -> list[Sample]:
-    """Run ``requests`` streams with ``concurrency`` simulated users, each one at a time."""
+    """Run ``requests`` chats with ``concurrency`` simulated users, each one at a time."""
     url = f"{route.base_url}/v1/chat/completions"
     headers = {**route.headers, "content-type": "application/json"}
+    body, expected = request_body(tokens, stream), expected_text(tokens)
+    once = stream_once if stream else plain_once
     samples: list[Sample] = []
     remaining = requests
 
@@ -210,7 +241,7 @@ async def drive(
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            samples.append(await stream_once(client, url, headers, body, expected))
+            samples.append(await once(client, url, headers, body, expected))
             on_done()
 
     async with asyncio.TaskGroup() as group:
@@ -222,30 +253,33 @@ async def drive(
 async def measure(
     route: Route,
     concurrency: int,
-    requests: int,
-    warmup: int,
-    tokens: int,
+    stream: bool,
+    plan: Plan,
     progress: Progress,
 ) -> Level:
-    """Warm up (opening every connection), then time ``requests`` streams at ``concurrency``."""
-    body, expected = request_body(tokens), expected_text(tokens)
-    task = progress.add_task(f"{route.name:>7} × {concurrency:<3}", total=warmup + requests)
+    """Warm up (opening every connection), then time the level's chats at ``concurrency``."""
+    requests, warmup = plan.requests_at(concurrency), plan.warmup_at(concurrency)
+    mode = "stream" if stream else "plain"
+    task = progress.add_task(
+        f"{route.name:>14} {mode:>6} × {concurrency:<3}", total=warmup + requests
+    )
     advance = functools.partial(progress.advance, task)
     # HTTP/1.1 keep-alive, one connection per simulated user.
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
-        await drive(client, concurrency, route, warmup, body, expected, advance)
+        await drive(client, concurrency, route, warmup, stream, plan.tokens, advance)
         before = {name: cpu_seconds(procs()) for name, procs in route.processes.items()}
         client_before = time.process_time()
         started = time.perf_counter()
-        samples = await drive(client, concurrency, route, requests, body, expected, advance)
+        samples = await drive(client, concurrency, route, requests, stream, plan.tokens, advance)
         wall = time.perf_counter() - started
         cpu = {
             name: (cpu_seconds(procs()) - before[name]) / wall
             for name, procs in route.processes.items()
         }
         cpu["client"] = (time.process_time() - client_before) / wall
-    return Level(samples, wall, cpu)
+    processes = {name: len(procs()) for name, procs in route.processes.items()}
+    return Level(samples, wall, cpu, processes | {"client": 1})
 
 
 def find_litellm() -> Path | None:
@@ -291,21 +325,29 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a is not None and b else None
 
 
-def compare(levels: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The headline numbers of one level: what the hub adds, and the hub against LiteLLM."""
-    direct, hub, litellm = levels["direct"], levels["hub"], levels.get("litellm") or {}
-    added = None
-    if hub["p50_ms"] is not None and direct["p50_ms"] is not None:
-        added = round(hub["p50_ms"] - direct["p50_ms"], 2)
+def compare(paths: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """One level and mode's headline: what the hub and its ledger add, the hub against LiteLLM."""
+    direct, hub = paths["direct"] or {}, paths["hub"] or {}
+    off, litellm = paths.get("hub_ledger_off") or {}, paths.get("litellm") or {}
     return {
-        "hub_added_ms_p50": added,
-        "hub_vs_litellm_p50": ratio(hub["p50_ms"], litellm.get("p50_ms")),
-        "hub_vs_litellm_ttft_p50": ratio(hub["ttft_p50_ms"], litellm.get("ttft_p50_ms")),
-        "hub_vs_litellm_req_s": ratio(hub["req_s"], litellm.get("req_s")),
+        "hub_added_ms_p50": difference(hub.get("p50_ms"), direct.get("p50_ms")),
+        "hub_added_ttft_ms_p50": difference(hub.get("ttft_p50_ms"), direct.get("ttft_p50_ms")),
+        "ledger_added_ms_p50": difference(hub.get("p50_ms"), off.get("p50_ms")),
+        "ledger_cpu_ms_per_req": difference(
+            hub.get("proxy_cpu_ms_per_req"), off.get("proxy_cpu_ms_per_req")
+        ),
+        "hub_vs_litellm_p50": ratio(hub.get("p50_ms"), litellm.get("p50_ms")),
+        "hub_vs_litellm_ttft_p50": ratio(hub.get("ttft_p50_ms"), litellm.get("ttft_p50_ms")),
+        "hub_vs_litellm_req_s": ratio(hub.get("req_s"), litellm.get("req_s")),
         "hub_vs_litellm_cpu_per_req": ratio(
-            hub["proxy_cpu_ms_per_req"], litellm.get("proxy_cpu_ms_per_req")
+            hub.get("proxy_cpu_ms_per_req"), litellm.get("proxy_cpu_ms_per_req")
         ),
     }
+
+
+def difference(a: float | None, b: float | None) -> float | None:
+    """``a - b`` rounded, or None when either is missing."""
+    return round(a - b, 2) if a is not None and b is not None else None
 
 
 @dataclass(frozen=True)
@@ -313,6 +355,7 @@ class Plan:
     """What to run: levels, tokens per answer, requests per level."""
 
     levels: list[int]
+    modes: list[str]
     tokens: int
     requests: int | None
     quick: bool
@@ -348,7 +391,7 @@ def start_litellm(services: Services, stub_url: str) -> tuple[Service, str, dict
 
 
 async def start_routes(
-    services: Services, plan: Plan, skip_litellm: bool
+    services: Services, plan: Plan, skip_litellm: bool, skip_ledger_off: bool
 ) -> tuple[list[Route], dict[str, Any]]:
     """Start every service; return the routes to measure and what to say about LiteLLM."""
     stub, stub_url = start_stub(services, plan.tokens)
@@ -357,14 +400,18 @@ async def start_routes(
     await wait_ready(stub, f"{stub_url}/v1/models")
     routes = [Route("direct", stub_url, {}, {"stub": stub.processes})]
 
-    log("starting the hub (embedded PostgreSQL, CLI user and tokens)")
-    hub = await start_hub(services)
-    worker = await start_worker(
-        services, hub, MODEL, "--upstream", stub_url, "--slots", "256", name="worker"
-    )
-    processes = {"hub": hub.service.processes, "worker": worker.processes}
-    processes |= {"postgres": hub.postgres, "stub": stub.processes}
-    routes.append(Route("hub", hub.url, hub.auth(), processes))
+    paths: list[tuple[str, dict[str, str]]] = [("hub", {})]
+    if not skip_ledger_off:
+        paths.append(("hub_ledger_off", {"IAMINE_ECONOMY__ENABLED": "false"}))
+    for name, env in paths:
+        log(f"starting {name} (embedded PostgreSQL, CLI user and tokens)")
+        hub = await start_hub(services, name, env)
+        worker = await start_worker(
+            services, hub, MODEL, "--upstream", stub_url, "--slots", "256", name=f"{name}-worker"
+        )
+        processes = {"hub": hub.service.processes, "worker": worker.processes}
+        processes |= {"postgres": hub.postgres, "stub": stub.processes}
+        routes.append(Route(name, hub.url, hub.auth(), processes))
 
     if litellm is None:
         note = "skipped (--no-litellm)" if skip_litellm else SETUP_HINT
@@ -380,29 +427,26 @@ async def start_routes(
     return routes, info
 
 
-async def run(plan: Plan, services: Services, skip_litellm: bool) -> dict[str, Any]:
-    """Start the stub, LiteLLM, the hub and its worker; measure every level of every path."""
+async def run(
+    plan: Plan, services: Services, skip_litellm: bool, skip_ledger_off: bool
+) -> dict[str, Any]:
+    """Start the stub, LiteLLM, the hubs and their workers; measure every level of every path."""
     load_before = round(os.getloadavg()[0], 2)  # other work on the machine skews results
-    routes, litellm_info = await start_routes(services, plan, skip_litellm)
+    routes, litellm_info = await start_routes(services, plan, skip_litellm, skip_ledger_off)
     results: dict[str, Any] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     # Redrawn twice a second: the bars share this process (and its GIL) with the client.
     console = Console(stderr=True)
     with Progress(*columns, TimeElapsedColumn(), console=console, refresh_per_second=2) as progress:
         for concurrency in plan.levels:
-            level: dict[str, Any] = {}
-            for route in routes:
-                measured = await measure(
-                    route,
-                    concurrency,
-                    plan.requests_at(concurrency),
-                    plan.warmup_at(concurrency),
-                    plan.tokens,
-                    progress,
-                )
-                level[route.name] = measured.summary()
-            level.setdefault("litellm", None)
-            results[str(concurrency)] = level | compare(level)
+            modes: dict[str, Any] = {}
+            for mode in plan.modes:
+                paths: dict[str, Any] = {"litellm": None}
+                for route in routes:
+                    measured = await measure(route, concurrency, mode == "stream", plan, progress)
+                    paths[route.name] = measured.summary()
+                modes[mode] = paths | compare(paths)
+            results[str(concurrency)] = modes
     return {
         "bench": "hub_overhead",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -413,6 +457,7 @@ async def run(plan: Plan, services: Services, skip_litellm: bool) -> dict[str, A
             "loadavg_1m_before": load_before,
         },
         "tokens": plan.tokens,
+        "modes": plan.modes,
         "levels": results,
         "litellm": litellm_info,
     }
@@ -422,10 +467,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,50,200", help="concurrent streams, comma-separated")
-    parser.add_argument("--tokens", type=int, default=64, help="tokens per answer")
+    parser.add_argument("--modes", default="stream,plain", help="stream, plain or both")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
     parser.add_argument("--requests", type=int, help="measured requests per level and path")
     parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path")
+    parser.add_argument(
+        "--no-ledger-off", action="store_true", help="skip the hub path with the ledger off"
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the services' logs")
     return parser.parse_args(argv)
 
@@ -433,8 +482,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     """Run the benchmark and print one JSON line."""
     args = parse_args()
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not modes or set(modes) - {"stream", "plain"}:
+        sys.exit(f"--modes takes stream, plain or both, not {args.modes!r}")
     plan = Plan(
         levels=[int(level) for level in args.levels.split(",") if level.strip()],
+        modes=modes,
         tokens=args.tokens,
         requests=args.requests,
         quick=args.quick,
@@ -447,7 +500,9 @@ def main() -> None:
                 import uvloop
 
                 loop_factory = uvloop.new_event_loop
-            result = asyncio.run(run(plan, services, args.no_litellm), loop_factory=loop_factory)
+            result = asyncio.run(
+                run(plan, services, args.no_litellm, args.no_ledger_off), loop_factory=loop_factory
+            )
     except KeyboardInterrupt:
         log("interrupted; every service is stopped")
         sys.exit(130)

@@ -265,16 +265,21 @@ def issue_token(env: dict[str, str], user: str, *, scope: str) -> str:
     return match[0]
 
 
-async def start_hub(services: Services) -> Hub:
-    """Create a user and tokens with the CLI, then run ``iamine serve`` until ready."""
-    data_dir = services.workdir / "hub-data"
+async def start_hub(
+    services: Services, name: str = "hub", settings: dict[str, str] | None = None
+) -> Hub:
+    """Create a user and tokens with the CLI, then run ``iamine serve`` until ready.
+
+    ``name`` names its data directory and log; ``settings`` adds ``IAMINE_*`` variables.
+    """
+    data_dir = services.workdir / f"{name}-data"
     port = free_port()
-    env = hub_env(data_dir, port)
+    env = hub_env(data_dir, port) | (settings or {})
     # The embedded PostgreSQL outlives a hub that is killed; stop it by its pid file then.
     services.on_close(lambda: stop_postgres(data_dir))
     iamine(env, "users", "create", "bench")
     user_token = issue_token(env, "bench", scope="user")
-    service = services.start("hub", [*HUB_COMMAND, "serve"], env)
+    service = services.start(name, [*HUB_COMMAND, "serve"], env)
     url = f"http://127.0.0.1:{port}"
     await wait_ready(service, f"{url}/readyz")
     return Hub(service, url, data_dir, user_token, env)
