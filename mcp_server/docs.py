@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
 
 from mcp_server.server import build_server
 
@@ -29,12 +30,29 @@ def _arguments(schema: dict[str, Any]) -> str:
     return ", ".join(f"`{name}`" + ("" if name in required else "?") for name in properties)
 
 
+def _hints(annotations: ToolAnnotations | None) -> str:
+    if annotations is None:
+        return "—"
+    if annotations.read_only_hint:
+        effect = "read-only"
+    else:
+        effect = "destructive" if annotations.destructive_hint else "additive"
+    flags = [effect]
+    flags += ["idempotent"] if annotations.idempotent_hint else []
+    flags += ["open world"] if annotations.open_world_hint else []
+    return ", ".join(flags)
+
+
 async def tool_table(server: MCPServer) -> str:
-    """The markdown table of the server's tools: name, arguments, description."""
-    rows = ["| tool | arguments (`?` optional) | what it does |", "| --- | --- | --- |"]
+    """The markdown table of the server's tools: name, arguments, hints, description."""
+    rows = [
+        "| tool | arguments (`?` optional) | hints | what it does |",
+        "| --- | --- | --- | --- |",
+    ]
     for tool in sorted(await server.list_tools(), key=lambda t: t.name):
         description = " ".join((tool.description or "").split())
-        rows.append(f"| `{tool.name}` | {_arguments(tool.input_schema)} | {description} |")
+        arguments = _arguments(tool.input_schema)
+        rows.append(f"| `{tool.name}` | {arguments} | {_hints(tool.annotations)} | {description} |")
     return "\n".join(rows)
 
 

@@ -155,3 +155,18 @@ class SubagentAnswer(_Out):
     finish_reason: str
     completion_tokens: int
     review: dict[str, Any] | None = Field(None, description="The reviewer's critique, if on.")
+
+
+class MemoryExport(BaseModel):
+    """Everything the pool stores for the user, decrypted (fields the hub adds later kept)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    object: str = "memory.export"
+    user: str
+    exported_at: str
+    settings: dict[str, Any]
+    conversations: list[dict[str, Any]] = Field(description="Each with its decrypted turns.")
+    l1_messages: list[dict[str, Any]] = Field(description="Short-term (L1) messages.")
+    facts: list[dict[str, Any]] = Field(description="Facts (L3), with superseded ones.")
+    notes: list[dict[str, Any]] = Field(description="The user's private notes (L4).")

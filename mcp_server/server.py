@@ -8,17 +8,17 @@ shows that token. Failures come back as MCP tool errors (``is_error``), never a 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import LoggingLevel, ToolAnnotations
 from pydantic import Field
 
-from inference.roles import BUILTIN_ROLES, Role
 from mcp_server.backend import BackendError, HubBackend
+from mcp_server.completions import serve_completions
 from mcp_server.ids import (
     ConversationId,
     FactId,
@@ -30,16 +30,18 @@ from mcp_server.ids import (
     fact_path,
     note_path,
     parse_conversation_id,
-    parse_namespace,
 )
+from mcp_server.logs import log, serve_set_level
+from mcp_server.prompts import register_prompts
+from mcp_server.resources import register_resources
 from mcp_server.schemas import (
     ChatAnswer,
     ConversationDetail,
     ConversationList,
     ConversationSummary,
     Fact,
-    FactList,
     Forgotten,
+    MemoryExport,
     ModelEntry,
     ModelList,
     Note,
@@ -75,7 +77,10 @@ def bearer_from_headers(ctx: Context[Any, Any]) -> str:
 
 
 class Tools:
-    """The tool implementations, bound to one HTTP client and a way to find the caller's token."""
+    """The tool implementations, bound to one HTTP client and a way to find the caller's token.
+
+    A failed hub call becomes an MCP tool error, and a warning log notification to the client.
+    """
 
     def __init__(self, client: httpx.AsyncClient, token_source: TokenSource) -> None:
         self._client = client
@@ -86,38 +91,36 @@ class Tools:
         return HubBackend(self._client, self._token_source(ctx))
 
     async def get(self, ctx: Context[Any, Any], path: str, **params: Any) -> Any:
-        """GET with the caller's token; a hub error becomes an MCP tool error."""
+        """GET with the caller's token."""
         try:
             return await self.backend(ctx).get(path, **params)
         except BackendError as exc:
-            raise _tool_error(exc) from exc
+            raise await failed(ctx, f"GET {path}", exc) from exc
 
     async def post(self, ctx: Context[Any, Any], path: str, body: dict[str, Any]) -> Any:
-        """POST with the caller's token; a hub error becomes an MCP tool error."""
+        """POST with the caller's token."""
         try:
             return await self.backend(ctx).post(path, body)
         except BackendError as exc:
-            raise _tool_error(exc) from exc
+            raise await failed(ctx, f"POST {path}", exc) from exc
 
     async def delete(self, ctx: Context[Any, Any], path: str) -> Any:
-        """DELETE with the caller's token; a hub error becomes an MCP tool error."""
+        """DELETE with the caller's token."""
         try:
             return await self.backend(ctx).delete(path)
         except BackendError as exc:
-            raise _tool_error(exc) from exc
+            raise await failed(ctx, f"DELETE {path}", exc) from exc
+
+
+async def failed(ctx: Context[Any, Any], call: str, exc: BackendError | InvalidId) -> ToolError:
+    """Warn the client that a hub call failed (status and code only) and make the tool error."""
+    status = f"{exc.status} " if isinstance(exc, BackendError) else ""
+    await log(ctx, "warning", f"{call} failed: {status}{exc.code}")
+    return _tool_error(exc)
 
 
 def _tool_error(exc: BackendError | InvalidId) -> ToolError:
     return ToolError(f"{exc.message} ({exc.code})")
-
-
-def _resource_error(exc: BackendError | InvalidId) -> ResourceError:
-    """A hub error or a bad id as a resource error: the caller's mistake (invalid params) unless
-    the hub itself failed."""
-    message = f"{exc.message} ({exc.code})"
-    if isinstance(exc, BackendError) and exc.status >= 500:
-        return ResourceError(message)
-    return ResourceNotFoundError(message)
 
 
 def _parsed[T](parse: Callable[[T], str], value: T) -> str:
@@ -128,6 +131,24 @@ def _parsed[T](parse: Callable[[T], str], value: T) -> str:
         raise _tool_error(exc) from exc
 
 
+def _hints(
+    *,
+    read_only: bool,
+    destructive: bool = False,
+    idempotent: bool = False,
+    open_world: bool = False,
+    title: str,
+) -> ToolAnnotations:
+    """A tool's behaviour hints (MCP tool annotations); a read-only tool is idempotent too."""
+    return ToolAnnotations(
+        title=title,
+        read_only_hint=read_only,
+        destructive_hint=destructive,
+        idempotent_hint=idempotent or read_only,
+        open_world_hint=open_world,
+    )
+
+
 def build_server(client: httpx.AsyncClient, token_source: TokenSource) -> MCPServer:
     """Create the MCP server whose tools call the hub through ``client``."""
     mcp = MCPServer(name="iamine", instructions=INSTRUCTIONS, version="0.1.0")
@@ -136,23 +157,32 @@ def build_server(client: httpx.AsyncClient, token_source: TokenSource) -> MCPSer
     _register_conversation_tools(mcp, tools)
     _register_memory_tools(mcp, tools)
     _register_agent_tools(mcp, tools)
+    register_resources(mcp, tools.backend)
+    register_prompts(mcp, tools.backend)
+    serve_completions(mcp, tools.backend)
+    serve_set_level(mcp)
     return mcp
 
 
 def _register_pool_tools(mcp: MCPServer, tools: Tools) -> None:
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=True, title="Models served"))
     async def models_list(ctx: Context[Any, Any]) -> ModelList:
         """List the models the pool can serve right now, with how many workers serve each."""
         body = await tools.get(ctx, "/v1/models")
+        await log(ctx, "info", f"models_list: {len(body['data'])} models served")
         return ModelList(models=[ModelEntry.of(m) for m in body["data"]])
 
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=True, title="Pool status"))
     async def pool_status(ctx: Context[Any, Any]) -> PoolStatus:
         """Show the pool's state: connected workers, free slots, queue depth, models served."""
-        body = await tools.get(ctx, "/v1/pool/status")
-        return PoolStatus.model_validate(body)
+        status = PoolStatus.model_validate(await tools.get(ctx, "/v1/pool/status"))
+        await log(
+            ctx, "info", f"pool_status: {status.workers} workers, {status.free_slots} free slots"
+        )
+        return status
 
-    @mcp.tool()
+    # Volunteer workers answer (open world); the chat is written to memory (not read-only).
+    @mcp.tool(annotations=_hints(read_only=False, open_world=True, title="Ask a pool model"))
     async def chat(
         ctx: Context[Any, Any],
         message: Annotated[str, Field(min_length=1, description="What to ask the model.")],
@@ -168,69 +198,82 @@ def _register_pool_tools(mcp: MCPServer, tools: Tools) -> None:
     ) -> ChatAnswer:
         """Ask a pool model one question and get its whole answer (written to memory like any
         API chat). Use it to delegate a sub-task to a cheaper or different model."""
-        backend = tools.backend(ctx)
+        await ctx.report_progress(0, 3, "Choosing a model")
+        if model is None:
+            served = (await tools.get(ctx, "/v1/models"))["data"]
+            if not served:
+                await log(ctx, "warning", "chat: no model is served by the pool")
+                raise ToolError("No model is served by the pool right now. (model_not_found)")
+            model = str(served[0]["id"])
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": message})
+        headers = (
+            {"X-Conversation-Id": _parsed(parse_conversation_id, conversation_id)}
+            if conversation_id is not None
+            else None
+        )
+        await ctx.report_progress(1, 3, f"Waiting for {model} on the pool")
         try:
-            if model is None:
-                served = (await backend.get("/v1/models"))["data"]
-                if not served:
-                    raise ToolError("No model is served by the pool right now. (model_not_found)")
-                model = str(served[0]["id"])
-            messages = [{"role": "system", "content": system}] if system else []
-            messages.append({"role": "user", "content": message})
-            headers = (
-                {"X-Conversation-Id": _parsed(parse_conversation_id, conversation_id)}
-                if conversation_id is not None
-                else None
-            )
-            body, response_headers = await backend.post_with_headers(
+            body, response_headers = await tools.backend(ctx).post_with_headers(
                 "/v1/chat/completions",
                 {"model": model, "messages": messages, "max_tokens": max_tokens},
                 headers=headers,
             )
         except BackendError as exc:
-            raise _tool_error(exc) from exc
-        return ChatAnswer.of(body, response_headers)
+            raise await failed(ctx, "POST /v1/chat/completions", exc) from exc
+        answer = ChatAnswer.of(body, response_headers)
+        await ctx.report_progress(3, 3, f"Answered by {answer.model}")
+        level: LoggingLevel = "info" if answer.route in HEALTHY_ROUTES else "warning"
+        await log(
+            ctx,
+            level,
+            f"chat: {answer.model} answered ({answer.route} route, "
+            f"{answer.completion_tokens} tokens) in conversation {answer.conversation_id}",
+        )
+        return answer
+
+
+# Routes where the asked model answered; the others (fallback, degraded) are worth a warning.
+HEALTHY_ROUTES = frozenset({"direct", "queued", "forwarded"})
 
 
 def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=True, title="List conversations"))
     async def conversation_list(
         ctx: Context[Any, Any],
         limit: Annotated[int, Field(ge=1, le=1000, description="How many, newest first.")] = 20,
     ) -> ConversationList:
         """List the user's conversations (ids, times, sizes), most recently active first."""
         body = await tools.get(ctx, "/v1/conversations", limit=limit)
+        await log(ctx, "info", f"conversation_list: {len(body['data'])} conversations")
         return ConversationList(
             conversations=[ConversationSummary.model_validate(c) for c in body["data"]]
         )
 
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=True, title="Read a conversation"))
     async def conversation_get(
         ctx: Context[Any, Any],
         conversation_id: Annotated[ConversationId, Field(description="Id from the list.")],
     ) -> ConversationDetail:
         """Read one of the user's conversations, decrypted: its turns and summaries."""
         body = await tools.get(ctx, _parsed(conversation_path, conversation_id))
-        return ConversationDetail.model_validate(body)
+        detail = ConversationDetail.model_validate(body)
+        await log(ctx, "info", f"conversation_get: {len(detail.turns)} turns")
+        return detail
 
-    @mcp.tool()
-    async def memory_export(ctx: Context[Any, Any]) -> dict[str, Any]:
+    @mcp.tool(annotations=_hints(read_only=True, title="Export memory"))
+    async def memory_export(ctx: Context[Any, Any]) -> MemoryExport:
         """Export everything the pool stores for the user, decrypted, as one JSON document."""
-        body: dict[str, Any] = await tools.get(ctx, "/v1/memory/export")
-        return body
-
-    @mcp.resource(
-        "conversation://{conversation_id}",
-        description="One of the user's conversations, decrypted, as JSON.",
-        mime_type="application/json",
-    )
-    async def conversation_resource(conversation_id: str, ctx: Context[Any, Any]) -> str:
-        # Parsed in the body, not by the signature: a bad id is the caller's error, not a crash.
-        try:
-            body = await tools.backend(ctx).get(conversation_path(conversation_id))
-        except (BackendError, InvalidId) as exc:
-            raise _resource_error(exc) from exc
-        return json.dumps(body)
+        await ctx.report_progress(0, 2, "Exporting conversations, facts and notes")
+        export = MemoryExport.model_validate(await tools.get(ctx, "/v1/memory/export"))
+        await ctx.report_progress(2, 2, "Exported")
+        await log(
+            ctx,
+            "info",
+            f"memory_export: {len(export.conversations)} conversations, "
+            f"{len(export.facts)} facts, {len(export.notes)} notes",
+        )
+        return export
 
 
 # The hub's own limits, published in the tools' schemas so an agent sees them before calling.
@@ -247,7 +290,8 @@ Query = Annotated[
 
 
 def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
-    @mcp.tool()
+    # A near-duplicate merges and a contradiction supersedes with history kept: additive.
+    @mcp.tool(annotations=_hints(read_only=False, title="Remember a fact"))
     async def remember(
         ctx: Context[Any, Any],
         text: Annotated[
@@ -268,9 +312,11 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         body: dict[str, Any] = {"text": text, "tags": tags or [], "confidence": confidence}
         if key is not None:
             body["key"] = key
-        return Fact.model_validate(await tools.post(ctx, "/v1/memory/facts", body))
+        fact = Fact.model_validate(await tools.post(ctx, "/v1/memory/facts", body))
+        await log(ctx, "info", f"remember: fact {fact.id} {fact.status or 'stored'}")
+        return fact
 
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=True, title="Recall from memory"))
     async def recall(
         ctx: Context[Any, Any],
         query: Query,
@@ -284,18 +330,23 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         body = await tools.get(
             ctx, "/v1/memory/recall", query=query, k=k, tags=tags, namespace=namespace
         )
-        return Recall.model_validate(body)
+        found = Recall.model_validate(body)
+        await log(ctx, "info", f"recall: {len(found.facts)} facts, {len(found.notes)} notes")
+        return found
 
-    @mcp.tool()
+    # Forgetting twice leaves the same state (the second is a not-found error).
+    @mcp.tool(annotations=_hints(read_only=False, destructive=True, idempotent=True,
+                                 title="Forget a fact"))  # fmt: skip
     async def forget(
         ctx: Context[Any, Any],
         fact_id: FactId,
     ) -> Forgotten:
         """Forget one fact for good (text, embedding and history)."""
-        body = await tools.delete(ctx, _parsed(fact_path, fact_id))
-        return Forgotten.model_validate(body)
+        gone = Forgotten.model_validate(await tools.delete(ctx, _parsed(fact_path, fact_id)))
+        await log(ctx, "info", f"forget: fact {gone.id} deleted={gone.deleted}")
+        return gone
 
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=False, title="Write a note"))
     async def note_write(
         ctx: Context[Any, Any],
         body: Annotated[
@@ -318,9 +369,11 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
             "tags": tags or [],
             "author_agent": author_agent,
         }
-        return Note.model_validate(await tools.post(ctx, "/v1/memory/notes", payload))
+        note = Note.model_validate(await tools.post(ctx, "/v1/memory/notes", payload))
+        await log(ctx, "info", f"note_write: note {note.id} written in {namespace}")
+        return note
 
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=True, title="Search notes"))
     async def note_search(
         ctx: Context[Any, Any],
         query: Annotated[Query, Field(description="Search text.")],
@@ -335,48 +388,22 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         body = await tools.get(
             ctx, "/v1/memory/notes", query=query, k=k, namespace=namespace, tags=tags, mode=mode
         )
+        await log(ctx, "info", f"note_search: {len(body['data'])} notes ({mode})")
         return NoteList(notes=[Note.model_validate(n) for n in body["data"]])
 
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=True, title="Read a note"))
     async def note_get(
         ctx: Context[Any, Any],
         note_id: NoteId,
     ) -> Note:
         """Read one note in full."""
-        return Note.model_validate(await tools.get(ctx, _parsed(note_path, note_id)))
-
-    @mcp.resource(
-        "memory://facts{?query}",
-        description="The user's current facts (newest first, or the best for `query`), JSON.",
-        mime_type="application/json",
-    )
-    async def facts_resource(ctx: Context[Any, Any], query: str = "") -> str:
-        try:
-            body = await tools.backend(ctx).get("/v1/memory/facts", query=query or None, k=100)
-        except BackendError as exc:
-            raise _resource_error(exc) from exc
-        return json.dumps(FactList(facts=body["data"]).model_dump())
-
-    @mcp.resource(
-        "notes://{namespace}/{note_id}",
-        description="One note of a namespace the user can read, JSON.",
-        mime_type="application/json",
-    )
-    async def note_resource(namespace: str, note_id: str, ctx: Context[Any, Any]) -> str:
-        try:
-            namespace = parse_namespace(namespace)
-            body = await tools.backend(ctx).get(note_path(note_id))
-        except (BackendError, InvalidId) as exc:
-            raise _resource_error(exc) from exc
-        if body.get("namespace") != namespace and not (
-            namespace == "user:me" and str(body.get("namespace", "")).startswith("user:")
-        ):
-            raise ResourceNotFoundError(f"Note {note_id} is not in {namespace}. (not_found)")
-        return json.dumps(body)
+        note = Note.model_validate(await tools.get(ctx, _parsed(note_path, note_id)))
+        await log(ctx, "info", f"note_get: note {note.id} of {note.namespace}")
+        return note
 
 
 def _register_agent_tools(mcp: MCPServer, tools: Tools) -> None:
-    @mcp.tool()
+    @mcp.tool(annotations=_hints(read_only=False, open_world=True, title="Run a sub-agent"))
     async def subagent_run(
         ctx: Context[Any, Any],
         role: RoleName,
@@ -388,9 +415,10 @@ def _register_agent_tools(mcp: MCPServer, tools: Tools) -> None:
         body: dict[str, Any] = {"role": role, "input": input}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
+        await ctx.report_progress(0, 2, f"Waiting for the {role} role on the pool")
         answer = await tools.post(ctx, "/v1/agents/run", body)
         choice = answer["choices"][0]
-        return SubagentAnswer(
+        result = SubagentAnswer(
             role=answer.get("iamine_role", role),
             content=choice["message"].get("content") or "",
             model=answer["model"],
@@ -398,15 +426,12 @@ def _register_agent_tools(mcp: MCPServer, tools: Tools) -> None:
             completion_tokens=answer["usage"]["completion_tokens"],
             review=answer.get("iamine_review"),
         )
-
-    for role in BUILTIN_ROLES.values():
-        _add_role_prompt(mcp, role)
-
-
-def _add_role_prompt(mcp: MCPServer, role: Role) -> None:
-    """A prompt that briefs an agent as this role (the same system prompt the pool uses)."""
-
-    def brief(task: str) -> str:
-        return f"{role.system_prompt}\n\nTask:\n{task}"
-
-    mcp.prompt(name=role.name, description=role.description or f"The {role.name} role.")(brief)
+        await ctx.report_progress(2, 2, f"Answered by {result.model}")
+        reviewed = ", reviewed" if result.review is not None else ""
+        await log(
+            ctx,
+            "info",
+            f"subagent_run: {result.role} answered with {result.model} "
+            f"({result.completion_tokens} tokens{reviewed})",
+        )
+        return result
