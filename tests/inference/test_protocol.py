@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -28,6 +29,8 @@ from inference.protocol import (
     Usage,
     Welcome,
     encode,
+    encode_bytes,
+    encode_chunk,
     parse_frame,
 )
 
@@ -94,6 +97,36 @@ def test_encode_omits_unset_optional_fields_but_keeps_nulls_inside_messages() ->
     assert wire["messages"][1]["content"] is None
     chunk = json.loads(encode(Chunk(job_id="j", delta=Delta(content="x"))))
     assert chunk == {"type": "chunk", "job_id": "j", "delta": {"content": "x"}}
+
+
+TEXTS = ["Hello", "", None, 'é\u2028\x00\x1f"\\/😀', "\x7f<b>&amp;", "line\nbreak\ttab"]
+
+
+@pytest.mark.parametrize("content", TEXTS)
+def test_a_text_chunk_is_written_byte_for_byte_as_pydantic_writes_it(content: str | None) -> None:
+    chunk = Chunk(job_id="j-1", delta=Delta(content=content))
+    wire = chunk.model_dump_json(exclude_none=True)
+    assert encode(chunk) == wire
+    assert encode_bytes(chunk) == wire.encode()
+    assert encode_chunk("j-1", content) == wire.encode()
+    assert parse_frame(encode_bytes(chunk)) == chunk
+
+
+@pytest.mark.parametrize("frame", FRAMES, ids=lambda frame: frame.type)
+def test_encode_bytes_is_encode_in_utf8(frame: Frame) -> None:
+    assert encode_bytes(frame) == encode(frame).encode()
+
+
+def test_what_orjson_refuses_is_read_as_the_standard_parser_reads_it() -> None:
+    nan = parse_frame('{"type": "heartbeat", "ts": NaN}')
+    huge = parse_frame('{"type": "heartbeat", "ts": 1e400}')
+    assert isinstance(nan, Heartbeat)
+    assert math.isnan(nan.ts)
+    assert huge == Heartbeat(ts=math.inf)
+
+
+def test_parse_frame_reads_utf16_as_the_standard_parser_does() -> None:
+    assert parse_frame('{"type": "cancel", "job_id": "j"}'.encode("utf-16")) == Cancel(job_id="j")
 
 
 def test_parse_frame_accepts_utf8_bytes() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from starlette.routing import Route
 
 from inference.engine import EngineError, EngineEvent, Finish
 from inference.protocol import Delta, ErrorCode, Job, ModelInfo, SamplingParams
-from inference.upstream import UpstreamEngine
+from inference.upstream import UpstreamEngine, _sse_data
 
 MODELS = {
     "object": "list",
@@ -80,6 +81,7 @@ SCRIPTS: dict[str, list[dict[str, Any]]] = {
     ],
     "near-echo": [chunk({"content": "Once"}), chunk({"content": " more,"}), chunk({}, "stop")],
     "short": [chunk({"content": "Once"}), chunk({}, "stop")],
+    "close": [chunk({"content": "Bye"}), chunk({}, "stop")],  # answered with Connection: close
 }
 
 
@@ -89,6 +91,7 @@ class StubUpstream:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.authorization: list[str | None] = []
+        self.clients: list[tuple[str, int] | None] = []
         self.base_url = ""
         self.stream_closed = anyio.Event()
         self.app = Starlette(
@@ -105,12 +108,14 @@ class StubUpstream:
         body = await request.json()
         self.requests.append(body)
         self.authorization.append(request.headers.get("authorization"))
+        self.clients.append((request.client.host, request.client.port) if request.client else None)
         script = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
         if script == "fail":
             return JSONResponse({"error": {"message": "boom", "code": None}}, status_code=500)
         if script == "too-long":
             error = {"message": "too long", "code": "context_length_exceeded"}
             return JSONResponse({"error": error}, status_code=400)
+        headers = {"Connection": "close"} if script == "close" else None
 
         async def events() -> AsyncIterator[str]:
             if script == "endless":
@@ -123,7 +128,7 @@ class StubUpstream:
                 yield f"data: {json.dumps(event)}\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 @pytest.fixture
@@ -359,3 +364,125 @@ async def test_a_constrained_job_with_a_prefix_is_refused_before_any_request(
             await collect(engine, make_job("text", assistant_prefix='{"city": ', **constraint))
     assert caught.value.code == ErrorCode.INVALID_REQUEST
     assert upstream.requests == []
+
+
+@pytest.mark.anyio
+async def test_jobs_one_after_another_share_one_kept_alive_connection(
+    upstream: StubUpstream,
+) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        first = await collect(engine, make_job("text"))
+        second = await collect(engine, make_job("text"))
+
+    assert first == second
+    assert len(upstream.clients) == 2
+    assert upstream.clients[0] == upstream.clients[1]
+
+
+@pytest.mark.anyio
+async def test_a_connection_the_upstream_closes_is_not_reused(upstream: StubUpstream) -> None:
+    async with UpstreamEngine(upstream.base_url, model="stub-model") as engine:
+        closed = await collect(engine, make_job("close"))
+        after = await collect(engine, make_job("text"))
+
+    assert closed[0] == Delta(content="Bye")
+    assert after[0] == Delta(content="Hello")
+    assert upstream.clients[0] != upstream.clients[1]
+
+
+SSE_STREAM = (
+    b"data: a\r\n\r\ndata: b\n\n: comment\n\ndata:c\rdata: d\r\revent: x\ndata: e\n\ndata: f"
+)
+
+
+async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("cut", range(len(SSE_STREAM) + 1))
+async def test_sse_events_split_anywhere_read_the_same(cut: int) -> None:
+    events = _sse_data(pieces(SSE_STREAM[:cut], SSE_STREAM[cut:]))
+    assert [data async for data in events] == [b"a", b"b", b"c\nd", b"e", b"f"]
+
+
+RAW_ANSWER = (
+    b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in SCRIPTS["text"])
+    + b"data: [DONE]\n\n"
+)
+
+
+async def raw_upstream(framing: str) -> tuple[asyncio.Server, list[int]]:
+    """A bare HTTP/1.1 server that answers each connection once, then closes it unannounced.
+
+    ``length``: a Content-Length body, the connection said to be kept alive (the next request
+    finds it dead); ``close``: a body that ends with the connection. Returns the server and
+    the count of answers.
+    """
+    answered: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        if framing == "length":
+            fields = f"Content-Length: {len(RAW_ANSWER)}\r\nConnection: keep-alive"
+        else:
+            fields = "Connection: close"
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{fields}\r\n\r\n".encode()
+            + RAW_ANSWER
+        )
+        answered.append(1)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), answered
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("framing", ["length", "close"])
+async def test_answers_reach_the_worker_whatever_the_upstream_does_with_its_connection(
+    framing: str,
+) -> None:
+    server, answered = await raw_upstream(framing)
+    port = server.sockets[0].getsockname()[1]
+    engine = UpstreamEngine(f"http://127.0.0.1:{port}", model="stub-model")
+    try:
+        runs = [await collect(engine, make_job("text")) for _ in range(3)]
+    finally:
+        await engine.aclose()
+        server.close()
+    assert len(answered) == 3
+    for events in runs:
+        assert events[:2] == [Delta(content="Hello"), Delta(content=" world")]
+        assert isinstance(events[-1], Finish)
+
+
+@pytest.mark.anyio
+async def test_an_upstream_that_hangs_up_before_answering_is_an_upstream_error() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    engine = UpstreamEngine(f"http://127.0.0.1:{port}", model="stub-model")
+    try:
+        with pytest.raises(EngineError) as caught:
+            await collect(engine, make_job("text"))
+    finally:
+        await engine.aclose()
+        server.close()
+    assert caught.value.code == ErrorCode.UPSTREAM_ERROR
+
+
+def test_an_upstream_key_with_a_line_break_is_refused() -> None:
+    with pytest.raises(EngineError) as caught:
+        UpstreamEngine("http://127.0.0.1:1", api_key="key\r\nX-Injected: 1")
+    assert caught.value.code == ErrorCode.UPSTREAM_ERROR
