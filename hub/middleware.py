@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +23,7 @@ from hub.observability import Metrics
 log = structlog.get_logger()
 
 REQUEST_ID_HEADER = "x-request-id"
+_REQUEST_ID_KEY = REQUEST_ID_HEADER.encode()
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -31,18 +33,33 @@ def _route_template(scope: Scope) -> str:
     return path or "unmatched"
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's value (the last one, when repeated), without building a dict."""
+    found: bytes | None = None
+    for key, value in scope["headers"]:
+        if key == name:
+            found = bytes(value)
+    return found
+
+
 class RequestContextMiddleware:
-    """Give every request an id (echoed in ``X-Request-Id``), log it, and count it."""
+    """Give every request an id (echoed in ``X-Request-Id``), log it, and count it.
+
+    The metric children of each method and route are looked up once and kept: the label sets
+    are few (one per route template), and a lookup takes the metric's lock.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._latency: dict[tuple[str, str], Histogram] = {}
+        self._requests: dict[tuple[str, str, int], Counter] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        incoming = (_header(scope, _REQUEST_ID_KEY) or b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
@@ -55,9 +72,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
-                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                    (_REQUEST_ID_KEY, request_id.encode()),
                 ]
-                self.metrics.http_latency.labels(scope["method"], _route_template(scope)).observe(
+                self._latency_of(scope["method"], _route_template(scope)).observe(
                     time.perf_counter() - started
                 )
             await send(message)
@@ -66,8 +83,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             self.metrics.http_in_flight.dec()
-            route = _route_template(scope)
-            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            self._requests_of(scope["method"], _route_template(scope), status).inc()
             log.info(
                 "http_request",
                 method=scope["method"],
@@ -76,6 +92,22 @@ class RequestContextMiddleware:
                 ms=round((time.perf_counter() - started) * 1000, 2),
             )
             structlog.contextvars.unbind_contextvars("request_id")
+
+    def _latency_of(self, method: str, route: str) -> Histogram:
+        key = (method, route)
+        child = self._latency.get(key)
+        if child is None:
+            child = self._latency[key] = self.metrics.http_latency.labels(method, route)
+        return child
+
+    def _requests_of(self, method: str, route: str, status: int) -> Counter:
+        key = (method, route, status)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.metrics.http_requests.labels(
+                method, route, str(status)
+            )
+        return child
 
 
 class BodyLimitMiddleware:
@@ -89,7 +121,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send)
             return
