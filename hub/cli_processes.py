@@ -133,20 +133,38 @@ def _run_until_signal(work: Awaitable[None]) -> None:
 
 
 def mcp(
-    hub: Annotated[str, typer.Option(help="Hub URL, like http://127.0.0.1:8420.")],
+    hub: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IAMINE_HUB_URL", help="Hub URL, like http://127.0.0.1:8420 (default: login's)."
+        ),
+    ] = None,
     token: Annotated[
-        str, typer.Option(envvar="IAMINE_TOKEN", help="Your user token (or the env var).")
-    ],
+        str | None,
+        typer.Option(envvar="IAMINE_TOKEN", help="Your user token (default: the login profile's)."),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the hub per call.")] = 300.0,
 ) -> None:
-    """Serve the iamine MCP tools on stdio (for Claude Desktop, Cursor...), backed by a hub."""
+    """Serve the iamine MCP tools on stdio (for Claude Desktop, Cursor...), backed by a hub.
+
+    The hub and the token come from the options (or their env vars), else from the profile
+    `iamine login` saved. Nothing but MCP goes to stdout; errors go to stderr.
+    """
     import httpx
 
+    from hub.client.errors import ClientError
+    from hub.client.profile import resolve_profile
     from mcp_server.server import build_server
 
+    try:
+        profile = resolve_profile(hub, token)
+    except ClientError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+
     async def main() -> None:
-        async with httpx.AsyncClient(base_url=hub.rstrip("/"), timeout=timeout) as client:
-            server = build_server(client, lambda _ctx: token)
+        async with httpx.AsyncClient(base_url=profile.hub_url, timeout=timeout) as client:
+            server = build_server(client, lambda _ctx: profile.token)
             await server.run_stdio_async()
 
     asyncio.run(main())
