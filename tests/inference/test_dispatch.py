@@ -9,7 +9,7 @@ import pytest
 
 from inference.dispatch import Degraded, JobFailed, Started, Waiting, complete_text, run_job
 from inference.link import WorkerLink
-from inference.pool_config import PoolConfig
+from inference.pool_config import JobKind, PoolConfig
 from inference.protocol import (
     Cancel,
     Chunk,
@@ -111,7 +111,9 @@ async def test_a_failing_worker_is_reported_not_hidden() -> None:
 
 
 @pytest.mark.parametrize("kind", ["extraction", "compaction"])
-async def test_the_hubs_private_work_never_reaches_a_worker_below_its_trust(kind: str) -> None:
+async def test_the_hubs_private_work_never_reaches_a_worker_below_its_trust(
+    kind: JobKind,
+) -> None:
     pool = registry()
     link = worker(pool, ["leaked"], trust=1)
     with pytest.raises(JobFailed) as caught:
