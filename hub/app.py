@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 from fastapi import FastAPI
 
+from federation.service import open_federation
 from hub.admin_token import ensure_admin_token, token_file
 from hub.auth import TokenResolver
 from hub.billing import Billing
@@ -38,6 +39,7 @@ from hub.routes import (
     conversations,
     disputes,
     facts,
+    federation,
     health,
     jobs,
     memory,
@@ -157,6 +159,10 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 semantic=semantic,
                 billing=billing,
             )
+            if settings.federation.active:
+                state.federation = await stack.enter_async_context(
+                    open_federation(settings.federation, settings.data_dir, db.pool)
+                )
             canaries = build_canaries(state)
             state.scheduler = Scheduler(
                 build_jobs(state, canaries=canaries), db.pool, settings.jobs
@@ -174,6 +180,8 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 loops.start_soon(compactor.run)
                 if billing is not None:
                     loops.start_soon(billing.run)
+                if state.federation is not None:
+                    loops.start_soon(state.federation.run)
                 if semantic.miner is not None:
                     loops.start_soon(semantic.miner.run)
                 if local_worker.enabled:
@@ -222,6 +230,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(preferences.router)
     app.include_router(worker_records.router)
     app.include_router(worker_records.admin_router)
+    app.include_router(federation.router)
+    app.include_router(federation.admin_router)
     app.include_router(account.router)
     app.include_router(account.admin_router)
     app.include_router(disputes.router)

@@ -21,6 +21,7 @@ from hub import (
     accounts,
     admin_token,
     cli_client,
+    cli_federation,
     cli_ledger,
     cli_namespaces,
     cli_processes,
@@ -58,6 +59,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(cli_namespaces.app, name="namespaces")
 app.add_typer(cli_ledger.app, name="ledger")
 app.add_typer(cli_workers.app, name="workers")
+app.add_typer(cli_federation.app, name="federation")
 
 console = Console()
 err_console = Console(stderr=True)

@@ -14,6 +14,7 @@ import platformdirs
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from federation.settings import FederationSettings
 from inference.agents import AgentSettings
 from inference.checker import CheckerSettings
 from inference.red import RedSettings
@@ -216,3 +217,4 @@ class Settings(BaseSettings):
     red: RedSettings = Field(default_factory=RedSettings)
     agents: AgentSettings = Field(default_factory=AgentSettings)
     economy: EconomySettings = Field(default_factory=EconomySettings)
+    federation: FederationSettings = Field(default_factory=FederationSettings)

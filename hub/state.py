@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from federation.service import Federation
 from hub.auth import TokenResolver
 from hub.billing import Billing
 from hub.bookkeeping import BackgroundWriter
@@ -34,3 +35,4 @@ class HubState:
     semantic: SemanticMemory | None = None
     local_worker: LocalWorker | None = None
     billing: Billing | None = None
+    federation: Federation | None = None

@@ -1,0 +1,171 @@
+"""Several live hubs on loopback, each with its own database, data directory and pool key.
+
+A module shares its hubs (starting one costs a database copy and a server thread). Each hub
+has federation on, with ``http://127.0.0.1:<port>`` as its public URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from federation.identity import PoolIdentity, key_file, load_identity
+from federation.settings import FederationSettings
+from federation.signatures import SignedRequest, sign_request
+from hub.app import create_app
+from hub.config import JobsSettings, Settings
+from inference.settings import InferenceSettings
+from memory.settings import MemorySettings
+from tests.conftest import TEMPLATE_DB, database_uri
+from tests.hub.conftest import free_port, wait_until
+
+HUBS = 3
+
+
+@dataclass
+class FedHub:
+    """A running hub with federation on."""
+
+    url: str
+    database_url: str
+    data_dir: Path
+    admin_token: str
+    settings: Settings
+
+    @property
+    def identity(self) -> PoolIdentity:
+        """The hub's pool key, read from its data directory."""
+        return load_identity(key_file(self.data_dir))
+
+    def admin(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request to the admin API with the admin token."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def env(self) -> dict[str, str]:
+        """The environment a CLI command needs to act for this hub."""
+        return {
+            "IAMINE_DATABASE_URL": self.database_url,
+            "IAMINE_DATA_DIR": str(self.data_dir),
+            "IAMINE_FEDERATION__ENABLED": "true",
+            "IAMINE_FEDERATION__PUBLIC_URL": self.url,
+            "COLUMNS": "250",
+        }
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Rows of a query on this hub's database (the test reads what the hub recorded)."""
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """:meth:`fetch` from synchronous code."""
+        return asyncio.run(self.fetch(sql, *args))
+
+
+def new_identity() -> PoolIdentity:
+    """A fresh pool key, not on disk (a stranger, or a peer the test admits itself)."""
+    return PoolIdentity(Ed25519PrivateKey.generate())
+
+
+def signed_request(
+    identity: PoolIdentity,
+    method: str,
+    url: str,
+    body: bytes = b"",
+    *,
+    now: datetime | None = None,
+    nonce: str | None = None,
+) -> SignedRequest:
+    """A request signed the way a peer signs it (``url`` absolute)."""
+    headers = {"content-type": "application/json"} if body else {}
+    request = SignedRequest(method, url, headers)
+    sign_request(identity, request, body, now=now or datetime.now(UTC), nonce=nonce)
+    return request
+
+
+def send(
+    request: SignedRequest, body: bytes = b"", *, to: str | None = None, **headers: str
+) -> httpx.Response:
+    """Send a signed request as is (``to``: another origin than the one it was signed for)."""
+    url = request.url if to is None else to + "/" + request.url.split("/", 3)[3]
+    return httpx.request(
+        request.method, url, content=body, headers={**request.headers, **headers}, timeout=30
+    )
+
+
+async def _create_database(admin_uri: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_uri)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+
+
+async def _drop_database(admin_uri: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_uri)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def _serve(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thread]:
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), 60, "a hub to start")
+    return server, thread
+
+
+@pytest.fixture(scope="module")
+def fed_hubs(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[FedHub]]:
+    """Three hubs on loopback with federation on; stopped and dropped afterwards."""
+    databases: list[str] = []
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    hubs: list[FedHub] = []
+    try:
+        for _ in range(HUBS):
+            name = f"fed_{uuid.uuid4().hex[:12]}"
+            asyncio.run(_create_database(pg_admin_uri, name))
+            databases.append(name)
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            database_url = database_uri(pg_admin_uri, name)
+            settings = Settings(
+                data_dir=tmp_path_factory.mktemp("fedhub"),
+                database_url=database_url,
+                inference=InferenceSettings(local_worker=False),
+                memory=MemorySettings(facts_extraction=False),
+                jobs=JobsSettings(enabled=False),
+                federation=FederationSettings(enabled=True, public_url=url),
+            )
+            server, thread = _serve(settings, port)
+            servers.append((server, thread))
+            assert thread.is_alive(), "a hub failed to start"
+            admin_token = (settings.data_dir / "admin-token").read_text().strip()
+            hubs.append(FedHub(url, database_url, settings.data_dir, admin_token, settings))
+        yield hubs
+    finally:
+        for server, thread in servers:
+            server.should_exit = True
+            thread.join(timeout=30)
+        for name in databases:
+            asyncio.run(_drop_database(pg_admin_uri, name))
