@@ -164,6 +164,10 @@ def build_server(client: httpx.AsyncClient, token_source: TokenSource) -> MCPSer
     return mcp
 
 
+# Routes where the asked model answered; the others (fallback, degraded) are worth a warning.
+HEALTHY_ROUTES = frozenset({"direct", "queued", "forwarded"})
+
+
 def _register_pool_tools(mcp: MCPServer, tools: Tools) -> None:
     @mcp.tool(annotations=_hints(read_only=True, title="Models served"))
     async def models_list(ctx: Context[Any, Any]) -> ModelList:
@@ -231,10 +235,6 @@ def _register_pool_tools(mcp: MCPServer, tools: Tools) -> None:
             f"{answer.completion_tokens} tokens) in conversation {answer.conversation_id}",
         )
         return answer
-
-
-# Routes where the asked model answered; the others (fallback, degraded) are worth a warning.
-HEALTHY_ROUTES = frozenset({"direct", "queued", "forwarded"})
 
 
 def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
