@@ -103,6 +103,8 @@ class Level:
     wall_s: float = 0.0
     cpu_cores: dict[str, float] = field(default_factory=dict)
     processes: dict[str, int] = field(default_factory=dict)
+    others_cpu_cores: float = 0.0
+    settle_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         """The JSON summary of the level."""
@@ -124,6 +126,8 @@ class Level:
             "cpu_cores": {name: round(cores, 2) for name, cores in self.cpu_cores.items()},
             "processes": self.processes,
             "proxy_cpu_ms_per_req": self.proxy_cpu_ms_per_request(),
+            "others_cpu_cores": round(self.others_cpu_cores, 2),
+            "settle_s": round(self.settle_s, 1),
         }
 
     def _proxy_cores(self) -> float:
@@ -252,23 +256,31 @@ async def drive(
 
 async def measure(
     route: Route,
+    others: Sequence[Route],
     concurrency: int,
     stream: bool,
     plan: Plan,
     progress: Progress,
 ) -> Level:
-    """Warm up (opening every connection), then time the level's chats at ``concurrency``."""
+    """Warm up (opening every connection), then time the level's chats at ``concurrency``.
+
+    It first waits for the other paths' processes to go idle (LiteLLM keeps working for a
+    while after its last answer), and records what they still used meanwhile.
+    """
     requests, warmup = plan.requests_at(concurrency), plan.warmup_at(concurrency)
     mode = "stream" if stream else "plain"
     task = progress.add_task(
         f"{route.name:>14} {mode:>6} × {concurrency:<3}", total=warmup + requests
     )
     advance = functools.partial(progress.advance, task)
+    background = [procs for other in others for procs in proxy_processes(other)]
+    settle_s = await settle(background)
     # HTTP/1.1 keep-alive, one connection per simulated user.
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
         await drive(client, concurrency, route, warmup, stream, plan.tokens, advance)
         before = {name: cpu_seconds(procs()) for name, procs in route.processes.items()}
+        others_before = sum(cpu_seconds(procs()) for procs in background)
         client_before = time.process_time()
         started = time.perf_counter()
         samples = await drive(client, concurrency, route, requests, stream, plan.tokens, advance)
@@ -278,8 +290,29 @@ async def measure(
             for name, procs in route.processes.items()
         }
         cpu["client"] = (time.process_time() - client_before) / wall
+        others_cores = (sum(cpu_seconds(procs()) for procs in background) - others_before) / wall
     processes = {name: len(procs()) for name, procs in route.processes.items()}
-    return Level(samples, wall, cpu, processes | {"client": 1})
+    return Level(samples, wall, cpu, processes | {"client": 1}, others_cores, settle_s)
+
+
+def proxy_processes(route: Route) -> list[Callable[[], list[psutil.Process]]]:
+    """The process groups of a path that no other path shares."""
+    return [procs for name, procs in route.processes.items() if name not in SHARED]
+
+
+async def settle(
+    background: Sequence[Callable[[], list[psutil.Process]]],
+    idle_cores: float = 0.05,
+    limit_s: float = 30.0,
+) -> float:
+    """Wait until ``background`` uses under ``idle_cores`` (at most ``limit_s``); seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        before = sum(cpu_seconds(procs()) for procs in background)
+        await asyncio.sleep(0.5)
+        if sum(cpu_seconds(procs()) for procs in background) - before < idle_cores * 0.5:
+            break
+    return time.perf_counter() - started
 
 
 def find_litellm() -> Path | None:
@@ -443,7 +476,10 @@ async def run(
             for mode in plan.modes:
                 paths: dict[str, Any] = {"litellm": None}
                 for route in routes:
-                    measured = await measure(route, concurrency, mode == "stream", plan, progress)
+                    others = [other for other in routes if other is not route]
+                    measured = await measure(
+                        route, others, concurrency, mode == "stream", plan, progress
+                    )
                     paths[route.name] = measured.summary()
                 modes[mode] = paths | compare(paths)
             results[str(concurrency)] = modes
