@@ -225,15 +225,14 @@ async def plain_once(
 
 
 async def drive(
-    client: httpx.AsyncClient,
-    concurrency: int,
+    clients: Sequence[httpx.AsyncClient],
     route: Route,
     requests: int,
     stream: bool,
     tokens: int,
     on_done: Callable[[], None],
 ) -> list[Sample]:
-    """Run ``requests`` chats with ``concurrency`` simulated users, each one at a time."""
+    """Run ``requests`` chats, one simulated user per client, each user one chat at a time."""
     url = f"{route.base_url}/v1/chat/completions"
     headers = {**route.headers, "content-type": "application/json"}
     body, expected = request_body(tokens, stream), expected_text(tokens)
@@ -241,7 +240,7 @@ async def drive(
     samples: list[Sample] = []
     remaining = requests
 
-    async def user() -> None:
+    async def user(client: httpx.AsyncClient) -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
@@ -249,8 +248,8 @@ async def drive(
             on_done()
 
     async with asyncio.TaskGroup() as group:
-        for _ in range(concurrency):
-            group.create_task(user())
+        for client in clients:
+            group.create_task(user(client))
     return samples
 
 
@@ -275,15 +274,23 @@ async def measure(
     advance = functools.partial(progress.advance, task)
     background = [procs for other in others for procs in proxy_processes(other)]
     settle_s = await settle(background)
-    # HTTP/1.1 keep-alive, one connection per simulated user.
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0)) as client:
-        await drive(client, concurrency, route, warmup, stream, plan.tokens, advance)
+    # HTTP/1.1 keep-alive, a client of one connection per simulated user: one shared pool of
+    # many connections costs httpcore a poll of every idle connection per request, which made
+    # the load generator itself the bottleneck of plain (short) chats.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(120.0))
+            )
+            for _ in range(concurrency)
+        ]
+        await drive(clients, route, warmup, stream, plan.tokens, advance)
         before = {name: cpu_seconds(procs()) for name, procs in route.processes.items()}
         others_before = sum(cpu_seconds(procs()) for procs in background)
         client_before = time.process_time()
         started = time.perf_counter()
-        samples = await drive(client, concurrency, route, requests, stream, plan.tokens, advance)
+        samples = await drive(clients, route, requests, stream, plan.tokens, advance)
         wall = time.perf_counter() - started
         cpu = {
             name: (cpu_seconds(procs()) - before[name]) / wall
