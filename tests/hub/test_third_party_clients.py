@@ -144,9 +144,8 @@ asyncio.run(main())
 
 @dataclass
 class Client:
-    """Where one client process runs: its HOME, its project folder and its environment."""
+    """Where one client process runs: its project folder and its environment (HOME and all)."""
 
-    home: Path
     project: Path
     env: dict[str, str]
 
@@ -180,8 +179,7 @@ def hub_overrides() -> dict[str, Any]:
 
 
 def make_client(root: Path) -> Client:
-    """A temporary HOME and project under ``root``, and an environment where only 127.0.0.1
-    is reachable."""
+    """A HOME and a project folder under ``root``; an environment where only 127.0.0.1 answers."""
     home, project = root / "home", root / "project"
     home.mkdir(parents=True)
     project.mkdir()
@@ -199,7 +197,7 @@ def make_client(root: Path) -> Client:
     for name in ("http_proxy", "https_proxy", "all_proxy"):
         env[name] = env[name.upper()] = closed
     env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,localhost"
-    return Client(home, project, env)
+    return Client(project, env)
 
 
 @pytest.fixture
@@ -241,7 +239,7 @@ def aider_command(hub: LiveHub, client: Client, token: str, model: str, file: Pa
     (client.project / ".aider.model.metadata.json").write_text(aider_metadata(hub))
     # Bounded answers: the model is tiny, but a whole-file rewrite could run long on one thread.
     settings = [{"name": f"openai/{model}", "extra_params": {"max_tokens": 96}}]
-    (client.project / ".aider.model.settings.yml").write_text(json.dumps(settings))
+    (client.project / ".aider.model.settings.yml").write_text(json.dumps(settings))  # JSON is YAML
     return [
         str(AIDER),
         "--message",
@@ -295,8 +293,8 @@ def test_aider_edits_a_file_through_the_hub_without_a_protocol_error(
     )
     assert done.returncode == 0, done.output
     assert done.broken() == [], done.output
+    assert "Added greeting.py to the chat." in done.stdout, done.output
     assert AIDER_USAGE.search(done.output), done.output
-    assert source.exists()
 
 
 def test_aider_with_a_wrong_token_reports_the_hubs_authentication_error(
@@ -336,16 +334,17 @@ def llm_setup(hub: LiveHub, client: Client, key: str, model: str) -> None:
     assert done.returncode == 0, done.output
 
 
-def llm_prompt(client: Client, *extra: str) -> list[str]:
-    """``llm -m iamine-smollm2`` with a capped answer."""
-    return [str(LLM), "-m", "iamine-smollm2", "-o", "max_tokens", "24", *extra]
+def llm_prompt(*extra: str) -> list[str]:
+    """``llm -m iamine-smollm2``, greedy (never empty by chance) and with a capped answer."""
+    options = ["-o", "max_tokens", "24", "-o", "temperature", "0"]
+    return [str(LLM), "-m", "iamine-smollm2", *options, *extra]
 
 
 def test_llm_cli_answers_through_an_extra_openai_models_entry(
     live_hub: LiveHub, real_worker: None, client: Client
 ) -> None:
     llm_setup(live_hub, client, live_hub.user_token, BUNDLED_MODEL)
-    done = run_client(client, llm_prompt(client, "Say hello in one short sentence."))
+    done = run_client(client, llm_prompt("Say hello in one short sentence."))
     assert done.returncode == 0, done.output
     assert done.stdout.strip() and done.broken() == [], done.output
     logged = run_client(client, [str(LLM), "logs", "list", "-n", "1", "--json"])
@@ -360,7 +359,7 @@ def test_llm_cli_with_a_wrong_key_exits_with_the_hubs_error(
     live_hub: LiveHub, real_worker: None, client: Client
 ) -> None:
     llm_setup(live_hub, client, WRONG_TOKEN, BUNDLED_MODEL)
-    done = run_client(client, llm_prompt(client, "Say hello."))
+    done = run_client(client, llm_prompt("Say hello."))
     assert done.returncode == 1, done.output
     assert done.stderr.startswith("Error: Error code: 401 - "), done.output
     assert done.broken() == [], done.output
@@ -370,7 +369,7 @@ def test_llm_cli_entry_for_a_model_the_pool_does_not_serve_fails_cleanly(
     live_hub: LiveHub, real_worker: None, client: Client
 ) -> None:
     llm_setup(live_hub, client, live_hub.user_token, "no-such-model")
-    done = run_client(client, llm_prompt(client, "Say hello."))
+    done = run_client(client, llm_prompt("Say hello."))
     assert done.returncode == 1, done.output
     assert done.stderr.startswith("Error: Error code: 404 - "), done.output
     assert "no-such-model" in done.stderr
@@ -443,7 +442,7 @@ def test_aider_and_a_concurrent_llm_title_request_both_complete(
     source = write_source(coder)
     edit = aider_command(live_hub, coder, live_hub.user_token, BUNDLED_MODEL, source)
     llm_setup(live_hub, titler, live_hub.user_token, BUNDLED_MODEL)
-    title = llm_prompt(titler, "-s", TITLE_INSTRUCTIONS, "Add a greet function to greeting.py")
+    title = llm_prompt("-s", TITLE_INSTRUCTIONS, "Add a greet function to greeting.py")
     with ThreadPoolExecutor(2) as pool:
         edited, titled = pool.map(run_client, (coder, titler), (edit, title))
     for done in (edited, titled):
