@@ -19,7 +19,7 @@ import structlog
 
 from inference.link import WORKER_LOST, JobFrame, JobHandle, WorkerLink, output_allowance
 from inference.pool_config import PoolConfig
-from inference.protocol import Cancel, Chunk, Done, Error, Job, ModelInfo
+from inference.protocol import Cancel, Chunk, Done, Error, ErrorCode, InferenceError, Job, ModelInfo
 from inference.router import DeficitRouter, FairQueue, Waiter
 from inference.settings import InferenceSettings
 
@@ -136,7 +136,16 @@ class WorkerRegistry:
             self._release_waiters()
 
     async def add(self, link: WorkerLink) -> None:
-        """Register a worker that completed its hello; exclude it if it serves unknown models."""
+        """Register a worker that completed its hello; exclude it if it serves unknown models.
+
+        Raises ``already_connected`` when its record has a link already: checked and claimed
+        with no await in between, so two hellos of one record racing cannot both get in.
+        """
+        if link.id in self.workers:
+            raise InferenceError(
+                ErrorCode.ALREADY_CONNECTED,
+                f"worker {link.name!r} is already connected; one link per worker record",
+            )
         self.workers[link.id] = link
         log.info(
             "worker_joined",

@@ -170,7 +170,13 @@ async def serve_worker_link(
             protocol=PROTOCOL_VERSION,
         )
     )
-    await registry.add(link)
+    try:
+        await registry.add(link)
+    except InferenceError as exc:  # another link of the record won a race with this one
+        log.warning("worker_refused", code=exc.code, error=exc.message)
+        await _send_quietly(send, Error(code=exc.code, message=exc.message))
+        await _close_quietly(transport, exc.code, code=1008)
+        return
     reason = "closed"
     revocation: list[str] = []
     try:

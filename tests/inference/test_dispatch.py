@@ -168,8 +168,11 @@ class Jobs(list[Job]):
                 self.arrived = anyio.Event()
 
 
-def holding_worker(pool: WorkerRegistry, name: str = "busy") -> tuple[WorkerLink, Jobs]:
-    """A worker that takes jobs and answers only when the test says so."""
+def holding_worker(
+    pool: WorkerRegistry, name: str = "busy", *, joined: bool = True
+) -> tuple[WorkerLink, Jobs]:
+    """A worker that takes jobs and answers only when the test says so (``joined``: already in
+    the pool; else the test adds it, as a hello would)."""
     jobs = Jobs()
 
     async def send(frame: Frame) -> None:
@@ -185,7 +188,8 @@ def holding_worker(pool: WorkerRegistry, name: str = "busy") -> tuple[WorkerLink
         slots=1,
         send=send,
     )
-    pool.workers[link.id] = link
+    if joined:
+        pool.workers[link.id] = link
     return link, jobs
 
 
@@ -269,7 +273,7 @@ async def test_a_worker_that_comes_back_within_the_grace_period_gets_the_job() -
 
         async def come_back() -> None:
             await anyio.sleep(0.2)
-            link, jobs = holding_worker(pool, "returning")
+            link, jobs = holding_worker(pool, "returning", joined=False)
             await pool.add(link)
             await jobs.wait_for(1)
             await finish(pool, link, jobs[0])

@@ -13,6 +13,7 @@ from inference.protocol import (
     Done,
     Error,
     Frame,
+    InferenceError,
     Job,
     ModelInfo,
     SamplingParams,
@@ -26,7 +27,10 @@ async def _ignore(frame: Frame) -> None:
     return None
 
 
-def link(registry: WorkerRegistry, name: str, tools: bool = True) -> WorkerLink:
+def link(
+    registry: WorkerRegistry, name: str, tools: bool = True, *, joined: bool = True
+) -> WorkerLink:
+    """A worker of model ``m`` (``joined``: already in the registry; else the test adds it)."""
     worker = WorkerLink(
         id=name,
         name=name,
@@ -36,7 +40,8 @@ def link(registry: WorkerRegistry, name: str, tools: bool = True) -> WorkerLink:
         slots=1,
         send=_ignore,
     )
-    registry.workers[worker.id] = worker
+    if joined:
+        registry.workers[worker.id] = worker
     return worker
 
 
@@ -170,7 +175,7 @@ def test_a_worker_whose_context_is_too_small_is_not_eligible() -> None:
 async def test_a_model_whose_worker_left_is_remembered_for_a_while() -> None:
     now = [0.0]
     registry = WorkerRegistry(InferenceSettings(model_memory_s=60), clock=lambda: now[0])
-    worker = link(registry, "a")
+    worker = link(registry, "a", joined=False)
     await registry.add(worker)
     await registry.remove(worker.id, "crashed")
     assert not registry.serves("m")
@@ -199,3 +204,14 @@ async def test_speed_and_charge_come_from_what_the_hub_received_not_the_workers_
     # 5 chunks over 5 s on the hub's clock: (5 - 1) / 5 s, whatever the worker claimed.
     assert registry.router.speed(liar.id) == pytest.approx(0.8)
     assert liar.tokens_served == handle.max_chunks  # a claim is capped at the job's allowance
+
+
+@pytest.mark.anyio
+async def test_a_record_already_linked_cannot_join_twice() -> None:
+    registry = WorkerRegistry(InferenceSettings())
+    first = link(registry, "a", joined=False)
+    await registry.add(first)
+    with pytest.raises(InferenceError) as refused:
+        await registry.add(link(registry, "a", joined=False))
+    assert refused.value.code == "already_connected"
+    assert registry.workers["a"] is first
