@@ -36,7 +36,7 @@ log = structlog.get_logger()
 
 OPERATOR_USER = "operator"
 TOKEN_NAME = "local worker"  # noqa: S105 (a label)
-LOCAL_WORKER_NAME = "local"
+LOCAL_WORKER_NAME = identity.LOCAL_WORKER
 TOKEN_ENV = "IAMINE_WORKER_TOKEN"  # noqa: S105 (the variable's name, not a secret)
 
 
@@ -58,6 +58,7 @@ async def local_worker_record(
             max_slots=slots,
             trust=identity.GRANTED,
             reason="the hub's own worker",
+            hub_own=True,
         )
     if record.owner_id != operator_id:
         raise HubError(f"the worker name {LOCAL_WORKER_NAME!r} belongs to another user")

@@ -27,6 +27,9 @@ TrustLevel = Literal[0, 1, 2, 3]
 NEW, VERIFIED, ESTABLISHED, GRANTED = 0, 1, 2, 3
 TRUST_NAMES = {NEW: "new", VERIFIED: "verified", ESTABLISHED: "established", GRANTED: "granted"}
 DEFAULT_SLOTS = 4
+LOCAL_WORKER = "local"
+"""The hub's own worker's record: registered by the hub alone, never by a user (a squatter would
+keep the pool's local worker from ever starting)."""
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
 _SELECT = "SELECT * FROM workers"
@@ -154,9 +157,16 @@ async def register_worker(
     models: Sequence[str] = (),
     trust: int = NEW,
     reason: str = "registered",
+    hub_own: bool = False,
 ) -> WorkerRecord:
-    """Register a worker; a taken name is a :class:`WorkerRecordError` on ``name``."""
+    """Register a worker; a taken or reserved name is a :class:`WorkerRecordError` on ``name``.
+
+    ``hub_own``: the hub registering its own local worker, the only one that may be named
+    :data:`LOCAL_WORKER`.
+    """
     check_name(name)
+    if name == LOCAL_WORKER and not hub_own:
+        raise WorkerRecordError(f"The worker name {name!r} is the hub's own.", param="name")
     check_level(trust)
     if not 1 <= max_slots <= 1024:
         raise WorkerRecordError(f"Slots are 1–1024; got {max_slots}.", param="max_slots")
@@ -181,7 +191,9 @@ async def free_name(conn: asyncpg.Connection, wanted: str) -> str:
     """``wanted`` if no worker has it, else ``wanted-2``, ``wanted-3``…"""
     base = wanted[:58]
     name, n = base, 1
-    while await conn.fetchval("SELECT 1 FROM workers WHERE name = $1", name):
+    while name == LOCAL_WORKER or await conn.fetchval(
+        "SELECT 1 FROM workers WHERE name = $1", name
+    ):
         n += 1
         name = f"{base}-{n}"
     return name

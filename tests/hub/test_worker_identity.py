@@ -370,3 +370,21 @@ async def test_worker_tokens_from_before_records_get_a_record_each(
             )
     finally:
         await conn.close()
+
+
+async def test_nobody_but_the_hub_gets_the_local_workers_name(live_hub: LiveHub) -> None:
+    taken = await request(
+        "post", f"{live_hub.url}/v1/workers", json={"name": "local"}, headers=user(live_hub)
+    )
+    assert taken.status_code == 409 and "hub's own" in taken.json()["error"]["message"]
+    conn = await asyncpg.connect(live_hub.database_url)
+    try:
+        alice = await accounts.get_user(conn, "alice")
+        issued = await accounts.create_token(
+            conn, user_id=alice.id, scopes=("worker",), name="local"
+        )
+        assert issued.record.worker_id is not None
+        record = await identity.get_worker(conn, issued.record.worker_id)
+        assert record is not None and record.name != "local"
+    finally:
+        await conn.close()
