@@ -26,6 +26,7 @@ import orjson
 import structlog
 
 from federation import invites, nonces, peers
+from federation.capabilities import CapabilityBook
 from federation.client import Clock, PeerClient, utc_now
 from federation.errors import (
     FederationDisabled,
@@ -97,6 +98,7 @@ class Federation:
         self._pool = pool
         self._clock = clock
         self.client = PeerClient(identity, settings, http, pool.acquire, clock=clock, rng=rng)
+        self.capabilities = CapabilityBook(timedelta(seconds=settings.capability_max_age_s))
 
     def describe(self) -> dict[str, Any]:
         """This pool's public identity: what an admin hands to another pool's admin."""

@@ -67,6 +67,37 @@ class FederationSettings(BaseModel):
     nonce_purge_interval_s: float = Field(
         60.0, gt=0, description="Seconds between purges of expired request nonces."
     )
+    gossip_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between gossip rounds (the `federation_sync` job)."
+    )
+    gossip_fanout: int = Field(
+        3, ge=1, le=32, description="Peers this pool gossips with in each round, chosen at random."
+    )
+    suspect_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds without a new heartbeat from a peer before this pool suspects it.",
+    )
+    dead_quorum: int = Field(
+        0,
+        ge=0,
+        description="Pools (this one included) that must suspect a peer before it is declared "
+        "dead; 0 means a majority of the live admitted peers and this pool.",
+    )
+    admit_quorum: int = Field(
+        0,
+        ge=0,
+        description="Admitted peers that must vouch for a pool learned through gossip before it "
+        "is admitted without an admin; 0 leaves every candidate to the admin.",
+    )
+    capability_max_age_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a peer's gossiped capabilities stay usable without a fresh round.",
+    )
+    gossip_log_keep_s: float = Field(
+        86_400.0, gt=0, description="Seconds the `gossip_log` keeps each exchange."
+    )
 
     @field_validator("public_url")
     @classmethod
