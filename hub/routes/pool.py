@@ -11,6 +11,7 @@ from hub.deps import AdminPrincipal, State, UserPrincipal
 from inference import identity
 from inference.exclusions import recent_exclusions
 from inference.pool_config import PoolConfig, save_pool_config
+from inference.pool_view import worker_rows
 
 router = APIRouter(prefix="/admin/api", tags=["admin"])
 public_router = APIRouter(prefix="/v1/pool", tags=["pool"])
@@ -46,31 +47,7 @@ async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
     figure the worker reported.
     """
     registry = state.workers
-    links = list(registry.workers.values())
-    targets = registry.router.targets(w for w in links if w.excluded is None)
-    now = time.monotonic()
-    data = [
-        {
-            "id": w.id,
-            "name": w.name,
-            "owner_id": str(w.owner_id) if w.owner_id else None,
-            "hardware": w.hardware,
-            "trust": w.trust,
-            "trust_name": identity.TRUST_NAMES[w.trust],
-            "models": sorted(w.models),
-            "slots": w.slots,
-            "in_flight": len(w.jobs),
-            "served_share": round(registry.router.served_share(w.id), 4),
-            "target_share": round(targets.get(w.id, 0.0), 4),
-            "tokens_per_s": registry.router.speed(w.id),
-            "tokens_served": w.tokens_served,
-            "excluded": w.excluded,
-            "tools_ok": w.tools_ok,
-            "connected_s": round(now - w.connected_at, 1),
-            "last_seen_s": round(now - w.last_seen, 1),
-        }
-        for w in links
-    ]
+    data = worker_rows(registry)
     async with state.db.pool.acquire() as conn:
         exclusions = await recent_exclusions(conn)
         records = await identity.list_workers(conn)
