@@ -115,6 +115,13 @@ class PoolConfig(BaseModel):
     trust: TrustPolicy = Field(
         default_factory=TrustPolicy, description="Worker trust required per job kind."
     )
+    trial_model: str | None = Field(
+        "smollm2-135m-instruct",
+        min_length=1,
+        max_length=200,
+        description="The model anyone may try on the web trial chat (/chat) without an account, "
+        "within its quotas; none closes the trial chat to visitors (signed-in users still chat).",
+    )
     ledger: LedgerPolicy = Field(
         default_factory=LedgerPolicy,
         description="Prices, the worker's share, the trial grant, holds (docs/economy.md).",
