@@ -58,6 +58,7 @@ from hub.schemas import ERROR_RESPONSES
 from hub.semantic import SemanticMemory, embedding_model_dir, pool_extractor
 from hub.state import HubState
 from hub.trust_sync import follow_trust
+from hub.web import mount_web
 from inference.dispatch import JobFailed, complete_text
 from inference.exclusions import Exclusion, record_exclusion
 from inference.link import WorkerLink
@@ -236,6 +237,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(account.admin_router)
     app.include_router(disputes.router)
     app.include_router(clients.router)
+    mount_web(app)
     mcp.attach(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)

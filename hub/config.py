@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from federation.settings import FederationSettings
+from hub.web.settings import WebSettings
 from inference.agents import AgentSettings
 from inference.checker import CheckerSettings
 from inference.red import RedSettings
@@ -218,3 +219,4 @@ class Settings(BaseSettings):
     agents: AgentSettings = Field(default_factory=AgentSettings)
     economy: EconomySettings = Field(default_factory=EconomySettings)
     federation: FederationSettings = Field(default_factory=FederationSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
