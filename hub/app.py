@@ -15,6 +15,7 @@ import asyncpg
 import structlog
 from fastapi import FastAPI
 
+from federation.gossip import Gossip
 from federation.service import open_federation
 from hub.admin_token import ensure_admin_token, token_file
 from hub.auth import TokenResolver
@@ -24,6 +25,7 @@ from hub.config import Settings
 from hub.db import open_database
 from hub.embedded import DataDirLock
 from hub.errors import install_error_handlers
+from hub.federation_sync import local_capabilities
 from hub.jobs import build_canaries, build_jobs
 from hub.local_worker import LocalWorker
 from hub.mcp_mount import McpMount
@@ -163,6 +165,11 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             if settings.federation.active:
                 state.federation = await stack.enter_async_context(
                     open_federation(settings.federation, settings.data_dir, db.pool)
+                )
+                state.gossip = Gossip(
+                    state.federation,
+                    db.pool,
+                    local_capabilities(registry, lambda: registry.config),
                 )
             canaries = build_canaries(state)
             state.scheduler = Scheduler(

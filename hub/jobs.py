@@ -1,4 +1,4 @@
-"""The hub's scheduled jobs: L1 purge, the worker checker, the RED daemon, settlement.
+"""The hub's scheduled jobs: L1 purge, the checker, the RED daemon, federation sync, settlement.
 
 :data:`CATALOG` describes them (the CLI lists it without a running hub); :func:`build_jobs`
 binds them to a running hub's state for the scheduler. ``l1_purge`` needs only the database, so
@@ -24,6 +24,7 @@ from economy.settlement import run_settlement
 from hub.cli_ledger import credits
 from hub.config import Settings
 from hub.errors import HubError
+from hub.federation_sync import FEDERATION_SYNC, sync_round
 from hub.observability import Metrics
 from hub.scheduler import JobResult, JobSpec
 from hub.slashing import ledger_of, slash_worker
@@ -71,6 +72,12 @@ CATALOG: dict[str, JobInfo] = {
             "Admin daemon: read the pool, plan from an allow-list, report.",
             needs_hub=True,
             interval=lambda s: s.jobs.red_interval_s,
+        ),
+        JobInfo(
+            FEDERATION_SYNC,
+            "Gossip with a few peers (liveness, peers, capabilities); sync fed: notes with them.",
+            needs_hub=True,
+            interval=lambda s: s.federation.gossip_interval_s if s.federation.active else 0.0,
         ),
         JobInfo(
             SETTLEMENT,
@@ -215,7 +222,18 @@ def build_jobs(
     async def settlement() -> JobResult:
         return await settle(state)
 
-    runs = {L1_PURGE: l1, CHECKER: check, RED: red, SETTLEMENT: settlement}
+    async def federation_sync() -> JobResult:
+        if state.gossip is None:
+            return JobResult("skipped", "federation is off")
+        return await sync_round(state.gossip, None)
+
+    runs = {
+        L1_PURGE: l1,
+        CHECKER: check,
+        RED: red,
+        FEDERATION_SYNC: federation_sync,
+        SETTLEMENT: settlement,
+    }
     return [_spec(info, settings, runs[name]) for name, info in CATALOG.items()]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from federation.gossip import Gossip
 from federation.service import Federation
 from hub.auth import TokenResolver
 from hub.billing import Billing
@@ -36,3 +37,4 @@ class HubState:
     local_worker: LocalWorker | None = None
     billing: Billing | None = None
     federation: Federation | None = None
+    gossip: Gossip | None = None

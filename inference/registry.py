@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -306,6 +307,17 @@ class WorkerRegistry:
         )
         queued = sum(t.expected for t in self._pending.values() if t.job.model == model)
         return (running + queued) / capacity
+
+    def median_speed(self, model: str) -> float | None:
+        """The median measured speed (tokens/s) of the model's live workers, if any is measured."""
+        speeds = sorted(
+            speed
+            for link in self.workers.values()
+            if model in link.models and link.excluded is None
+            for speed in [self.router.speed(link.id)]
+            if speed is not None
+        )
+        return statistics.median(speeds) if speeds else None
 
     def running_by_user(self) -> Counter[str]:
         """Running jobs per user (for queue fairness)."""

@@ -18,10 +18,11 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from federation import peers
+from federation import candidates, membership, peers
+from federation.client import utc_now
 from federation.errors import (
     FederationDisabled,
     InvalidFederationInput,
@@ -31,6 +32,7 @@ from federation.errors import (
     SignatureRejected,
     WrongDestination,
 )
+from federation.gossip import Gossip, recent_log
 from federation.identity import parse_pool_id
 from federation.invites import CODE_PATTERN
 from federation.service import Federation, Hello, Inbound
@@ -187,6 +189,29 @@ async def ping(request: Request, federation: PeerFacing) -> Response:
     return _signed(federation, signed, answer)
 
 
+def _gossip(state: HubState) -> Gossip:
+    if state.gossip is None:
+        raise NotFoundError("Federation is off in this pool.", code="federation_disabled")
+    return state.gossip
+
+
+@router.post(
+    "/gossip",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    },
+)
+async def gossip(request: Request, state: State, federation: PeerFacing) -> Response:
+    """Push-pull gossip: learn the peer's heartbeats, suspicions, peers and capabilities;
+    answer with this pool's own (docs/federation.md, "Gossip")."""
+    with _federation_errors():
+        answer, signed = await _gossip(state).receive(await _inbound(request))
+    return _signed(federation, signed, answer)
+
+
 @admin_router.get("")
 async def identity(state: State, _: AdminPrincipal) -> dict[str, Any]:
     """This pool's federation identity (pool id, public key, public URL) and whether it is on."""
@@ -220,6 +245,8 @@ async def remove_peer(pool_id: PoolIdPath, state: State, _: AdminPrincipal) -> d
     with _federation_errors():
         async with state.db.pool.acquire() as conn:
             removed = await peers.remove_peer(conn, parse_pool_id(pool_id))
+    if state.federation is not None:
+        state.federation.capabilities.forget(removed.pool_id)
     return {**removed.as_dict(down_after), "deleted": True}
 
 
@@ -238,3 +265,47 @@ async def create_invite(body: InviteRequest, state: State, _: AdminPrincipal) ->
     ttl = timedelta(seconds=body.expires_s) if body.expires_s is not None else None
     with _federation_errors():
         return await federation.invite(ttl, body.for_pool_id)
+
+
+@admin_router.get("/members")
+async def members(state: State, _: AdminPrincipal) -> dict[str, Any]:
+    """Each peer's liveness as this pool judges it, with what it offers (from its gossip)."""
+    async with state.db.pool.acquire() as conn:
+        found = await membership.list_members(conn)
+    offers = state.federation.capabilities.snapshot() if state.federation else []
+    return {
+        "object": "list",
+        "data": [
+            {
+                **member.as_dict(),
+                "offers": [o.as_dict() for o in offers if o.pool_id == member.pool_id],
+            }
+            for member in found
+        ],
+    }
+
+
+@admin_router.get("/gossip")
+async def gossip_log(
+    state: State, _: AdminPrincipal, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> dict[str, Any]:
+    """The latest gossip exchanges, newest first (``gossip_log``)."""
+    async with state.db.pool.acquire() as conn:
+        return {"object": "list", "data": await recent_log(conn, limit)}
+
+
+@admin_router.get("/candidates")
+async def list_candidates(state: State, _: AdminPrincipal) -> dict[str, Any]:
+    """Pools learned through peers' gossip and not admitted here, with who vouches for them."""
+    async with state.db.pool.acquire() as conn:
+        found = await candidates.list_candidates(conn)
+    return {"object": "list", "data": [c.as_dict() for c in found]}
+
+
+@admin_router.post("/candidates/{pool_id}/admit", status_code=201)
+async def admit_candidate(pool_id: PoolIdPath, state: State, _: AdminPrincipal) -> dict[str, Any]:
+    """Admit a candidate as a peer, with the key and URL its vouchers listed."""
+    with _federation_errors():
+        async with state.db.pool.acquire() as conn:
+            peer = await candidates.admit_candidate(conn, parse_pool_id(pool_id), utc_now())
+    return peer.as_dict(state.settings.federation.down_after_failures)
