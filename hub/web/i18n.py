@@ -4,7 +4,7 @@ Catalogs are the ``.po`` files under ``hub/web/locales/<lang>/LC_MESSAGES/``, re
 once per process (no compiled ``.mo`` is committed or built). A message's id is its English
 text, so an entry missing from a catalog reads in English rather than as a key. The reader's
 language is the ``lang`` cookie (set by ``POST /lang``), else the best of ``Accept-Language``,
-else English.
+else English. ``POST /lang`` sets the cookie (a year) and goes back to the page it came from.
 """
 
 from __future__ import annotations
@@ -14,12 +14,19 @@ from functools import cache
 from pathlib import Path
 
 from babel.messages.pofile import read_po
+from fastapi import APIRouter, Form
 from starlette.requests import Request
+from starlette.responses import RedirectResponse
+
+from hub.web.session import CsrfChecked, hub_state
 
 LOCALES_DIR = Path(__file__).parent / "locales"
 LANGUAGES = ("en", "fr")
 DEFAULT_LANGUAGE = "en"
 LANG_COOKIE = "lang"
+LANG_COOKIE_MAX_AGE_S = 365 * 24 * 3600
+
+router = APIRouter()
 
 
 @cache
@@ -74,3 +81,28 @@ def pick_language(request: Request) -> str:
         if quality > 0 and primary in LANGUAGES:
             return primary
     return DEFAULT_LANGUAGE
+
+
+def local_path(target: str) -> str:
+    """``target`` if it is a path on this site, else ``/`` (no open redirect)."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
+@router.post("/lang")
+async def choose_language(
+    request: Request, _: CsrfChecked, lang: str = Form(), next: str = Form("/")
+) -> RedirectResponse:
+    """Remember the reader's language in the ``lang`` cookie and go back to their page."""
+    if lang not in LANGUAGES:
+        lang = DEFAULT_LANGUAGE
+    response = RedirectResponse(local_path(next), status_code=303)
+    response.set_cookie(
+        LANG_COOKIE,
+        lang,
+        max_age=LANG_COOKIE_MAX_AGE_S,
+        samesite="lax",
+        secure=hub_state(request).settings.web.secure_cookies,
+    )
+    return response

@@ -35,6 +35,28 @@ class OidcSettings(BaseModel):
         return bool(self.issuer and self.client_id)
 
 
+class TrialSettings(BaseModel):
+    """The trial chat (``/chat``): what a visitor without an account may ask of the pool."""
+
+    messages_per_ip: int = Field(
+        30, ge=1, description="Trial messages one client address may send within the window."
+    )
+    messages_per_browser: int = Field(
+        10,
+        ge=1,
+        description="Trial messages one browser (its trial cookie) may send within the window.",
+    )
+    window_s: float = Field(
+        3_600.0, gt=0, description="Seconds over which trial messages are counted."
+    )
+    max_tokens: int = Field(
+        256, ge=1, le=4096, description="Longest answer, in tokens, of one trial message."
+    )
+    max_message_chars: int = Field(
+        2_000, ge=1, le=100_000, description="Longest message a visitor may send, in characters."
+    )
+
+
 class WebSettings(BaseModel):
     """The hub's web pages: sign-in, sessions and the mails they send."""
 
@@ -75,6 +97,14 @@ class WebSettings(BaseModel):
     )
     smtp_timeout_s: float = Field(10.0, gt=0, description="Seconds one SMTP delivery may take.")
     oidc: OidcSettings = Field(default_factory=OidcSettings)
+    trial: TrialSettings = Field(default_factory=TrialSettings)
+    pool_events_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds between two looks at the pool by `GET /pool/events` (the "
+        "molecule's stream); an event is sent only when something changed.",
+    )
 
     @property
     def secure_cookies(self) -> bool:
