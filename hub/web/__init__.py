@@ -21,7 +21,7 @@ def mount_web(app: FastAPI) -> None:
     """Include the web routers and their error pages, and serve ``/static``."""
     # Imported here: hub.config imports hub.web.settings, and the routers import hub.state,
     # which imports hub.config; importing them at the top of this package would be circular.
-    from hub.web import chat, i18n, pages, pool
+    from hub.web import chat, dashboard, i18n, login, oidc, pages, pool, signup
     from hub.web.session import WebForbidden, WebRedirect, web_user
     from hub.web.templating import render
 
@@ -35,6 +35,16 @@ def mount_web(app: FastAPI) -> None:
 
     app.add_exception_handler(WebRedirect, redirect)
     app.add_exception_handler(WebForbidden, forbidden)
-    for router in (pages.router, i18n.router, pool.router, chat.build_router()):
+    routers = (
+        pages.router,
+        i18n.router,
+        pool.router,
+        chat.build_router(),
+        login.router,
+        signup.router,
+        oidc.router,
+        dashboard.router,
+    )
+    for router in routers:
         app.include_router(router, dependencies=[Depends(web_user)], include_in_schema=False)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

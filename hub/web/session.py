@@ -125,6 +125,11 @@ async def close_session(conn: asyncpg.Connection, secret: str) -> None:
     await conn.execute("DELETE FROM web_sessions WHERE hash = $1", hash_secret(secret))
 
 
+async def close_user_sessions(conn: asyncpg.Connection, user_id: UUID) -> None:
+    """Delete every session of a user (a password reset, a disabled account)."""
+    await conn.execute("DELETE FROM web_sessions WHERE user_id = $1", user_id)
+
+
 def set_session_cookie(response: Response, secret: str, state: HubState) -> None:
     """Give the browser its session cookie (and a fresh CSRF token: no fixation across sign-in)."""
     web = state.settings.web
