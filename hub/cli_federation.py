@@ -1,9 +1,11 @@
-"""``iamine federation``: this pool's identity, invites, and its peers (docs/federation.md).
+"""``iamine federation``: this pool's identity, invites, peers, and what gossip knows of them.
 
 ``id`` prints the pool id (its key's fingerprint), public key and public URL; ``invite`` mints a
 one-time invite for another pool's admin; ``peers add`` joins a pool with its admin's invite and
-fingerprint; ``peers list``, ``remove`` and ``ping``. Like the other admin commands these work on
-the database and the data directory; ``peers add`` and ``ping`` also reach the other pool.
+fingerprint; ``peers list``, ``remove`` and ``ping``; ``members`` shows each peer's liveness and
+offers as gossip left them; ``candidates list`` and ``admit`` handle the pools learned through
+gossip. Like the other admin commands these work on the database and the data directory;
+``peers add`` and ``ping`` also reach the other pool (docs/federation.md).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation import peers
+from federation import candidates, membership, peers
 from federation.client import PeerClient, utc_now
 from federation.errors import FederationError
 from federation.identity import PoolIdentity, key_file, load_or_create_identity, parse_pool_id
@@ -32,6 +34,10 @@ app = typer.Typer(
 )
 peers_app = typer.Typer(help="Peer pools: add, list, remove, ping.", no_args_is_help=True)
 app.add_typer(peers_app, name="peers")
+candidates_app = typer.Typer(
+    help="Pools learned through gossip: list, admit.", no_args_is_help=True
+)
+app.add_typer(candidates_app, name="candidates")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -204,3 +210,61 @@ def ping(pool_id: PoolIdArgument, data_dir: DataDirOption = None) -> None:
         f"{answer.get('peer')}).",
         highlight=False,
     )
+
+
+@app.command("members")
+def members(data_dir: DataDirOption = None) -> None:
+    """Each peer's liveness as this pool judges it (gossip), and the models it last offered."""
+    settings = _settings(data_dir)
+
+    async def work(
+        conn: asyncpg.Connection,
+    ) -> tuple[list[membership.Member], dict[str, list[str]]]:
+        found = await membership.list_members(conn)
+        rows = await conn.fetch(
+            "SELECT pool_id, model, free_slots FROM peer_capabilities ORDER BY pool_id, model"
+        )
+        offers: dict[str, list[str]] = {}
+        for row in rows:
+            offers.setdefault(row["pool_id"], []).append(f"{row['model']} ({row['free_slots']})")
+        return found, offers
+
+    found, offers = _run(settings, work)
+    table = Table("pool id", "status", "heartbeat", "heard", "suspected by", "offers (free slots)")
+    for member in found:
+        table.add_row(
+            member.pool_id,
+            member.status,
+            f"{member.incarnation}:{member.heartbeat}",
+            f"{member.heartbeat_at:%Y-%m-%d %H:%M:%S}" if member.heartbeat_at else "never",
+            str(len(member.suspected_by)),
+            ", ".join(offers.get(member.pool_id, [])) or "-",
+        )
+    console.print(table)
+
+
+@candidates_app.command("list")
+def candidates_list(data_dir: DataDirOption = None) -> None:
+    """Pools learned through peers' gossip, not admitted here, with who vouches for them."""
+    settings = _settings(data_dir)
+    table = Table("pool id", "url", "vouched by", "first seen")
+    for candidate in _run(settings, candidates.list_candidates):
+        table.add_row(
+            candidate.pool_id,
+            candidate.url,
+            ", ".join(v[:16] + "…" for v in candidate.vouched_by) or "nobody now",
+            f"{candidate.first_seen_at:%Y-%m-%d %H:%M}",
+        )
+    console.print(table)
+
+
+@candidates_app.command("admit")
+def candidates_admit(pool_id: PoolIdArgument, data_dir: DataDirOption = None) -> None:
+    """Admit a candidate as a peer, with the key and URL its vouchers listed."""
+    settings = _settings(data_dir)
+
+    async def work(conn: asyncpg.Connection) -> peers.Peer:
+        return await candidates.admit_candidate(conn, parse_pool_id(pool_id), utc_now())
+
+    peer = _run(settings, work)
+    console.print(f"Admitted [bold]{peer.pool_id}[/] at {peer.url}.", highlight=False)

@@ -48,6 +48,9 @@ def test_every_federation_command_has_help_text() -> None:
         ["peers", "list"],
         ["peers", "remove"],
         ["peers", "ping"],
+        ["members"],
+        ["candidates", "list"],
+        ["candidates", "admit"],
     ):
         output = runner.invoke(app, ["federation", *command, "--help"]).output
         assert "Usage" in output and len(output.splitlines()) > 3, command
@@ -77,6 +80,9 @@ def test_invites_and_peering_need_federation_on(env: dict[str, str]) -> None:
     )
     assert "federation is off" in output
     assert "pool id" in invoke(env, "peers", "list")
+    assert "status" in invoke(env, "members")
+    assert "vouched by" in invoke(env, "candidates", "list")
+    assert "No candidate" in invoke(env, "candidates", "admit", pool_id, code=1)
 
 
 def test_bad_input_is_a_clear_error(env_on: dict[str, str]) -> None:

@@ -12,10 +12,12 @@ from typing import Any
 import anyio
 import asyncpg
 import orjson
+from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
 from federation import peers
 from federation.identity import PoolIdentity, encode_public_key
+from hub.cli import app
 from tests.federation.conftest import FedHub, new_identity, send, signed_request
 from tests.hub.conftest import register_test_worker
 from tests.hub.raw_worker import hello, receive
@@ -95,10 +97,13 @@ def test_gossip_spreads_heartbeats_capabilities_and_candidates_the_admin_admits(
         p["pool_id"] for p in c.admin("GET", "/admin/api/federation/peers").json()["data"]
     }
 
-    for hub, other in ((c, pb), (b, pc)):
-        admitted = hub.admin("POST", f"/admin/api/federation/candidates/{other}/admit")
-        assert admitted.status_code == 201, admitted.text
-        assert admitted.json()["admitted_by"] == "admin"
+    listed = CliRunner().invoke(app, ["federation", "candidates", "list"], env=c.env())
+    assert listed.exit_code == 0 and pb in listed.output, listed.output
+    admitted = c.admin("POST", f"/admin/api/federation/candidates/{pb}/admit")
+    assert admitted.status_code == 201, admitted.text
+    assert admitted.json()["admitted_by"] == "admin"
+    by_cli = CliRunner().invoke(app, ["federation", "candidates", "admit", pc], env=b.env())
+    assert by_cli.exit_code == 0 and f"Admitted {pc}" in by_cli.output, by_cli.output
     again = c.admin("POST", f"/admin/api/federation/candidates/{pb}/admit")
     assert again.status_code == 404 and again.json()["error"]["code"] == "peer_not_found"
 
@@ -111,6 +116,9 @@ def test_gossip_spreads_heartbeats_capabilities_and_candidates_the_admin_admits(
         (pb, "out", True),
     }
     assert logged[0]["detail"]["heartbeat"][1] >= 1
+    shown = CliRunner().invoke(app, ["federation", "members"], env=a.env())
+    assert shown.exit_code == 0, shown.output
+    assert pb in shown.output and pc in shown.output and shown.output.count("alive") == 2
 
 
 async def _admit(hub: FedHub, identity: PoolIdentity) -> None:
