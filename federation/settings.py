@@ -29,6 +29,29 @@ def normalise_origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
+class NotesSyncSettings(BaseModel):
+    """Anti-entropy of `fed:` notes between peers (docs/federation.md)."""
+
+    batch_rows: int = Field(
+        200, ge=1, le=1000, description="Most note versions in one push or Merkle message."
+    )
+    batch_bytes: int = Field(
+        524_288,
+        ge=65_536,
+        description="Bytes of note versions after which a message is cut (below every peer's "
+        "`IAMINE_SERVER__MAX_BODY_BYTES`).",
+    )
+    reconcile_segments: int = Field(
+        128, ge=1, le=1024, description="Most differing tree segments one Merkle exchange ships."
+    )
+    tombstone_min_age_s: float = Field(
+        86_400.0,
+        ge=0,
+        description="Seconds a deleted `fed:` note is kept at least, even once every live peer "
+        "acknowledged it.",
+    )
+
+
 class FederationSettings(BaseModel):
     """Pool identity, peering and signed requests between pools (docs/federation.md)."""
 
@@ -67,6 +90,7 @@ class FederationSettings(BaseModel):
     nonce_purge_interval_s: float = Field(
         60.0, gt=0, description="Seconds between purges of expired request nonces."
     )
+    notes: NotesSyncSettings = Field(default_factory=NotesSyncSettings)
     gossip_interval_s: float = Field(
         5.0, gt=0, description="Seconds between gossip rounds (the `federation_sync` job)."
     )

@@ -16,6 +16,7 @@ import structlog
 from fastapi import FastAPI
 
 from federation.gossip import Gossip
+from federation.notes_sync import NoteSync
 from federation.service import open_federation
 from hub.admin_token import ensure_admin_token, token_file
 from hub.auth import TokenResolver
@@ -42,6 +43,7 @@ from hub.routes import (
     disputes,
     facts,
     federation,
+    federation_notes,
     health,
     jobs,
     memory,
@@ -166,6 +168,13 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 state.federation = await stack.enter_async_context(
                     open_federation(settings.federation, settings.data_dir, db.pool)
                 )
+                state.note_sync = NoteSync(
+                    db.pool,
+                    state.federation,
+                    semantic.embedder,
+                    settings.federation.notes,
+                    down_after_failures=settings.federation.down_after_failures,
+                )
                 state.gossip = Gossip(
                     state.federation,
                     db.pool,
@@ -240,6 +249,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(worker_records.admin_router)
     app.include_router(federation.router)
     app.include_router(federation.admin_router)
+    app.include_router(federation_notes.router)
+    app.include_router(federation_notes.admin_router)
     app.include_router(account.router)
     app.include_router(account.admin_router)
     app.include_router(disputes.router)

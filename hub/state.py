@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federation.gossip import Gossip
+from federation.notes_sync import NoteSync
 from federation.service import Federation
 from hub.auth import TokenResolver
 from hub.billing import Billing
@@ -37,4 +38,5 @@ class HubState:
     local_worker: LocalWorker | None = None
     billing: Billing | None = None
     federation: Federation | None = None
+    note_sync: NoteSync | None = None
     gossip: Gossip | None = None

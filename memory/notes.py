@@ -273,11 +273,68 @@ async def delete_note(
             "UPDATE notes SET title = '', body = '', tags = '{}', embedding = NULL, "
             "embedding_model = NULL, embedding_dim = NULL, deleted_at = $2, updated_at = $2, "
             "clock = clock + 1, content_hash = sha256(convert_to('tombstone:' || id::text, "
-            "'UTF8')) WHERE id = $1",
+            "'UTF8')), row_hash = NULL WHERE id = $1",
             note_id,
             now,
         )
     return True
+
+
+_EDITABLE_SQL = (
+    "SELECT n.namespace, n.author_agent, n.owner_id, n.author_id, "  # noqa: S608
+    "s.owner_id AS namespace_owner FROM notes n "
+    "LEFT JOIN note_namespaces s ON s.namespace = n.namespace "
+    f"WHERE n.id = $2 AND {READABLE_NOTE} AND n.deleted_at IS NULL FOR UPDATE OF n"
+)
+_UPDATE_SQL = (
+    "WITH n AS (UPDATE notes SET title = $2, body = $3, tags = $4, embedding = $5, "  # noqa: S608
+    "embedding_model = $6, embedding_dim = $7, content_hash = $8, updated_at = $9, "
+    "clock = clock + 1, row_hash = NULL WHERE id = $1 RETURNING *) "
+    f"SELECT {_NOTE_FIELDS}, u.name AS author_name FROM n {_AUTHOR}"
+)
+
+
+@dataclass(frozen=True)
+class NoteEdit:
+    """A note's new content (it replaces title, body and tags whole)."""
+
+    body: str
+    title: str = ""
+    tags: tuple[str, ...] = ()
+
+
+async def edit_note(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    note_id: UUID,
+    edit: NoteEdit,
+    vector: Vector,
+    *,
+    now: datetime,
+) -> Note | None:
+    """Replace a live note's title, body and tags (``vector`` embeds the new content); None if
+    the user cannot read it. The same people as for :func:`delete_note` may edit a shared note.
+    In a ``fed:`` namespace the edit is a new version that federation stamps and passes on."""
+    async with conn.transaction():
+        row = await conn.fetchrow(_EDITABLE_SQL, user_id, note_id)
+        if row is None:
+            return None
+        if row["owner_id"] != user_id and user_id not in (row["author_id"], row["namespace_owner"]):
+            raise NamespaceForbidden("Only its author or the namespace's owner may edit a note.")
+        new = NewNote(row["namespace"], edit.body, edit.title, edit.tags, row["author_agent"])
+        updated = await conn.fetchrow(
+            _UPDATE_SQL,
+            note_id,
+            new.title,
+            new.body,
+            sorted(set(new.tags)),
+            vector,
+            MODEL_NAME,
+            MODEL_DIM,
+            content_hash(new),
+            now,
+        )
+    return note_from_row(updated, user_id)
 
 
 async def export_notes(conn: asyncpg.Connection, user_id: UUID) -> list[Note]:

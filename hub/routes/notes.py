@@ -15,11 +15,13 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 from pydantic import ConfigDict, Field, StringConstraints
 
-from hub.deps import Semantic, UserCallerDep
-from hub.errors import NotFoundError
+from federation.notes_sync import NoteSync, QuorumNotReached
+from hub.deps import Semantic, State, UserCallerDep
+from hub.errors import InvalidRequestError, NotFoundError, UpstreamFailedError
 from hub.routes.facts import MAX_TAGS, KQuery, Tag, TagsQuery, parse_tags
 from hub.schemas import DbText, JsonDatetime, StrictBody
 from hub.semantic import SemanticMemory
+from hub.state import HubState
 from memory import notes
 from memory.namespaces import check_readable
 from memory.notes import (
@@ -29,6 +31,7 @@ from memory.notes import (
     NAMESPACE_PATTERN,
     NewNote,
     Note,
+    NoteEdit,
     resolve_namespace,
 )
 from memory.recall import NoteHit, RecallQuery, SearchMode, recall
@@ -60,6 +63,25 @@ class NoteBody(StrictBody):
     author_agent: str = Field(
         "", max_length=MAX_AGENT_CHARS, description="Which agent wrote it (`claude-code`)."
     )
+    write_quorum: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="`fed:` namespaces only: answer once this many peer pools stored the note "
+        "(else 502 `write_quorum_not_reached`; the note stays here and syncs later).",
+    )
+
+
+class NoteEditBody(StrictBody):
+    """A note's new content: title, body and tags are replaced whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Annotated[str, StringConstraints(strip_whitespace=True, max_length=MAX_TITLE_CHARS)] = ""
+    body: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_BODY_CHARS)
+    ] = Field(description="The note's text (plaintext at rest).")
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
 
 def note_body(note: Note, **extra: Any) -> dict[str, Any]:
@@ -107,15 +129,56 @@ async def readable_filter(
     return spaces
 
 
+def _quorum_sync(state: HubState, namespace: str) -> NoteSync:
+    if not namespace.startswith("fed:"):
+        raise InvalidRequestError(
+            "write_quorum applies to fed: namespaces only (other notes never leave the pool).",
+            param="write_quorum",
+        )
+    if state.note_sync is None:
+        raise InvalidRequestError(
+            "write_quorum needs federation, which is off in this pool.", param="write_quorum"
+        )
+    return state.note_sync
+
+
 @router.post("/notes", status_code=201)
-async def create_note(body: NoteBody, semantic: Semantic, caller: UserCallerDep) -> dict[str, Any]:
+async def create_note(
+    body: NoteBody, semantic: Semantic, caller: UserCallerDep, state: State
+) -> dict[str, Any]:
     """Store a note: in `user:me`, or in a shared namespace that exists and you are subscribed to
-    (404 `namespace_not_found`, 403 `namespace_forbidden` otherwise)."""
+    (404 `namespace_not_found`, 403 `namespace_forbidden` otherwise). With `write_quorum` W (a
+    `fed:` namespace), the answer waits until W peer pools stored it; fewer is 502
+    `write_quorum_not_reached`, saying how many did (the note stays stored here)."""
     namespace = resolve_namespace(body.namespace, caller.user_id)
+    sync = None if body.write_quorum is None else _quorum_sync(state, namespace)
     vector = await semantic.embedder.embed_one(f"{body.title}\n{body.body}".strip())
     new = NewNote(namespace, body.body, body.title, tuple(body.tags), body.author_agent)
     async with semantic.pool.acquire() as conn:
         note = await notes.add_note(conn, caller.user_id, new, vector, now=datetime.now(UTC))
+    if sync is None or body.write_quorum is None:
+        return note_body(note)
+    try:
+        acknowledged = await sync.replicate(note.id, body.write_quorum)
+    except QuorumNotReached as exc:
+        raise UpstreamFailedError(exc.message, code=exc.code) from exc
+    return note_body(note, write_quorum=body.write_quorum, acknowledged=acknowledged)
+
+
+@router.put("/notes/{note_id}")
+async def edit_note(
+    note_id: UUID, body: NoteEditBody, semantic: Semantic, caller: UserCallerDep
+) -> dict[str, Any]:
+    """Replace a note's title, body and tags: yours, or a shared one you wrote or whose
+    namespace you own (403 `namespace_forbidden` otherwise); a `fed:` edit syncs to peers."""
+    vector = await semantic.embedder.embed_one(f"{body.title}\n{body.body}".strip())
+    edit = NoteEdit(body.body, body.title, tuple(body.tags))
+    async with semantic.pool.acquire() as conn:
+        note = await notes.edit_note(
+            conn, caller.user_id, note_id, edit, vector, now=datetime.now(UTC)
+        )
+    if note is None:
+        raise NotFoundError(f"No note {note_id}.", param="note_id")
     return note_body(note)
 
 

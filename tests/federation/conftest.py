@@ -10,6 +10,7 @@ import asyncio
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from hub.config import JobsSettings, Settings
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
 from tests.conftest import TEMPLATE_DB, database_uri
+from tests.federation.proxy import LinkProxy
 from tests.hub.conftest import free_port, wait_until
 
 HUBS = 3
@@ -36,13 +38,14 @@ HUBS = 3
 
 @dataclass
 class FedHub:
-    """A running hub with federation on."""
+    """A running hub with federation on (``proxy``: the link proxy its public URL points at)."""
 
     url: str
     database_url: str
     data_dir: Path
     admin_token: str
     settings: Settings
+    proxy: LinkProxy | None = None
 
     @property
     def identity(self) -> PoolIdentity:
@@ -135,37 +138,75 @@ def _serve(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thr
     return server, thread
 
 
-@pytest.fixture(scope="module")
-def fed_hubs(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[FedHub]]:
-    """Three hubs on loopback with federation on; stopped and dropped afterwards."""
+@contextmanager
+def running_hubs(
+    count: int,
+    pg_admin_uri: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    memory: MemorySettings,
+    federation: dict[str, Any] | None = None,
+    proxied: bool = False,
+) -> Iterator[list[FedHub]]:
+    """``count`` hubs on loopback with federation on (each behind a :class:`LinkProxy` when
+    ``proxied``: its public URL is the proxy's); stopped and dropped afterwards."""
     databases: list[str] = []
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+    proxies: list[LinkProxy] = []
     hubs: list[FedHub] = []
     try:
-        for _ in range(HUBS):
+        for _ in range(count):
             name = f"fed_{uuid.uuid4().hex[:12]}"
             asyncio.run(_create_database(pg_admin_uri, name))
             databases.append(name)
             port = free_port()
-            url = f"http://127.0.0.1:{port}"
+            proxy = None
+            if proxied:
+                proxy = LinkProxy(port).start()
+                proxies.append(proxy)
+            url = proxy.url if proxy is not None else f"http://127.0.0.1:{port}"
             database_url = database_uri(pg_admin_uri, name)
             settings = Settings(
                 data_dir=tmp_path_factory.mktemp("fedhub"),
                 database_url=database_url,
                 inference=InferenceSettings(local_worker=False),
-                memory=MemorySettings(facts_extraction=False),
+                memory=memory,
                 jobs=JobsSettings(enabled=False),
-                federation=FederationSettings(enabled=True, public_url=url),
+                federation=FederationSettings(enabled=True, public_url=url, **(federation or {})),
             )
             server, thread = _serve(settings, port)
             servers.append((server, thread))
             assert thread.is_alive(), "a hub failed to start"
             admin_token = (settings.data_dir / "admin-token").read_text().strip()
-            hubs.append(FedHub(url, database_url, settings.data_dir, admin_token, settings))
+            hubs.append(FedHub(url, database_url, settings.data_dir, admin_token, settings, proxy))
         yield hubs
     finally:
         for server, thread in servers:
             server.should_exit = True
             thread.join(timeout=30)
+        for proxy in proxies:
+            proxy.stop()
         for name in databases:
             asyncio.run(_drop_database(pg_admin_uri, name))
+
+
+@pytest.fixture(scope="module")
+def fed_hubs(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[FedHub]]:
+    """Three hubs on loopback with federation on; stopped and dropped afterwards."""
+    memory = MemorySettings(facts_extraction=False)
+    with running_hubs(HUBS, pg_admin_uri, tmp_path_factory, memory=memory) as hubs:
+        yield hubs
+
+
+@pytest.fixture(scope="module")
+def proxied_hubs(
+    pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory, embedding_model_dir: Path
+) -> Iterator[list[FedHub]]:
+    """Five hubs, each behind a link proxy the test cuts and heals, with the embedding model
+    (notes) and tombstones collectable as soon as every peer has them."""
+    memory = MemorySettings(facts_extraction=False, embedding_model_dir=embedding_model_dir)
+    federation = {"notes": {"tombstone_min_age_s": 0}}
+    with running_hubs(
+        5, pg_admin_uri, tmp_path_factory, memory=memory, federation=federation, proxied=True
+    ) as hubs:
+        yield hubs

@@ -99,6 +99,7 @@ def test_one_changed_row_changes_one_segment_one_branch_and_the_root() -> None:
 def test_tree_values_round_trip_through_json_and_bad_ones_are_refused() -> None:
     values = {3: -(1 << 63), 1023: (1 << 63) - 1}
     assert decode_values(encode_values(values), SEGMENTS, "segments") == values
+    bad: object
     for bad in ([], {"1024": "1"}, {"1": 1}, {"x": "1"}, {"1": str(1 << 63)}):
         with pytest.raises(InvalidFederationInput):
             decode_values(bad, SEGMENTS, "segments")
