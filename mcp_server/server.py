@@ -359,16 +359,28 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         author_agent: Annotated[
             PlainText, Field(max_length=MAX_AGENT_CHARS, description="Which agent writes it.")
         ] = "",
+        write_quorum: Annotated[
+            int | None,
+            Field(
+                ge=1,
+                le=100,
+                description="fed: namespaces only: return once this many peer pools stored it.",
+            ),
+        ] = None,
     ) -> Note:
         """Write a note for the user's agents (or a shared namespace); searchable by meaning
-        and by keywords. Notes are stored in clear so they can be searched by keywords."""
-        payload = {
+        and by keywords. Notes are stored in clear so they can be searched by keywords. In a
+        fed: namespace, write_quorum W waits until W peer pools stored it (an error says how
+        many did otherwise; the note stays and syncs later)."""
+        payload: dict[str, Any] = {
             "namespace": namespace,
             "title": title,
             "body": body,
             "tags": tags or [],
             "author_agent": author_agent,
         }
+        if write_quorum is not None:
+            payload["write_quorum"] = write_quorum
         note = Note.model_validate(await tools.post(ctx, "/v1/memory/notes", payload))
         await log(ctx, "info", f"note_write: note {note.id} written in {namespace}")
         return note

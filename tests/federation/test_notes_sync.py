@@ -15,13 +15,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import anyio
 import httpx
 import orjson
 import pytest
+from mcp import Client
 
 from federation.hlc import pack, wall_ms
 from federation.identity import PoolIdentity
 from federation.tictac import NoteVersion
+from mcp_server.server import build_server
 from tests.federation.conftest import FedHub, new_identity, send, signed_request
 from tests.federation.proxy import LinkProxy, partition
 from tests.federation.test_peering import _admit
@@ -213,6 +216,30 @@ def test_a_write_quorum_waits_for_peers_and_says_how_many_acknowledged(
         "POST", "/v1/memory/notes", json={"body": "x", "namespace": "user:me", "write_quorum": 1}
     )
     assert private.status_code == 400 and "fed: namespaces only" in private.text
+
+
+def test_the_mcp_note_write_tool_takes_a_write_quorum(
+    mesh: list[Pool], proxies: dict[str, LinkProxy]
+) -> None:
+    a = mesh[0]
+
+    async def write(body: str, quorum: int) -> tuple[bool, str]:
+        async with (
+            httpx.AsyncClient(base_url=a.hub.url, timeout=60) as http,
+            Client(build_server(http, lambda _ctx: a.token)) as client,
+        ):
+            result = await client.call_tool(
+                "note_write", {"namespace": "fed:team", "body": body, "write_quorum": quorum}
+            )
+        return result.is_error, str(result.content)
+
+    failed, _ = anyio.run(write, "mcp quorum of four", 4)
+    assert not failed
+    stored = a.hub.rows("SELECT id FROM notes WHERE body = 'mcp quorum of four'")
+    assert all(stored[0]["id"] in p.hashes() for p in mesh)
+    with partition(proxies, {p.pool_id for p in mesh[3:]}):
+        failed, text = anyio.run(write, "mcp quorum unreachable", 3)
+    assert failed and "only 2 of the 3 peers" in text
 
 
 def test_tombstones_are_collected_once_every_peer_acknowledged_them(mesh: list[Pool]) -> None:
