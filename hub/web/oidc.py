@@ -81,7 +81,7 @@ def _client(settings: WebSettings) -> AsyncOAuth2Client:
 async def _metadata(client: AsyncOAuth2Client, oidc: OidcSettings) -> dict[str, Any]:
     assert oidc.issuer is not None
     url = oidc.issuer.rstrip("/") + "/.well-known/openid-configuration"
-    response = await client.get(url)
+    response = await client.request("GET", url, withhold_token=True)
     response.raise_for_status()
     metadata: dict[str, Any] = response.json()
     if metadata.get("issuer") != oidc.issuer.rstrip("/"):
@@ -158,7 +158,7 @@ async def _verified_identity(
         token = await client.fetch_token(
             metadata["token_endpoint"], code=code, code_verifier=verifier
         )
-        jwks = await client.get(metadata["jwks_uri"])
+        jwks = await client.request("GET", metadata["jwks_uri"], withhold_token=True)
         jwks.raise_for_status()
     decoded = jwt.decode(token["id_token"], KeySet.import_key_set(jwks.json()))
     jwt.JWTClaimsRegistry(
