@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from federation.errors import PeerNotFound
+from federation.errors import InviteRefused, PeerNotFound
 from federation.identity import encode_public_key
 
 PeerState = Literal["ok", "failing", "down"]
@@ -103,7 +103,17 @@ async def admit_peer(
     admitted_by: str,
     now: datetime,
 ) -> Peer:
-    """Record an admitted peer; admitting it again updates its URL and clears its backoff."""
+    """Record an admitted peer; admitting it again updates its URL and clears its backoff.
+
+    A pool on the admin's blacklist (``hub/blacklist.py``) is refused: ``peer_blacklisted``.
+    """
+    banned = await conn.fetchval(
+        "SELECT 1 FROM blacklist WHERE kind = 'peer' AND subject = $1", pool_id
+    )
+    if banned is not None:
+        raise InviteRefused(
+            f"The pool {pool_id} is on this pool's blacklist.", code="peer_blacklisted"
+        )
     row = await conn.fetchrow(
         f"""
         INSERT INTO peers (pool_id, public_key, url, admitted_at, admitted_by)

@@ -195,23 +195,30 @@ async def admin_ledger(
 
     Transfers page back with ``before=next_before``; accounts are listed whole.
     """
-    now = datetime.now(UTC)
     async with state.db.pool.acquire() as conn:
-        found = await all_accounts(conn)
-        expired = dict(
-            await conn.fetch(
-                "SELECT account_id, sum(amount)::bigint FROM ledger_open_holds "
-                "WHERE expires_at <= $1 GROUP BY account_id",
-                now,
-            )
+        return await ledger_overview(conn, limit, before)
+
+
+async def ledger_overview(
+    conn: asyncpg.Connection, limit: int, before: int | None = None
+) -> dict[str, Any]:
+    """Every account with its balance (expired holds excluded), and a page of transfers."""
+    now = datetime.now(UTC)
+    found = await all_accounts(conn)
+    expired = dict(
+        await conn.fetch(
+            "SELECT account_id, sum(amount)::bigint FROM ledger_open_holds "
+            "WHERE expires_at <= $1 GROUP BY account_id",
+            now,
         )
-        names = {user.id: user.name for user in await accounts.list_users(conn)}
-        rows = await conn.fetch(
-            "SELECT * FROM ledger_transfers WHERE ($1::bigint IS NULL OR id < $1) "
-            "ORDER BY id DESC LIMIT $2",
-            before,
-            limit + 1,
-        )
+    )
+    names = {user.id: user.name for user in await accounts.list_users(conn)}
+    rows = await conn.fetch(
+        "SELECT * FROM ledger_transfers WHERE ($1::bigint IS NULL OR id < $1) "
+        "ORDER BY id DESC LIMIT $2",
+        before,
+        limit + 1,
+    )
     transfers = [Transfer.from_row(row) for row in rows]
     page = transfers[:limit]
     more = len(transfers) > limit

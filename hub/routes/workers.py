@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
+from hub import blacklist
 from hub.auth import Principal
 from hub.errors import AuthenticationError
 from hub.state import HubState
@@ -69,8 +70,11 @@ async def worker_link(websocket: WebSocket) -> None:
             raise InferenceError(ErrorCode.INVALID_TOKEN, "This token lacks the 'worker' scope.")
         async with state.db.pool.acquire() as conn:
             record = await identity.get_worker(conn, principal.worker_id)
+            banned = await blacklist.is_blacklisted(conn, "worker", str(principal.worker_id))
         if record is None:  # deleted between the token check and now
             raise InferenceError(ErrorCode.INVALID_TOKEN, "This token's worker is gone.")
+        if banned:
+            raise InferenceError(ErrorCode.INVALID_TOKEN, "This worker is on the pool's blacklist.")
         return Credentials(worker=record, token_id=principal.token_id)
 
     async def revoked(link: WorkerLink) -> str:

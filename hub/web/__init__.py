@@ -21,7 +21,21 @@ def mount_web(app: FastAPI) -> None:
     """Include the web routers and their error pages, and serve ``/static``."""
     # Imported here: hub.config imports hub.web.settings, and the routers import hub.state,
     # which imports hub.config; importing them at the top of this package would be circular.
-    from hub.web import chat, dashboard, i18n, login, oidc, pages, pool, signup
+    from hub.web import (
+        admin,
+        admin_cleanup,
+        admin_config,
+        admin_ledger,
+        admin_people,
+        chat,
+        dashboard,
+        i18n,
+        login,
+        oidc,
+        pages,
+        pool,
+        signup,
+    )
     from hub.web.session import WebForbidden, WebRedirect, web_user
     from hub.web.templating import render
 
@@ -40,6 +54,11 @@ def mount_web(app: FastAPI) -> None:
         i18n.router,
         pool.router,
         chat.build_router(),
+        admin.router,
+        admin_config.router,
+        admin_people.router,
+        admin_cleanup.router,
+        admin_ledger.router,
         login.router,
         signup.router,
         oidc.router,
