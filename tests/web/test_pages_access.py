@@ -9,7 +9,7 @@ import httpx
 
 from hub.web import STATIC_DIR
 from hub.web.templating import environment
-from tests.web.conftest import LiveHub
+from tests.web.conftest import LiveHub, Mailbox, csrf_of, verified_member
 
 
 def test_vendored_htmx_matches_the_recorded_sha256() -> None:
@@ -33,3 +33,58 @@ def test_home_page_is_served_with_htmx_and_the_stylesheet(live_hub: LiveHub) -> 
 def test_templates_are_autoescaped() -> None:
     assert environment.from_string("{{ text }}").render(text="<script>") == "&lt;script&gt;"
     assert environment.get_template("base.html").environment.autoescape
+
+
+def test_public_pages_open_to_anyone(live_hub: LiveHub) -> None:
+    for path in ("/", "/login", "/signup", "/reset", "/login/admin"):
+        page = httpx.get(live_hub.url + path, timeout=10)
+        assert page.status_code == 200, path
+        assert 'name="csrf_token"' in page.text, path
+
+
+def test_member_pages_send_anonymous_visitors_to_sign_in(live_hub: LiveHub) -> None:
+    with httpx.Client(base_url=live_hub.url, timeout=10) as client:
+        for path in ("/dashboard", "/me"):
+            answer = client.get(path)
+            assert answer.status_code == 303, path
+            assert answer.headers["location"] == f"/login?next={path}"
+        posted = client.post("/dashboard/tokens", data={"csrf_token": csrf_of(client)})
+        assert posted.status_code == 303
+        assert posted.headers["location"].startswith("/login?next=")
+
+
+def test_member_and_admin_sessions_reach_their_own_pages(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "page@example.org", "correct horse battery") as member:
+        assert member.get("/dashboard").status_code == 200
+        assert member.get("/me").headers["location"] == "/dashboard"
+        assert 'href="/admin"' not in member.get("/").text
+    with httpx.Client(base_url=live_hub.url, timeout=10) as admin:
+        admin.post(
+            "/login/admin", data={"token": live_hub.admin_token, "csrf_token": csrf_of(admin)}
+        )
+        assert admin.get("/dashboard").headers["location"] == "/admin"
+        assert 'href="/admin"' in admin.get("/").text
+
+
+def test_sign_in_goes_back_only_to_a_page_of_this_site(live_hub: LiveHub, mailbox: Mailbox) -> None:
+    with verified_member(live_hub, mailbox, "next@example.org", "correct horse battery") as client:
+        for target, expected in (("//evil.example/x", "/dashboard"), ("/chat", "/chat")):
+            answer = client.post(
+                "/login",
+                data={
+                    "email": "next@example.org",
+                    "password": "correct horse battery",
+                    "next": target,
+                    "csrf_token": csrf_of(client),
+                },
+            )
+            assert answer.headers["location"] == expected
+
+
+def test_oidc_sign_in_is_off_until_configured(live_hub: LiveHub) -> None:
+    answer = httpx.get(live_hub.url + "/login/oidc", timeout=10)
+    assert answer.status_code == 404
+    assert "not configured here" in answer.text
+    assert "/login/oidc" not in httpx.get(live_hub.url + "/login", timeout=10).text
