@@ -108,9 +108,15 @@ def csrf_of(client: httpx.Client, path: str = "/login") -> str:
     return token
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium driven by Playwright (no browser download)."""
+@pytest.fixture(scope="module")
+def browser(live_hub: LiveHub) -> Iterator[Browser]:
+    """Debian's headless Chromium driven by Playwright (no browser download), for the module.
+
+    Playwright's sync API runs an event loop on the test thread while it lives, so no
+    ``asyncio.run`` may happen meanwhile: the fixture starts after the module's live hub (whose
+    set-up and tear-down use ``asyncio.run``) and stops before it; a browser test must not call
+    ``asyncio.run`` itself.
+    """
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run scripts/setup-browser (installs Debian chromium)")
     ARTIFACTS.mkdir(exist_ok=True)
