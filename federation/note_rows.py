@@ -56,7 +56,10 @@ def parse_rows(data: object, clock: HybridClock, param: str = "rows") -> list[No
         raise InvalidFederationInput(
             f"{param} must be a list of at most {MAX_ROWS} rows.", param=param
         )
-    return [parse_row(row, clock, f"{param}[{i}]") for i, row in enumerate(data)]
+    versions = [parse_row(row, clock, f"{param}[{i}]") for i, row in enumerate(data)]
+    if len({v.id for v in versions}) != len(versions):
+        raise InvalidFederationInput(f"{param} holds the same note twice.", param=param)
+    return versions
 
 
 def parse_row(row: object, clock: HybridClock, param: str) -> NoteVersion:

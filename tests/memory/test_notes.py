@@ -29,9 +29,11 @@ from memory.namespaces import (
 from memory.notes import (
     NewNote,
     Note,
+    NoteEdit,
     add_note,
     content_hash,
     delete_note,
+    edit_note,
     get_note,
     list_notes,
     resolve_namespace,
@@ -219,6 +221,34 @@ async def test_deleting_a_shared_note_leaves_a_tombstone_for_federation(
     assert tombstone.content_hash != note.content_hash
     assert await list_notes(vconn, alice.user_id) == []
     assert not await delete_note(vconn, bob.user_id, note.id, now=NOW)
+
+
+async def test_editing_a_note_replaces_its_content_and_leaves_a_fed_row_pending(
+    vconn: asyncpg.Connection, embedder: Embedder, alice: Member
+) -> None:
+    bob = await new_member(vconn, "bob")
+    other = await new_member(vconn, "carol")
+    await shared(vconn, "fed:recipes", alice, bob, other, owner_id=alice.user_id)
+    note = await write(vconn, embedder, bob, "fed:recipes", "Soup needs basil", tags=("soup",))
+    await vconn.execute(
+        "UPDATE notes SET row_hash = sha256('stamped'::bytea) WHERE id = $1", note.id
+    )
+    edit = NoteEdit("Soup needs basil and salt", "Soup", ("salt", "soup"))
+    vector = await embedder.embed_one("Soup\nSoup needs basil and salt")
+    with pytest.raises(NamespaceForbidden):
+        await edit_note(vconn, other.user_id, note.id, edit, vector, now=NOW)
+    edited = await edit_note(vconn, bob.user_id, note.id, edit, vector, now=NOW)
+    assert edited is not None and (edited.body, edited.title, edited.tags, edited.clock) == (
+        "Soup needs basil and salt",
+        "Soup",
+        ("salt", "soup"),
+        2,
+    )
+    assert edited.content_hash != note.content_hash
+    assert await vconn.fetchval("SELECT row_hash FROM notes WHERE id = $1", note.id) is None
+    assert await edit_note(vconn, alice.user_id, note.id, NoteEdit("owner edit"), vector, now=NOW)
+    assert await delete_note(vconn, bob.user_id, note.id, now=NOW)
+    assert await edit_note(vconn, bob.user_id, note.id, edit, vector, now=NOW) is None
 
 
 async def test_the_namespace_owner_may_delete_other_writers_notes(
