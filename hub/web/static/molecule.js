@@ -104,6 +104,10 @@
       ctx.lineWidth = a.worker.in_flight > 0 ? 3 : 1.5;
       line(ctx, hub, a);
     });
+    this.atoms.forEach((a) => {
+      // A job in flight streams tokens: keep its bond pulsing, one dot every ~40 frames.
+      if (a.worker.in_flight > 0 && Math.random() < 0.025 * a.worker.in_flight) this.pulses.push({ id: a.worker.id, t: 0 });
+    });
     this.pulses = this.pulses.filter((p) => p.t <= 1);
     this.pulses.forEach((p) => {
       const atom = this.atoms.find((a) => a.worker.id === p.id);
@@ -113,6 +117,10 @@
     disc(ctx, hub.x, hub.y, hub.r, "#222");
     this.atoms.forEach((a) => {
       disc(ctx, a.x, a.y, a.r, colour(a.worker));
+      ctx.fillStyle = "#333";
+      ctx.font = "12px system-ui, sans-serif";
+      ctx.textAlign = "center";
+      ctx.fillText(a.worker.name, a.x, a.y + a.r + 18);
       const used = a.worker.slots ? a.worker.in_flight / a.worker.slots : 0;
       ctx.lineWidth = 3;
       ctx.strokeStyle = "#e4572e";
