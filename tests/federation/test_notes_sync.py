@@ -312,8 +312,12 @@ def test_a_row_whose_hash_does_not_match_or_that_is_private_is_refused(
     private = _row(known, namespace="user:0b9a6c2e-9a51-4c9b-9d7a-0c1e6d3f0a11")
     _refused(_changes(hub, known, {"rows": [private]}), 400, "namespace_not_federated")
     _refused(_changes(hub, known, {"rows": "nope"}), 400, "invalid_federation_input")
+    elsewhere = _changes(hub, known, {"rows": [_row(known, namespace="fed:not-here")]})
+    assert elsewhere.status_code == 200, elsewhere.text
+    assert elsewhere.json()["skipped"] == 1 and elsewhere.json()["held"] == []
     _refused(_changes(hub, known, [1, 2]), 400, "invalid_federation_input")
     assert hub.rows("SELECT count(*) AS n FROM notes WHERE body LIKE 'c%ed%'")[0]["n"] == 0
+    assert hub.rows("SELECT count(*) AS n FROM notes WHERE namespace = 'fed:not-here'")[0]["n"] == 0
 
 
 def test_a_forged_or_replayed_sync_message_is_refused(
