@@ -9,11 +9,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from playwright.sync_api import Browser, expect
 
 from hub.web.chat_quota import Limits, TrialQuota, TrialQuotaExceeded
 from hub.web.settings import TrialSettings, WebSettings
 from tests.hub.conftest import real_worker
-from tests.web.conftest import LiveHub
+from tests.web.conftest import ARTIFACTS, LiveHub
 
 __all__ = ["real_worker"]
 
@@ -158,3 +159,23 @@ def test_the_quota_forgets_the_longest_idle_keys_past_its_bound() -> None:
         quota.take(f"10.0.0.{i}", None, limits)
     quota.take("10.0.0.9", "x", limits)
     quota.take("10.0.0.0", None, limits)  # forgotten: counts again from zero
+
+
+def test_a_visitor_sees_the_answer_stream_in_on_the_page_in_chromium(
+    browser: Browser, live_hub: LiveHub, real_worker: None
+) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # a phone
+    page = context.new_page()
+    page.goto(live_hub.url + "/chat")
+    page.screenshot(path=ARTIFACTS / "chat.png", full_page=True)
+    page.get_by_label("Your message").fill("Name a colour.")
+    with page.expect_response("**/chat/stream") as streamed:
+        page.get_by_role("button", name="Send").click()
+    assert streamed.value.headers["content-type"].startswith("text/event-stream")
+    answer = page.locator(".msg.assistant").last
+    expect(answer).to_have_attribute("data-done", "true", timeout=60_000)
+    assert answer.locator("p").inner_text().strip() not in ("", "…")
+    expect(page.locator("[data-chat-error]")).to_have_text("")
+    expect(page.locator(".msg.user")).to_have_text(re.compile("Name a colour."))
+    page.screenshot(path=ARTIFACTS / "chat-answer.png", full_page=True)
+    context.close()
