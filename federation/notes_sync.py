@@ -19,7 +19,8 @@ the embedding model is awaited.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -256,10 +257,8 @@ class NoteSync:
         payload = {"rows": [v.as_wire() for v in versions]}
         answer = await self._call(peer, CHANGES_PATH, payload, stats)
         stats["rows_sent"] += len(versions)
-        try:
+        with _answer_of(peer):
             return set(note_ids(answer.get("held"), "held"))
-        except InvalidFederationInput as exc:
-            raise PeerFailed(f"{peer.url} answered badly: {exc.message}") from None
 
     async def _call(
         self, peer: peers.Peer, path: str, payload: dict[str, Any], stats: dict[str, int]
@@ -288,26 +287,27 @@ class NoteSync:
 
     async def reconcile(self, peer: peers.Peer) -> dict[str, Any]:
         """The tictac exchange with ``peer``: roots, differing branches, differing segments,
-        then just those segments' rows both ways."""
+        then just those segments' rows both ways. A malformed answer is :class:`PeerFailed`."""
         await self.stamp()
         async with self._pool.acquire() as conn:
             mine_ns = await self.namespaces(conn)
         stats = _stats(branches_compared=0, segments_compared=0, segments_differing=0)
-        answer = await self._call(peer, TREE_PATH, {"namespaces": mine_ns}, stats)
-        shared = [n for n in fed_namespaces(answer.get("namespaces")) if n in mine_ns]
+        with _answer_of(peer):
+            answer = await self._call(peer, TREE_PATH, {"namespaces": mine_ns}, stats)
+            shared = [n for n in fed_namespaces(answer.get("namespaces")) if n in mine_ns]
+            theirs_root = _int(answer.get("root"), "root")
+            branches = decode_values(answer.get("branches"), BRANCHES, "branches")
         mine = await self.tree(shared)
-        theirs_root = _int(answer.get("root"), "root")
-        branches = decode_values(answer.get("branches"), BRANCHES, "branches")
         stats["branches_compared"] = BRANCHES
         if theirs_root == mine.root():
             async with self._pool.acquire() as conn:
                 await self._ack_all_tombstones(conn, peer.pool_id, shared)
             return stats | {"in_sync": True}
         wanted_branches = differing(dict(enumerate(mine.branches())), branches)
-        answer = await self._call(
-            peer, TREE_PATH, {"namespaces": shared, "branches": wanted_branches}, stats
-        )
-        theirs = decode_values(answer.get("segments"), SEGMENTS, "segments")
+        message = {"namespaces": shared, "branches": wanted_branches}
+        with _answer_of(peer):
+            answer = await self._call(peer, TREE_PATH, message, stats)
+            theirs = decode_values(answer.get("segments"), SEGMENTS, "segments")
         diff = differing(mine.segments_of(wanted_branches), theirs)
         stats["segments_compared"] = len(wanted_branches) * (SEGMENTS // BRANCHES)
         stats["segments_differing"] = len(diff)
@@ -315,13 +315,13 @@ class NoteSync:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(_IN_SEGMENTS_SQL, shared, diff)
         have = {str(row["id"]): _version(row).row_hash().hex() for row in rows}
-        answer = await self._call(
-            peer, ROWS_PATH, {"namespaces": shared, "segments": diff, "have": have}, stats
-        )
-        received = answer.get("rows")
-        wanted = set(note_ids(answer.get("want"), "want"))
-        outcome = await self.accept(peer.pool_id, received)
-        stats["rows_received"] += len(received) if isinstance(received, list) else 0
+        with _answer_of(peer):
+            answer = await self._call(
+                peer, ROWS_PATH, {"namespaces": shared, "segments": diff, "have": have}, stats
+            )
+            wanted = set(note_ids(answer.get("want"), "want"))
+            outcome = await self.accept(peer.pool_id, answer.get("rows"))
+        stats["rows_received"] += sum(outcome[k] for k in ("applied", "same", "stale", "skipped"))
         stats["rows_applied"] += outcome["applied"]
         ours = [_version(row) for row in rows if row["id"] in wanted]
         for start in range(0, len(ours), self.settings.batch_rows):
@@ -521,6 +521,17 @@ class NoteSync:
         ship = [v for i, v in mine.items() if theirs.get(i) != v.row_hash().hex()]
         want = [str(i) for i, h in theirs.items() if i not in mine or h != mine[i].row_hash().hex()]
         return {"rows": [v.as_wire() for v in ship[:MAX_ROWS]], "want": want[:MAX_ROWS]}
+
+
+@contextmanager
+def _answer_of(peer: peers.Peer) -> Iterator[None]:
+    """A peer's answer that does not hold what it must is the peer's failure, not ours."""
+    try:
+        yield
+    except InvalidFederationInput as exc:
+        raise PeerFailed(
+            f"{peer.url} answered with bad data: {exc.message}", code="peer_answer_invalid"
+        ) from None
 
 
 def _int(value: object, param: str) -> int:
