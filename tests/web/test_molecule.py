@@ -3,20 +3,16 @@ which draws as many atoms as the admin API lists workers and shows a worker's ca
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 from collections.abc import Iterator
-from contextlib import AsyncExitStack
 
 import httpx
 import orjson
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.hub.conftest import wait_until
-from tests.hub.raw_worker import raw_worker
 from tests.web.conftest import ARTIFACTS, LiveHub, browser
+from tests.web.hand_workers import hand_workers
 
 __all__ = ["browser"]
 
@@ -30,29 +26,9 @@ def admin_api(hub: LiveHub, path: str) -> httpx.Response:
 
 @pytest.fixture(scope="module")
 def workers_online(live_hub: LiveHub) -> Iterator[list[str]]:
-    """Workers connected by hand for the module, on a thread of their own (the browser
-    fixture owns the test thread's event loop)."""
-    for name in ATOMS:
-        live_hub.worker_token_for(name)
-    stop = threading.Event()
-
-    async def hold() -> None:
-        async with AsyncExitStack() as stack:
-            for name in ATOMS:
-                await stack.enter_async_context(raw_worker(live_hub, f"m-{name}", 2, name))
-            await asyncio.to_thread(stop.wait)
-
-    thread = threading.Thread(target=asyncio.run, args=(hold(),), daemon=True)
-    thread.start()
-
-    def connected() -> bool:
-        names = {w["name"] for w in admin_api(live_hub, "/admin/api/workers").json()["data"]}
-        return set(ATOMS) <= names
-
-    wait_until(connected, 30, "the hand-driven workers to connect")
-    yield list(ATOMS)
-    stop.set()
-    thread.join(timeout=15)
+    """Workers connected by hand for the module."""
+    with hand_workers(live_hub, ATOMS) as names:
+        yield names
 
 
 def first_pool_event(hub: LiveHub) -> tuple[str, str]:
