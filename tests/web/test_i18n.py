@@ -9,11 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 from babel.messages.pofile import read_po
+from playwright.sync_api import Browser, expect
 from starlette.requests import Request
 
 from hub.web.admin_cleanup import TASKS
 from hub.web.i18n import LANGUAGES, LOCALES_DIR, local_path, pick_language, translator
-from tests.web.conftest import LiveHub
+from tests.web.conftest import ARTIFACTS, LiveHub
 
 WEB_DIR = Path(__file__).parents[2] / "hub" / "web"
 GETTEXT_CALL = re.compile(r"""\b_\(\s*(?:"((?:[^"\\]|\\.)*)"|'((?:[^'\\]|\\.)*)')\s*\)""")
@@ -108,3 +109,22 @@ def test_the_switch_remembers_the_choice_and_refuses_a_post_without_csrf(
     assert 'lang="fr"' in again.text
     assert "Essayer le pool" in again.text
     assert "pool communautaire" in again.text
+
+
+def test_the_fr_en_switch_in_chromium_translates_and_is_remembered(
+    browser: Browser, live_hub: LiveHub
+) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(live_hub.url + "/chat")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Try the pool")
+    page.get_by_role("button", name="FR", exact=True).click()
+    expect(page).to_have_url(live_hub.url + "/chat")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Essayer le pool")
+    page.goto(live_hub.url + "/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Un pool d'IA coopératif")
+    expect(page.locator("html")).to_have_attribute("lang", "fr")
+    page.screenshot(path=ARTIFACTS / "home-fr.png", full_page=True)
+    page.get_by_role("button", name="EN", exact=True).click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("A cooperative AI pool")
+    context.close()
