@@ -8,7 +8,7 @@ import re
 import asyncpg
 import httpx
 
-from memory.crypto import decrypt_text, encrypt_text
+from memory.crypto import KeyUnwrapError, KeyWrap, decrypt_text, encrypt_text, unwrap_data_key
 from memory.keys import open_key
 from tests.web.conftest import (
     LiveHub,
@@ -219,3 +219,56 @@ def test_logging_out_ends_the_session(live_hub: LiveHub, mailbox: Mailbox) -> No
         stale = httpx.get(live_hub.url + "/dashboard", cookies={"iamine_session": session})
         assert stale.status_code == 303
         assert stale.headers["location"] == "/login?next=/dashboard"
+
+
+WEB_TABLES = {
+    "web_accounts": "SELECT * FROM web_accounts",
+    "web_sessions": "SELECT * FROM web_sessions",
+    "web_key_wraps": "SELECT * FROM web_key_wraps",
+    "web_mail_tokens": "SELECT * FROM web_mail_tokens",
+}
+
+
+async def _web_rows(database_url: str) -> dict[str, list[asyncpg.Record]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return {table: await conn.fetch(query) for table, query in WEB_TABLES.items()}
+    finally:
+        await conn.close()
+
+
+def _opens(wrap: KeyWrap, secret: str) -> bool:
+    try:
+        unwrap_data_key(wrap, secret)
+    except KeyUnwrapError:
+        return False
+    return True
+
+
+def test_the_database_holds_no_password_cookie_or_usable_key(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "ivo@example.org", PASSWORD) as client:
+        cookie = client.cookies["iamine_session"]
+        mint(client)
+    rows = asyncio.run(_web_rows(live_hub.database_url))
+    stored = [
+        value.hex() if isinstance(value, bytes) else str(value)
+        for table in rows.values()
+        for row in table
+        for value in row.values()
+    ]
+    assert not [v for v in stored if PASSWORD in v or cookie in v]
+    assert all(a["password_hash"].startswith("$argon2id$") for a in rows["web_accounts"])
+    ivo = next(a["user_id"] for a in rows["web_accounts"] if a["email"] == "ivo@example.org")
+    wraps = [
+        KeyWrap(
+            bytes(w["salt"]), bytes(w["wrapped"]), w["key_version"], w["kdf"], w["format_version"]
+        )
+        for w in rows["web_key_wraps"]
+        if w["user_id"] == ivo
+    ]
+    assert len(wraps) == 2  # the password's and the session's
+    # Whatever the database holds opens no wrap; the browser's cookie opens the session's.
+    assert not [v for v in stored if len(v) >= 32 and any(_opens(w, v) for w in wraps)]
+    assert any(_opens(wrap, cookie) for wrap in wraps)
