@@ -191,9 +191,13 @@ class Gossip:
     async def apply(
         self, conn: asyncpg.Connection, sender: peers.Peer, message: GossipMessage, now: datetime
     ) -> None:
-        """Learn from ``sender``'s message (already authenticated as coming from it)."""
+        """Learn from ``sender``'s message (already authenticated as coming from it).
+
+        Runs in the caller's transaction, under the membership lock.
+        """
         if message.pool_id != sender.pool_id:
             raise InvalidFederationInput("pool_id is not the sender's.", param="pool_id")
+        await membership.lock_membership(conn)
         await membership.ensure_members(conn, [sender.pool_id])
         await membership.observe_heartbeat(conn, sender.pool_id, message.heartbeat, now)
         admitted = {p.pool_id for p in await peers.list_peers(conn)}

@@ -25,6 +25,8 @@ Heartbeat = tuple[int, int]
 """``(incarnation, counter)``: compared as a tuple."""
 
 _COLUMNS = "pool_id, incarnation, heartbeat, heartbeat_at, suspected_by, status, status_at"
+# Arbitrary constant shared by every hub process on one database: membership writes take it.
+MEMBERSHIP_LOCK_KEY = 0x1A3F0551
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,16 @@ def parse_heartbeat(value: Any) -> Heartbeat | None:
         if not isinstance(part, int) or isinstance(part, bool) or not 0 <= part < 2**62:
             return None
     return (incarnation, counter)
+
+
+async def lock_membership(conn: asyncpg.Connection) -> None:
+    """Serialise this transaction's membership writes with every other one on the database.
+
+    A gossip answer being applied, a peer's gossip being received and a round's verdicts all
+    touch several peers' rows in their own order; without one lock they deadlock each other.
+    Gossip is a few messages a second, so waiting costs nothing. Call inside a transaction.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", MEMBERSHIP_LOCK_KEY)
 
 
 def dead_quorum(configured: int, live_others: int) -> int:
@@ -166,10 +178,13 @@ async def judge(
 
     A peer not heard from (its heartbeat not risen) for ``suspect_after`` — counted from its
     admission if it never beat — is suspected by this pool; it is dead when this pool's suspicion
-    and the others' reach :func:`dead_quorum`.
+    and the others' reach :func:`dead_quorum`. Only the votes of pools this pool still hears
+    count: cut off from the rest, a pool keeps their last suspicions but cannot use them, so the
+    minority side of a partition never declares the majority dead.
     """
     changed: dict[str, Status] = {}
     async with conn.transaction():
+        await lock_membership(conn)
         members = {
             m.pool_id: m
             for m in map(
@@ -178,13 +193,17 @@ async def judge(
             )
         }
         live = {pool_id for pool_id, m in members.items() if m.status != "dead"}
+        unheard = {
+            pool_id
+            for pool_id, m in members.items()
+            if now - (m.heartbeat_at or admitted_at.get(pool_id, now)) > suspect_after
+        }
         for pool_id, member in members.items():
-            since = member.heartbeat_at or admitted_at.get(pool_id, now)
-            mine = now - since > suspect_after
+            mine = pool_id in unheard
             suspected = set(member.suspected_by) - {me}
             if mine:
                 suspected.add(me)
-            voters = (live - {pool_id}) | {me}
+            voters = (live - unheard - {pool_id}) | {me}
             votes = len(suspected & voters)
             quorum = dead_quorum(configured_quorum, len(live - {pool_id}))
             status: Status = "alive"

@@ -225,7 +225,7 @@ def build_jobs(
     async def federation_sync() -> JobResult:
         if state.gossip is None:
             return JobResult("skipped", "federation is off")
-        return await sync_round(state.gossip, None)
+        return await sync_round(state.gossip, state.note_sync)
 
     runs = {
         L1_PURGE: l1,

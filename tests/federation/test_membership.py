@@ -101,6 +101,25 @@ async def test_one_flaky_link_cannot_evict_a_peer_that_others_still_hear(
     assert (await _status(conn))[x][0] == "alive"
 
 
+async def test_votes_of_pools_this_one_no_longer_hears_do_not_count(
+    conn: asyncpg.Connection,
+) -> None:
+    me = new_identity().pool_id
+    x, p, q = await _pool_of(conn, 3)
+    await membership.record_suspicions(conn, p, [x], me)
+    await membership.record_suspicions(conn, q, [x], me)
+    # Cut off from everyone: p's and q's old votes on x are kept but do not make x dead.
+    changed = await _judge(conn, me, T0 + timedelta(seconds=31))
+    assert changed == {x: "suspect", p: "suspect", q: "suspect"}
+    # Hearing p and q again (x still silent), their votes count.
+    for other in (p, q):
+        await membership.observe_heartbeat(conn, other, (1, 5), T0 + timedelta(seconds=32))
+    await membership.record_suspicions(conn, p, [x], me)
+    await membership.record_suspicions(conn, q, [x], me)
+    assert (await _judge(conn, me, T0 + timedelta(seconds=33))) == {x: "dead"}
+    assert (await _status(conn))[p][0] == "alive"  # its heartbeat made it alive at once
+
+
 async def test_with_a_single_peer_this_pool_s_view_decides_and_a_restart_is_a_new_incarnation(
     conn: asyncpg.Connection,
 ) -> None:
