@@ -91,7 +91,19 @@ def _release(user: AccountKey, amount: int) -> list[Leg]:
 
 
 def _user_of(hold: Transfer) -> AccountKey:
+    """Who a hold reserves on: a user, or a peer pool whose forwarded job this pool serves."""
+    if "payer_peer" in hold.request:
+        return AccountKey.peer_pool(hold.request["payer_peer"])
     return AccountKey(AccountKind.USER, hold.request["user"])
+
+
+def _payer(payer: UUID | AccountKey) -> tuple[AccountKey, dict[str, Any]]:
+    """The account a hold reserves on and how its request names it."""
+    if isinstance(payer, UUID):
+        return AccountKey.user(payer), {"user": str(payer)}
+    if payer.kind is not AccountKind.PEER_POOL:
+        raise InvalidLedgerInput("Only users and peer pools pay for jobs.", param="account")
+    return payer, {"payer_peer": payer.ref}
 
 
 def _not_earnings(*accounts: AccountKey) -> None:
@@ -162,18 +174,23 @@ class Ledger:
         return None if existing is None else same_request(existing, kind, request)
 
     async def hold(
-        self, conn: asyncpg.Connection, job_id: str, user_id: UUID, expected_cost: int
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        user_id: UUID | AccountKey,
+        expected_cost: int,
     ) -> Transfer:
         """Reserve a job's expected cost on the user's account, at placement; never refuses.
 
         The hold is ``funded`` when the user's available balance covers it (down to the policy's
         overdraft); otherwise it is recorded all the same, unfunded, and the caller serves the job
-        at the lowest priority. The post charges the actual cost either way.
+        at the lowest priority. The post charges the actual cost either way. The payer may be a
+        peer pool's account (``AccountKey.peer_pool``): a job a peer forwarded here.
         """
         key = job_key(TransferKind.HOLD, job_id)
         check_amount(expected_cost, "expected_cost")
-        user = AccountKey.user(user_id)
-        request = {"user": str(user_id), "expected_cost": expected_cost}
+        user, named = _payer(user_id)
+        request = {**named, "expected_cost": expected_cost}
 
         async def attempt() -> Transfer:
             async with conn.transaction():
@@ -280,6 +297,48 @@ class Ledger:
 
         return await self._idempotent(conn, key, TransferKind.POST, request, attempt)
 
+    async def post_to_peer(
+        self, conn: asyncpg.Connection, job_id: str, usage: Usage, peer: str, amount: int
+    ) -> Transfer:
+        """Charge a job a peer pool served: user → the peer's account, ``amount``; once per job.
+
+        ``amount`` is what the peer bills this pool for the job (its signed receipt, bounded by
+        its gossiped price): the user pays exactly that, so this pool's payable to the peer (the
+        credit on ``peer_pool:<peer>``) equals the peer's charge to this pool in its own ledger.
+        Raises like :meth:`post`.
+        """
+        key = job_key(TransferKind.POST, job_id)
+        check_amount(amount)
+        payee = AccountKey.peer_pool(peer)
+        request = {"usage": usage.as_request(), "payee_peer": peer, "amount": amount}
+        hold = await self._hold_of(conn, job_id)
+        user = _user_of(hold)
+
+        async def attempt() -> Transfer:
+            async with conn.transaction():
+                now = self._clock()
+                accounts = await self._lock(conn, [user, CLEARING, payee], create=True)
+                expires_at, resolution = await self._take_open(conn, hold)
+                if resolution is not None:
+                    if resolution.kind is TransferKind.POST:
+                        return same_request(resolution, TransferKind.POST, request)
+                    raise HoldResolved(
+                        f"Job {job_id}'s hold was {resolution.kind.value}ed.", param="job_id"
+                    )
+                if expires_at is not None and expires_at <= now:
+                    raise HoldExpired(f"Job {job_id}'s hold expired.", param="job_id")
+                legs = [
+                    *_release(user, hold.amount),
+                    Leg(user, Side.DEBIT, Phase.POSTED, amount),
+                    Leg(payee, Side.CREDIT, Phase.POSTED, amount),
+                ]
+                new = NewTransfer(
+                    key, TransferKind.POST, legs, amount, request, job_id=job_id, pending_id=hold.id
+                )
+                return await write_transfer(conn, accounts, new, now)
+
+        return await self._idempotent(conn, key, TransferKind.POST, request, attempt)
+
     async def void(self, conn: asyncpg.Connection, job_id: str, *, memo: str = "") -> Transfer:
         """Release a failed job's hold; an expired hold returns its expiry (it is voided already).
 
@@ -346,14 +405,14 @@ class Ledger:
         """Record the expiry of every expired hold of up to ``limit`` users; return the count."""
         now = self._clock()
         refs = await conn.fetch(
-            "SELECT DISTINCT a.ref FROM ledger_open_holds o "
+            "SELECT DISTINCT a.kind, a.ref FROM ledger_open_holds o "
             "JOIN ledger_accounts a ON a.id = o.account_id WHERE o.expires_at <= $1 LIMIT $2",
             now,
             limit,
         )
         expired = 0
         for row in refs:
-            user = AccountKey(AccountKind.USER, row["ref"])
+            user = AccountKey(AccountKind(row["kind"]), row["ref"])
             async with conn.transaction():
                 accounts = await self._lock(conn, [user, CLEARING], create=False)
                 expired += await self._sweep(conn, accounts, user, now)

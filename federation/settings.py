@@ -7,6 +7,40 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 
+class OverflowSettings(BaseModel):
+    """Chats this pool forwards to peers, and those it serves for them (docs/federation.md)."""
+
+    enabled: bool = Field(
+        True, description="Forward a chat no local worker can take soon to a peer that serves it."
+    )
+    wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="Predicted local wait (seconds) above which a chat goes to a peer; a model "
+        "no local worker (of enough trust) serves goes at once.",
+    )
+    hop_limit: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="Pools a forwarded chat may pass through; this pool serves a forwarded chat "
+        "on its own workers only, never forwarding it further.",
+    )
+    stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a forwarded chat's stream may stay silent before the "
+        "peer counts as failed.",
+    )
+    peer_tries: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Peers tried, best first, before a chat falls back to the "
+        "local doctrine (queue, fallback model, degraded answer).",
+    )
+
+
 def normalise_origin(url: str) -> str:
     """``scheme://host[:port]`` of an http(s) URL with no path, query or credentials.
 
@@ -122,6 +156,7 @@ class FederationSettings(BaseModel):
     gossip_log_keep_s: float = Field(
         86_400.0, gt=0, description="Seconds the `gossip_log` keeps each exchange."
     )
+    overflow: OverflowSettings = Field(default_factory=OverflowSettings)
 
     @field_validator("public_url")
     @classmethod

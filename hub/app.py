@@ -43,6 +43,7 @@ from hub.routes import (
     disputes,
     facts,
     federation,
+    federation_forward,
     federation_notes,
     health,
     jobs,
@@ -249,6 +250,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(worker_records.admin_router)
     app.include_router(federation.router)
     app.include_router(federation.admin_router)
+    app.include_router(federation_forward.router)
+    app.include_router(federation_forward.admin_router)
     app.include_router(federation_notes.router)
     app.include_router(federation_notes.admin_router)
     app.include_router(account.router)

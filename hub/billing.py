@@ -38,9 +38,11 @@ import anyio
 import asyncpg
 import structlog
 
+from economy.accounts import AccountKey
 from economy.errors import LedgerError
 from economy.ledger import Clock, Ledger
 from economy.pricing import LedgerPolicy, Usage
+from federation.overflow import PeerCharge
 from hub.config import EconomySettings
 from hub.observability import Metrics
 from inference.agents import Meter
@@ -69,15 +71,30 @@ TRANSIENT = (
 
 @dataclass(eq=False)
 class Ticket:
-    """One billed chat: its job, who pays, the policy it started under, and its hold."""
+    """One billed chat: its job, who pays, the policy it started under, and its hold.
+
+    The payer is the user ``user_id``, or the peer pool ``peer`` for a chat it forwarded here.
+    """
 
     job: Job
-    user_id: UUID
+    user_id: UUID | None
     ledger: Ledger
     expected_tokens: int
+    peer: str | None = None
     held: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the hold was applied (or failed for good): the post and the void wait for it."""
     hold_written: bool = False
+    usage: Usage | None = None
+    charged: int | None = None
+    """The usage and micro-credits the post charges, known once the answer ended (a receipt)."""
+
+    @property
+    def payer(self) -> UUID | AccountKey:
+        """The account the hold reserves on."""
+        if self.peer is not None:
+            return AccountKey.peer_pool(self.peer)
+        assert self.user_id is not None
+        return self.user_id
 
     @property
     def job_id(self) -> str:
@@ -106,6 +123,17 @@ def hub_usage(job: Job, done: Done, chunks: int, served_model: str) -> Usage:
         max(min(reported.prompt_tokens, prompt_bytes(job)), 0),
         max(min(reported.completion_tokens, chunks), 0),
     )
+
+
+def peer_amount(charge: PeerCharge, usage: Usage) -> int:
+    """What a peer-served chat costs its user: the peer's charge, bounded by its gossiped price.
+
+    The bound is the price per 1,000 tokens the peer gossiped times the tokens this hub saw
+    (``usage``, already bounded by what it relayed): a peer cannot bill more than it offered.
+    """
+    tokens = usage.prompt_tokens + usage.completion_tokens
+    ceiling = -(-charge.price_per_1k * tokens // 1_000)
+    return max(min(charge.receipt.amount, ceiling), 0)
 
 
 class Billing:
@@ -146,28 +174,42 @@ class Billing:
             self._ledger = Ledger(policy, self._clock)
         return self._ledger
 
-    async def open(self, job: Job, user_id: UUID) -> Ticket:
-        """Queue the hold of a chat about to be placed; waits only while the queue is full."""
+    async def open(self, job: Job, user_id: UUID | None, *, peer: str | None = None) -> Ticket:
+        """Queue the hold of a chat about to be placed; waits only while the queue is full.
+
+        ``peer`` names the peer pool that forwarded the chat here: it pays, like a user.
+        """
         config = self._config()
         expected = job.params.max_tokens or config.default_expected_tokens
-        ticket = Ticket(job, user_id, self.ledger(), expected)
+        ticket = Ticket(job, user_id, self.ledger(), expected, peer=peer)
         await self._put(_Op("hold", ticket, lambda conn: self._hold(conn, ticket)))
         return ticket
 
-    def meter(self, user_id: UUID) -> Meter:
-        """Book a user's sub-agent runs like their chats: a hold, then a post or a void."""
+    def meter(self, user_id: UUID, charges: list[PeerCharge] | None = None) -> Meter:
+        """Book a user's sub-agent runs like their chats: a hold, then a post or a void.
+
+        ``charges`` is the peer step's list: a run a peer served is owed to that peer.
+        """
 
         async def book(
             job: Job, events: AsyncIterator[JobEvent], trace: list[JobHandle]
         ) -> AsyncIterator[JobEvent]:
-            return self.bill(await self.open(job, user_id), events, trace)
+            return self.bill(await self.open(job, user_id), events, trace, charges)
 
         return book
 
     async def bill(
-        self, ticket: Ticket, events: AsyncIterator[JobEvent], trace: list[JobHandle]
+        self,
+        ticket: Ticket,
+        events: AsyncIterator[JobEvent],
+        trace: list[JobHandle],
+        charges: list[PeerCharge] | None = None,
     ) -> AsyncGenerator[JobEvent, None]:
-        """Relay a chat's events; when they end, queue its post (answered) or void (not)."""
+        """Relay a chat's events; when they end, queue its post (answered) or void (not).
+
+        ``charges`` receives a peer's signed charge when the chat was served by a peer pool:
+        the user then pays the peer's charge (see :func:`peer_amount`), owed to that peer.
+        """
         chunks = 0
         done: Done | None = None
         try:
@@ -180,7 +222,11 @@ class Billing:
         finally:
             # Shielded: this runs while a departed client's request is being cancelled.
             with anyio.CancelScope(shield=True):
-                await self._settle(ticket, done, chunks, trace)
+                charge = next((c for c in charges or () if c.receipt.job == ticket.job_id), None)
+                if charge is not None:
+                    await self._settle_peer(ticket, done, chunks, charge)
+                else:
+                    await self._settle(ticket, done, chunks, trace)
             if isinstance(events, AsyncGenerator):
                 await events.aclose()
 
@@ -195,9 +241,25 @@ class Billing:
             return
         usage = hub_usage(finisher.job, done, chunks, finisher.job.model)
         worker_id = finisher.worker.record_id
+        ticket.usage, ticket.charged = usage, ticket.ledger.policy.cost(usage)
 
         async def post(conn: asyncpg.Connection) -> None:
             await ticket.ledger.post(conn, ticket.job_id, usage, owner, worker_id=worker_id)
+
+        await self._put(_Op("post", ticket, post))
+
+    async def _settle_peer(
+        self, ticket: Ticket, done: Done | None, chunks: int, charge: PeerCharge
+    ) -> None:
+        if done is None:
+            await self._put(_Op("void", ticket, lambda c: self._void(c, ticket, "not answered")))
+            return
+        usage = ticket.usage = hub_usage(ticket.job, done, chunks, ticket.job.model)
+        amount = ticket.charged = peer_amount(charge, usage)
+        peer = charge.receipt.peer
+
+        async def post(conn: asyncpg.Connection) -> None:
+            await ticket.ledger.post_to_peer(conn, ticket.job_id, usage, peer, amount)
 
         await self._put(_Op("post", ticket, post))
 
@@ -206,13 +268,15 @@ class Billing:
 
     async def _hold(self, conn: asyncpg.Connection, ticket: Ticket) -> None:
         user, ledger = ticket.user_id, ticket.ledger
-        if user not in self._granted:
+        if user is not None and ticket.peer is None and user not in self._granted:
             await ledger.grant_trial(conn, user)
             self._granted.add(user)
         floor = prompt_tokens_floor(ticket.job.messages, ticket.job.tools)
         cost = ledger.policy.expected_cost(ticket.job.model, floor, ticket.expected_tokens)
-        hold = await ledger.hold(conn, ticket.job_id, user, cost)
+        hold = await ledger.hold(conn, ticket.job_id, ticket.payer, cost)
         ticket.hold_written = True
+        if user is None or ticket.peer is not None:
+            return
         if hold.funded:
             self._unfunded.discard(user)
         else:

@@ -23,9 +23,12 @@ from typing import Any
 import asyncpg
 import structlog
 
+from federation.client import utc_now
+from federation.overflow import ChatPeerStep, PeerCharge
 from hub.auth import Principal
 from hub.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from hub.openai_schema import Answer, ChatCompletionRequest, NamedToolChoice
+from hub.preferences import Preferences
 from hub.relay import (
     QUEUE_HEADER,
     ROUTE_HEADER,
@@ -39,7 +42,7 @@ from hub.review import REVIEW_HEADER, AutoReview
 from hub.semantic import NO_MEMORY, ChatMemory
 from hub.state import HubState
 from inference.budget import prompt_tokens_floor
-from inference.dispatch import Degraded, JobEvent, JobFailed, Waiting, run_job
+from inference.dispatch import Degraded, JobEvent, JobFailed, Started, Waiting, run_job
 from inference.link import JobHandle
 from inference.protocol import Chunk, Done, Job
 from inference.registry import WorkerRegistry
@@ -52,6 +55,7 @@ log = structlog.get_logger()
 CONVERSATION_HEADER = "X-Conversation-Id"
 MEMORY_HEADER = "X-Iamine-Memory"
 JOB_HEADER = "X-Iamine-Job-Id"  # the chat's id on the ledger: what a dispute names
+PEER_HEADER = "X-Iamine-Peer"  # the peer pool that served a chat (route ``peer``)
 
 
 @dataclass
@@ -88,6 +92,7 @@ async def start_chat(
         registry.serves(body.model)
         or registry.recently_seen(body.model)
         or registry.config.knows(body.model)
+        or offered_by_peers(state, body.model)
     ):
         raise ModelNotFoundError(
             f"The model '{body.model}' is not served by this pool. GET /v1/models lists them.",
@@ -97,7 +102,10 @@ async def start_chat(
     memory = await _recall(state, caller, request_messages(body))
     job = build_job(body, registry.settings.job_deadline_s, memory.injection.message)
     needs_context = check_fit(registry, job)
-    min_trust = await chat_min_trust(state, principal)
+    preferences = await user_preferences(state, principal)
+    min_trust = max(registry.config.trust.required("chat"), preferences.min_trust)
+    charges: list[PeerCharge] = []
+    peer = peer_step(state, principal, request_messages(body), charges, preferences)
     billing, user_id = state.billing, principal.user_id
     ticket, priority = None, 0
     if billing is not None and user_id is not None:
@@ -114,9 +122,10 @@ async def start_chat(
         notify_waiting=True,
         trace=trace,
         min_trust=min_trust,
+        peer=peer,
     )
     if billing is not None and ticket is not None:
-        events = billing.bill(ticket, events, trace)
+        events = billing.bill(ticket, events, trace, charges)
     try:
         first = await _first_event(events, body.stream)
     except JobFailed as exc:
@@ -126,6 +135,8 @@ async def start_chat(
         JOB_HEADER: job.job_id,
         **route_headers(first, body.model),
     }
+    if isinstance(first, Started) and first.route == "peer":
+        headers[PEER_HEADER] = first.worker_id
     if memory.enabled:
         headers[MEMORY_HEADER] = str(memory.injection.count)
     state.metrics.routes.labels(headers[ROUTE_HEADER]).inc()
@@ -146,9 +157,47 @@ async def start_chat(
 async def chat_min_trust(state: HubState, principal: Principal) -> int:
     """The least worker trust for this user's chat: the pool's minimum, or the user's if higher."""
     pool_minimum = state.workers.config.trust.required("chat")
+    return max(pool_minimum, (await user_preferences(state, principal)).min_trust)
+
+
+def offered_by_peers(state: HubState, model: str) -> bool:
+    """Whether a live peer pool offers the model (overflow on): chats for it can be forwarded."""
+    federation = state.federation
+    if federation is None or not federation.settings.overflow.enabled:
+        return False
+    return model in federation.capabilities.models(utc_now())
+
+
+async def user_preferences(state: HubState, principal: Principal) -> Preferences:
+    """The caller's preferences (the defaults for a principal that is no user)."""
     if principal.user_id is None:
-        return pool_minimum
-    return max(pool_minimum, (await state.preferences.get(principal.user_id)).min_trust)
+        return Preferences()
+    return await state.preferences.get(principal.user_id)
+
+
+def peer_step(
+    state: HubState,
+    principal: Principal,
+    messages: list[dict[str, Any]] | None,
+    charges: list[PeerCharge],
+    preferences: Preferences,
+) -> ChatPeerStep | None:
+    """The router's peer step for a user's job, unless federation is off or the user said no.
+
+    ``messages`` (the request without recalled memory; ``None``: the job's own) is what the
+    peer gets unless the user lets memory travel: then the job's own messages, recalled memory
+    included, and the user's id as the OpenAI ``user`` field.
+    """
+    if state.federation is None or not preferences.federation_chat:
+        return None
+    travels = preferences.federation_memory and principal.user_id is not None
+    return ChatPeerStep(
+        state.federation,
+        state.db.pool,
+        charges,
+        messages=None if travels else messages,
+        user=str(principal.user_id) if travels else None,
+    )
 
 
 async def collect(run: ChatRun) -> tuple[Answer, Done]:

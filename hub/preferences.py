@@ -1,5 +1,5 @@
-"""A user's preferences (``user_preferences``): auto-review of every answer, and the least worker
-trust their chats may run on.
+"""A user's preferences (``user_preferences``): auto-review of every answer, the least worker
+trust their chats may run on, and whether their chats may overflow to peer pools.
 
 Read on every chat, so :class:`PreferenceCache` keeps them in memory for a few seconds; a change
 made through this hub is seen at once, one made elsewhere within ``ttl_s``.
@@ -23,16 +23,22 @@ class Preferences:
     # The least trust level of a worker this user's chats may run on; the pool's minimum for
     # chats applies when it is higher.
     min_trust: int = 0
+    # A chat this pool cannot serve soon may be served by a peer pool (docs/federation.md).
+    federation_chat: bool = True
+    # Recalled memory and the user's identity travel with a chat forwarded to a peer.
+    federation_memory: bool = False
 
 
 async def load_preferences(conn: asyncpg.Connection, user_id: UUID) -> Preferences:
     """The user's preferences (the defaults when never set)."""
     row = await conn.fetchrow(
-        "SELECT auto_review, min_trust FROM user_preferences WHERE user_id = $1", user_id
+        "SELECT auto_review, min_trust, federation_chat, federation_memory "
+        "FROM user_preferences WHERE user_id = $1",
+        user_id,
     )
     if row is None:
         return Preferences()
-    return Preferences(auto_review=row["auto_review"], min_trust=row["min_trust"])
+    return Preferences(**dict(row))
 
 
 async def save_preferences(
@@ -40,12 +46,16 @@ async def save_preferences(
 ) -> Preferences:
     """Store the user's preferences, replacing earlier ones."""
     await conn.execute(
-        "INSERT INTO user_preferences (user_id, auto_review, min_trust) VALUES ($1, $2, $3) "
+        "INSERT INTO user_preferences (user_id, auto_review, min_trust, federation_chat, "
+        "federation_memory) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (user_id) DO UPDATE SET auto_review = EXCLUDED.auto_review, "
-        "min_trust = EXCLUDED.min_trust, updated_at = now()",
+        "min_trust = EXCLUDED.min_trust, federation_chat = EXCLUDED.federation_chat, "
+        "federation_memory = EXCLUDED.federation_memory, updated_at = now()",
         user_id,
         preferences.auto_review,
         preferences.min_trust,
+        preferences.federation_chat,
+        preferences.federation_memory,
     )
     return preferences
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, Field
 
-from inference.dispatch import Degraded, JobEvent, JobFailed, Started, run_job
+from inference.dispatch import Degraded, JobEvent, JobFailed, PeerStep, Started, run_job
 from inference.link import JobHandle
 from inference.protocol import Chunk, Done, Job, SamplingParams, Usage
 from inference.registry import WorkerRegistry
@@ -133,11 +133,13 @@ async def run_role(
     priority: int = 0,
     min_trust: int | None = None,
     meter: Meter | None = None,
+    peer: PeerStep | None = None,
 ) -> AsyncGenerator[JobEvent, None]:
     """Run one role on the pool: ``Started`` (or ``Degraded``), chunks, one ``Done``.
 
     ``min_trust`` defaults to the pool config's level for sub-agents (``agent``); ``meter``
-    books the run for the user who asked (a run cut by its wall budget counts as unanswered).
+    books the run for the user who asked (a run cut by its wall budget counts as unanswered);
+    ``peer`` lets a peer pool run it when no local worker serves its model soon.
 
     ``max_tokens`` and ``wall_s`` can only tighten the role's budget. Tools must already be
     checked against :meth:`Role.allows_tool`. Raises :class:`JobFailed` like ``run_job``.
@@ -163,6 +165,7 @@ async def run_role(
         priority=priority,
         min_trust=min_trust,
         trace=trace,
+        peer=peer,
     )
     if meter is not None:
         events = await meter(job, events, trace)
@@ -258,10 +261,12 @@ async def run_pipeline(
     user: str = "pool",
     priority: int = 0,
     meter: Meter | None = None,
+    peer: PeerStep | None = None,
 ) -> AsyncGenerator[Stage | JobEvent, None]:
     """Run roles in order, each seeing the previous stage's output; a degraded stage ends it.
 
-    ``max_tokens`` tightens every stage's token budget; ``meter`` books each stage.
+    ``max_tokens`` tightens every stage's token budget; ``meter`` books each stage; ``peer``
+    lets a peer pool run a stage whose model no local worker serves soon.
     """
     previous: tuple[str, str] | None = None
     for index, role in enumerate(stages):
@@ -278,6 +283,7 @@ async def run_pipeline(
             user=user,
             priority=priority,
             meter=meter,
+            peer=peer,
         )
         async with aclosing(events):
             async for event in events:

@@ -3,7 +3,9 @@
 1. **Placement**: the router's choice among free workers of the model, or a wait in the fair queue
    (``queue_wait_s`` from pool_config) → route ``direct`` or ``queued``.
 2. **Fallback**: the model's fallback chain (pool_config), tried in order → route ``fallback``.
-3. **Peer pools**: a forwarding hook (federation fills it) → route ``forwarded``.
+3. **Peer pools**: the peer step (federation fills it) → route ``peer``: taken before placement
+   when no local worker can take the job soon (none capable, or the predicted wait above the
+   step's threshold), and after an unsuccessful wait instead of ``pool_busy`` or degraded.
 4. **Degraded**: nothing could serve it → a :class:`Degraded` event; the API answers with a clearly
    marked message instead of a capacity error.
 
@@ -18,10 +20,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 
@@ -82,7 +84,29 @@ class Waiting:
 
 
 JobEvent = Waiting | Started | Degraded | Chunk | Done
-PeerForwarder = Callable[[Job], AsyncIterator[Chunk | Done]]
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A job a peer pool accepted: its pool id and its answer's events (chunks, one done).
+
+    The events raise :class:`JobFailed` when the peer fails after accepting the job.
+    """
+
+    peer: str
+    events: AsyncIterator[Chunk | Done]
+
+
+class PeerStep(Protocol):
+    """The router's peer step: whether a job should leave the pool, and sending it."""
+
+    def wanted(self, model: str, predicted_wait_s: float) -> bool:
+        """Whether to forward now, given the local predicted wait (``inf``: no capable worker)."""
+        ...
+
+    async def open(self, job: Job) -> Forwarded | None:
+        """Send the job to the best live peer; ``None`` when no peer took it."""
+        ...
 
 
 @dataclass
@@ -213,7 +237,7 @@ async def run_job(
     needs_tools: bool,
     user: str = "pool",
     priority: int = 0,
-    forward: PeerForwarder | None = None,
+    peer: PeerStep | None = None,
     only: str | None = None,
     wait_s: float | None = None,
     needs_context: int = 0,
@@ -234,8 +258,17 @@ async def run_job(
     job's kind); a pinned job (``only``) goes to its worker whatever its trust (canaries).
     ``trace`` collects the handle of every worker the job ran on, in order (failover adds one):
     the last one finished it.
+    ``peer`` is the router's peer step (none for a pinned job).
     """
     started = time.monotonic()
+    if peer is not None and only is None:
+        waited = registry.predicted_wait_s(
+            job.model, needs_tools, needs_context, min_trust=min_trust
+        )
+        if peer.wanted(job.model, waited) and (forwarded := await peer.open(job)) is not None:
+            async for event in _from_peer(forwarded, job, started):
+                yield event
+            return
     placed: _Placed | _Unplaced | None = None
     # aclosing: a client that leaves while queued must take its ticket out of the queue now.
     steps = _place(
@@ -259,9 +292,8 @@ async def run_job(
     assert placed is not None
     if isinstance(placed, _Unplaced):
         queue_ms = _ms(started)
-        if forward is not None and only is None:
-            yield Started("peer", "peer pool", job.model, "forwarded", queue_ms)
-            async for event in forward(job):
+        if peer is not None and only is None and (forwarded := await peer.open(job)) is not None:
+            async for event in _from_peer(forwarded, job, started):
                 yield event
             return
         if placed.busy and only is None:
@@ -298,6 +330,25 @@ async def run_job(
     async with aclosing(relay):
         async for event in relay:
             yield event
+
+
+async def _from_peer(
+    forwarded: Forwarded, job: Job, started: float
+) -> AsyncGenerator[JobEvent, None]:
+    """A forwarded job's events: ``Started`` on route ``peer`` (the worker is the peer pool)."""
+    async with aclosing(_closing(forwarded.events)) as events:
+        yield Started(forwarded.peer, forwarded.peer, job.model, "peer", _ms(started))
+        async for event in events:
+            yield event
+
+
+async def _closing(events: AsyncIterator[Chunk | Done]) -> AsyncGenerator[Chunk | Done, None]:
+    try:
+        async for event in events:
+            yield event
+    finally:
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()
 
 
 def _no_worker_reason(registry: WorkerRegistry, job: Job, only: str | None) -> str:

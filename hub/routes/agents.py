@@ -23,7 +23,9 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
+from federation.overflow import PeerCharge
 from hub.auth import Principal
+from hub.chat import PEER_HEADER, offered_by_peers, peer_step, user_preferences
 from hub.deps import State, UserPrincipal
 from hub.errors import (
     InvalidRequestError,
@@ -44,7 +46,7 @@ from hub.review import REVIEW_HEADER, AutoReview
 from hub.schemas import StrictBody
 from hub.state import HubState
 from inference.agents import Meter, RoleResult, Stage, choose_model, fold, run_pipeline, run_role
-from inference.dispatch import Degraded, JobEvent, JobFailed, Started
+from inference.dispatch import Degraded, JobEvent, JobFailed, PeerStep, Started
 from inference.protocol import Chunk, Done
 from inference.roles import Role, resolve_roles
 
@@ -100,7 +102,9 @@ def _find(roles: dict[str, Role], name: str, param: str) -> Role:
 def _model(state: HubState, role: Role, requested: str | None) -> str:
     registry = state.workers
     model = choose_model(registry, role, requested, state.settings.agents.default_model)
-    if not (registry.serves(model) or registry.config.knows(model)):
+    if not (
+        registry.serves(model) or registry.config.knows(model) or offered_by_peers(state, model)
+    ):
         raise ModelNotFoundError(
             f"The model '{model}' is not served by this pool. GET /v1/models lists them.",
             param="model",
@@ -108,12 +112,17 @@ def _model(state: HubState, role: Role, requested: str | None) -> str:
     return model
 
 
-def _booking(state: HubState, principal: Principal) -> tuple[int, Meter | None]:
-    """The queue priority and the ledger meter of a user's runs (like their chats)."""
+async def _booking(
+    state: HubState, principal: Principal
+) -> tuple[int, Meter | None, PeerStep | None]:
+    """The queue priority, ledger meter and peer step of a user's runs (like their chats)."""
+    charges: list[PeerCharge] = []
+    preferences = await user_preferences(state, principal)
+    peer = peer_step(state, principal, None, charges, preferences)
     billing, user_id = state.billing, principal.user_id
     if billing is None or user_id is None:
-        return 0, None
-    return billing.priority(user_id), billing.meter(user_id)
+        return 0, None, peer
+    return billing.priority(user_id), billing.meter(user_id, charges), peer
 
 
 def _tools(role: Role, tools: list[ToolSpec] | None) -> list[dict[str, Any]] | None:
@@ -147,7 +156,7 @@ async def run_agent(
     tools = _tools(role, body.tools)
     model = _model(state, role, body.model)
     review = await AutoReview.for_request(state, request, principal, body.input)
-    priority, meter = _booking(state, principal)
+    priority, meter, peer = await _booking(state, principal)
     events = run_role(
         state.workers,
         role,
@@ -158,12 +167,15 @@ async def run_agent(
         user=str(principal.user_id),
         priority=priority,
         meter=meter,
+        peer=peer,
     )
     try:
         first = await anext(events)
     except JobFailed as exc:
         raise worker_failed(exc) from exc
     headers = {ROLE_HEADER: role.name, **route_headers(first, model)}
+    if isinstance(first, Started) and first.route == "peer":
+        headers[PEER_HEADER] = first.worker_id
     stream: AsyncIterator[JobEvent] = _closing(events)
     if isinstance(first, Degraded):
         await events.aclose()
@@ -219,7 +231,7 @@ async def run_agent_pipeline(
     stages = [_find(roles, name, f"roles[{i}]") for i, name in enumerate(body.roles)]
     for role in stages:
         _model(state, role, body.model)
-    priority, meter = _booking(state, principal)
+    priority, meter, peer = await _booking(state, principal)
     events = run_pipeline(
         state.workers,
         stages,
@@ -230,6 +242,7 @@ async def run_agent_pipeline(
         user=str(principal.user_id),
         priority=priority,
         meter=meter,
+        peer=peer,
     )
     headers = {PIPELINE_HEADER: ",".join(r.name for r in stages)}
     if body.stream:

@@ -194,7 +194,12 @@ def test_a_json_answer_carries_the_review_in_iamine_review(live_hub: LiveHub) ->
 
 def test_a_user_who_turned_auto_review_on_gets_reviews_without_asking(live_hub: LiveHub) -> None:
     url = f"{live_hub.url}/v1/preferences"
-    assert httpx.get(url, headers=user(live_hub)).json() == {"auto_review": False, "min_trust": 0}
+    assert httpx.get(url, headers=user(live_hub)).json() == {
+        "auto_review": False,
+        "min_trust": 0,
+        "federation_chat": True,
+        "federation_memory": False,
+    }
     assert httpx.put(url, json={"auto_review": True}, headers=user(live_hub)).status_code == 200
     try:
         chat = f"{live_hub.url}/v1/chat/completions"
