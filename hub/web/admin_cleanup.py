@@ -7,20 +7,26 @@ the admin confirms that one task (a second step shows the count again). What goe
 - ``sessions``: expired browser sessions, expired OIDC sign-ins under way, mail links expired or
   used;
 - ``tokens``: API tokens that can never work again (revoked, or expired): their rows, and with
-  them their memory-key wraps (already useless) and the tokens minted from them (dead too).
+  them their memory-key wraps (already useless) and the tokens minted from them (dead too);
+- ``tombstones``: deleted shared notes of this pool's ``pool:`` namespaces (``fed:`` ones the
+  federation collects once every live peer holds them) older than the tombstone minimum age
+  (``IAMINE_FEDERATION__NOTES__TOMBSTONE_MIN_AGE_S``).
+
+Each task is given the moment before which its rows may go: now, or now less a minimum age.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Form, Path, Request
 from starlette.responses import HTMLResponse, Response
 
+from hub.config import Settings
 from hub.web.session import CsrfChecked, WebAdminDep, WebForbidden, hub_state
 from hub.web.templating import render
 from memory.l1 import purge_expired_l1
@@ -38,6 +44,7 @@ class Task:
     label: str
     count: Count
     purge: Count
+    min_age_s: Callable[[Settings], float] = lambda _: 0.0
 
 
 async def _count(conn: asyncpg.Connection, sql: str, now: datetime) -> int:
@@ -92,6 +99,22 @@ async def _purge_tokens(conn: asyncpg.Connection, now: datetime) -> int:
     return await _count(conn, sql, now)
 
 
+_TOMBSTONES = "namespace LIKE 'pool:%' AND deleted_at IS NOT NULL AND deleted_at <= $1"
+
+
+async def _count_tombstones(conn: asyncpg.Connection, before: datetime) -> int:
+    return await _count(conn, f"SELECT count(*) FROM notes WHERE {_TOMBSTONES}", before)  # noqa: S608
+
+
+async def _purge_tombstones(conn: asyncpg.Connection, before: datetime) -> int:
+    sql = f"WITH d AS (DELETE FROM notes WHERE {_TOMBSTONES} RETURNING 1) SELECT count(*) FROM d"  # noqa: S608
+    return await _count(conn, sql, before)
+
+
+def _tombstone_age(settings: Settings) -> float:
+    return settings.federation.notes.tombstone_min_age_s
+
+
 TASKS = {
     task.name: task
     for task in (
@@ -103,22 +126,36 @@ TASKS = {
             _purge_sessions,
         ),
         Task("tokens", "Revoked or expired API tokens", _count_tokens, _purge_tokens),
+        Task(
+            "tombstones",
+            "Deleted shared notes (tombstones) past their minimum age",
+            _count_tombstones,
+            _purge_tombstones,
+            _tombstone_age,
+        ),
     )
 }
 
-TaskName = Annotated[str, Path(pattern="^(l1|sessions|tokens)$")]
+TaskName = Annotated[str, Path(pattern="^[a-z0-9_]{1,32}$")]
 
 
-async def preview(conn: asyncpg.Connection, now: datetime) -> dict[str, int]:
+def _before(task: Task, settings: Settings, now: datetime) -> datetime:
+    return now - timedelta(seconds=task.min_age_s(settings))
+
+
+async def preview(conn: asyncpg.Connection, settings: Settings, now: datetime) -> dict[str, int]:
     """How many rows each task would delete now."""
-    return {name: await task.count(conn, now) for name, task in TASKS.items()}
+    return {
+        name: await task.count(conn, _before(task, settings, now)) for name, task in TASKS.items()
+    }
 
 
 @router.get("/admin/cleanup")
 async def cleanup_page(request: Request, _: WebAdminDep) -> HTMLResponse:
     """What each purge would delete now, each with its button."""
-    async with hub_state(request).db.pool.acquire() as conn:
-        counts = await preview(conn, datetime.now(UTC))
+    state = hub_state(request)
+    async with state.db.pool.acquire() as conn:
+        counts = await preview(conn, state.settings, datetime.now(UTC))
     context = {"tasks": TASKS.values(), "counts": counts, "done": None, "confirm": None}
     return render(request, "admin/cleanup.html", context)
 
@@ -135,10 +172,11 @@ async def run_cleanup(
     task = TASKS.get(name)
     if task is None:
         raise WebForbidden(f"No cleanup named {name!r}.", 404)
-    now = datetime.now(UTC)
-    async with hub_state(request).db.pool.acquire() as conn:
-        done = await task.purge(conn, now) if confirm == "yes" else None
-        counts = await preview(conn, now)
+    state, now = hub_state(request), datetime.now(UTC)
+    async with state.db.pool.acquire() as conn:
+        before = _before(task, state.settings, now)
+        done = await task.purge(conn, before) if confirm == "yes" else None
+        counts = await preview(conn, state.settings, now)
     context = {
         "tasks": TASKS.values(),
         "counts": counts,

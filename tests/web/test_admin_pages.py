@@ -279,7 +279,45 @@ def test_cleanup_shows_what_it_will_delete_and_deletes_only_once_confirmed(
     done = form(admin, "/admin/cleanup/sessions", "/admin/cleanup", confirm="yes")
     assert "rows deleted" in done.text
     assert re.search(r'data-task="sessions"><td>[^<]*</td><td data-count>0<', done.text)
-    assert form(admin, "/admin/cleanup/nothing", "/admin/cleanup").status_code == 400
+    unknown = form(admin, "/admin/cleanup/nothing", "/admin/cleanup")
+    assert unknown.status_code == 404
+    assert "No cleanup named" in unknown.text
+
+
+async def _tombstones(database_url: str) -> None:
+    """Two deleted shared notes: one past the minimum age (a day), one fresh."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        now = datetime.now(UTC)
+        for age in (timedelta(days=2), timedelta(0)):
+            await conn.execute(
+                "INSERT INTO notes (id, namespace, content_hash, created_at, updated_at, "
+                "deleted_at) VALUES (gen_random_uuid(), 'pool:cleanup', $1, $2, $2, $2)",
+                b"t" * 32,
+                now - age,
+            )
+    finally:
+        await conn.close()
+
+
+async def _notes_in(database_url: str, namespace: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM notes WHERE namespace = $1", namespace)
+        )
+    finally:
+        await conn.close()
+
+
+def test_cleanup_purges_only_tombstones_past_their_minimum_age(live_hub: LiveHub) -> None:
+    asyncio.run(_tombstones(live_hub.database_url))
+    admin = admin_client(live_hub)
+    page = admin.get("/admin/cleanup")
+    assert re.search(r'data-task="tombstones"><td>[^<]*</td><td data-count>1<', page.text)
+    done = form(admin, "/admin/cleanup/tombstones", "/admin/cleanup", confirm="yes")
+    assert "1 rows deleted" in done.text
+    assert asyncio.run(_notes_in(live_hub.database_url, "pool:cleanup")) == 1
 
 
 def test_jobs_red_and_ledger_pages_show_their_data(live_hub: LiveHub) -> None:
