@@ -6,8 +6,10 @@ import hashlib
 import re
 
 import httpx
+import pytest
 
 from hub.web import STATIC_DIR
+from hub.web.settings import WebSettings
 from hub.web.templating import environment
 from tests.web.conftest import LiveHub, Mailbox, csrf_of, verified_member
 
@@ -88,3 +90,8 @@ def test_oidc_sign_in_is_off_until_configured(live_hub: LiveHub) -> None:
     assert answer.status_code == 404
     assert "not configured here" in answer.text
     assert "/login/oidc" not in httpx.get(live_hub.url + "/login", timeout=10).text
+
+
+def test_a_public_url_that_is_not_http_is_refused() -> None:
+    with pytest.raises(ValueError, match="public_url"):
+        WebSettings(public_url="ftp://pool.example.org")
