@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from federation.note_rows import Held
 from federation.tictac import (
     BRANCH_WIDTH,
     NoteVersion,
@@ -56,6 +57,11 @@ class SimPool:
     hashes: dict[uuid.UUID, bytes]
     segments: dict[int, int] = field(default_factory=dict)
 
+    def held(self, note_id: uuid.UUID) -> Held:
+        """What this pool holds of a note (its stored hash, as the SQL column has it)."""
+        version = self.rows[note_id]
+        return Held(self.hashes[note_id].hex(), version.hlc, version.origin_pool)
+
     def tree(self) -> Tree:
         """The pool's tree as it stands."""
         return Tree({s: v for s, v in self.segments.items() if v})
@@ -66,7 +72,9 @@ class SimPool:
         digest = version.row_hash()
         if held is not None and (held is version or self.hashes[version.id] == digest):
             return False
-        if held is not None and not version.wins_over(held.hlc, held.origin_pool):
+        if held is not None and not version.wins_over(
+            held.hlc, held.origin_pool, self.hashes[version.id]
+        ):
             return False
         segment = segment_of(version.id)
         value = self.segments.get(segment, 0) ^ leaf_of(version.id, digest)
@@ -87,28 +95,32 @@ def reconcile(
 ) -> None:
     """One Merkle exchange from ``a`` with ``b``, counting the bytes each message weighs
     (``index``: the note ids of each segment, as the SQL index on ``segment`` finds them)."""
-    mine, theirs = a.tree(), b.tree()
+    mine, peer_tree = a.tree(), b.tree()
     stats["exchanges"] += 1
     stats["bytes"] += _size({"namespaces": NAMESPACES})
-    branches = dict(enumerate(theirs.branches()))
+    branches = dict(enumerate(peer_tree.branches()))
     stats["bytes"] += _size(
-        {"namespaces": NAMESPACES, "root": str(theirs.root()), "branches": encode_values(branches)}
+        {
+            "namespaces": NAMESPACES,
+            "root": str(peer_tree.root()),
+            "branches": encode_values(branches),
+        }
     )
-    if mine.root() == theirs.root():
+    if mine.root() == peer_tree.root():
         return
     wanted = differing(dict(enumerate(mine.branches())), branches)
-    theirs_segments = theirs.segments_of(wanted)
+    theirs_segments = peer_tree.segments_of(wanted)
     stats["bytes"] += _size({"namespaces": NAMESPACES, "branches": wanted})
     stats["bytes"] += _size({"namespaces": NAMESPACES, "segments": encode_values(theirs_segments)})
     diff = set(differing(mine.segments_of(wanted), theirs_segments))
     stats["segments_compared"] += len(wanted) * BRANCH_WIDTH
-    have = {i: a.hashes[i].hex() for s in diff for i in index[s]}
+    have = {i: a.held(i) for s in diff for i in index[s]}
     stats["bytes"] += _size({"namespaces": NAMESPACES, "segments": sorted(diff), "have": {
-        str(i): h for i, h in have.items()
+        str(i): h.as_wire() for i, h in have.items()
     }})  # fmt: skip
-    theirs_rows = [b.rows[i] for s in diff for i in index[s]]
-    ship = [v for v in theirs_rows if have.get(v.id) != b.hashes[v.id].hex()]
-    want = [i for i, h in have.items() if b.hashes.get(i, b"").hex() != h]
+    theirs = {i: b.held(i) for s in diff for i in index[s]}
+    ship = [b.rows[i] for i, h in theirs.items() if i not in have or h.beats(have[i])]
+    want = [i for i, h in have.items() if i not in theirs or h.beats(theirs[i])]
     stats["bytes"] += _size({"rows": [v.as_wire() for v in ship], "want": [str(i) for i in want]})
     for version in ship:
         a.store(version)

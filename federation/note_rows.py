@@ -9,6 +9,7 @@ HLC lies too far ahead, or when its ``row_hash`` is not the hash this pool compu
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -48,6 +49,47 @@ def note_ids(data: object, param: str) -> list[UUID]:
     except ValueError:
         pass
     raise InvalidFederationInput(f"{param} holds an id that is not a UUID.", param=param)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a pool says it holds of a note: the version's hash, HLC and origin pool."""
+
+    row_hash: str
+    hlc: int
+    origin_pool: str
+
+    def as_wire(self) -> list[str]:
+        """``[row_hash, hlc, origin_pool]``, all strings."""
+        return [self.row_hash, str(self.hlc), self.origin_pool]
+
+    def beats(self, other: Held) -> bool:
+        """Whether this version wins over ``other``, by the rule of
+        :meth:`~federation.tictac.NoteVersion.wins_over` (hex digests order as the bytes do)."""
+        return (self.hlc, self.origin_pool, self.row_hash) > (
+            other.hlc,
+            other.origin_pool,
+            other.row_hash,
+        )
+
+
+def parse_have(data: object, limit: int, param: str = "have") -> dict[UUID, Held]:
+    """A peer's ``{id: [row_hash, hlc, origin_pool]}``, or :class:`InvalidFederationInput`."""
+    if not isinstance(data, dict) or len(data) > limit:
+        raise InvalidFederationInput(
+            f"{param} must be an object of at most {limit} id → [row_hash, hlc, origin_pool].",
+            param=param,
+        )
+    held: dict[UUID, Held] = {}
+    for key, value in data.items():
+        where = f"{param}[{str(key)[:40]!r}]"
+        if not isinstance(value, list) or len(value) != 3:
+            raise InvalidFederationInput(f"{where} must be [row_hash, hlc, origin_pool].")
+        row_hash = value[0]
+        if not isinstance(row_hash, str) or _HEX_HASH.match(row_hash) is None:
+            raise InvalidFederationInput(f"{where}: the row_hash must be 64 hex digits.")
+        held[_uuid(key, where)] = Held(row_hash, _hlc(value[1], where), _pool_id(value[2], where))
+    return held
 
 
 def parse_rows(data: object, clock: HybridClock, param: str = "rows") -> list[NoteVersion]:

@@ -33,7 +33,7 @@ import structlog
 from federation import peers
 from federation.errors import FederationError, InvalidFederationInput, PeerFailed
 from federation.hlc import HybridClock
-from federation.note_rows import MAX_ROWS, fed_namespaces, note_ids, parse_rows
+from federation.note_rows import MAX_ROWS, Held, fed_namespaces, note_ids, parse_have, parse_rows
 from federation.service import Federation, Inbound
 from federation.settings import NotesSyncSettings
 from federation.signatures import SignedRequest
@@ -52,7 +52,7 @@ _MS = timedelta(milliseconds=1)
 
 _VERSION = (
     "SELECT id, namespace, title, body, tags, author_agent, created_at, origin_pool, hlc, "
-    "deleted_at IS NOT NULL AS deleted, sync_seq FROM notes "
+    "deleted_at IS NOT NULL AS deleted, sync_seq, row_hash FROM notes "
 )
 _PUSH_SQL = (
     f"{_VERSION} WHERE namespace LIKE 'fed:%' AND row_hash IS NOT NULL AND sync_seq > $1 "
@@ -84,7 +84,8 @@ ON CONFLICT (id) DO UPDATE
                          ELSE coalesce(notes.deleted_at, EXCLUDED.deleted_at) END,
        clock = notes.clock + 1
  WHERE notes.namespace = EXCLUDED.namespace AND notes.row_hash IS NOT NULL
-   AND (notes.hlc, notes.origin_pool) < (EXCLUDED.hlc, EXCLUDED.origin_pool)
+   AND (notes.hlc, notes.origin_pool, notes.row_hash)
+     < (EXCLUDED.hlc, EXCLUDED.origin_pool, EXCLUDED.row_hash)
 RETURNING id
 """
 _COLLECT_SQL = """
@@ -131,6 +132,11 @@ def _version(row: asyncpg.Record, *, origin_pool: str = "", hlc: int = 0) -> Not
         hlc=hlc or row["hlc"],
         deleted=row["deleted"],
     )
+
+
+def _held(row: asyncpg.Record) -> Held:
+    """What a stamped row holds (its stored ``row_hash``: no need to hash it again)."""
+    return Held(bytes(row["row_hash"]).hex(), row["hlc"], row["origin_pool"])
 
 
 def _stats(**values: int) -> dict[str, int]:
@@ -314,7 +320,7 @@ class NoteSync:
         diff = diff[: self.settings.reconcile_segments]
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(_IN_SEGMENTS_SQL, shared, diff)
-        have = {str(row["id"]): _version(row).row_hash().hex() for row in rows}
+        have = {str(row["id"]): _held(row).as_wire() for row in rows}
         with _answer_of(peer):
             answer = await self._call(
                 peer, ROWS_PATH, {"namespaces": shared, "segments": diff, "have": have}, stats
@@ -428,7 +434,7 @@ class NoteSync:
             elif row and bytes(row["row_hash"]) == version.row_hash():
                 counts["same"] += 1
                 held.append(str(version.id))
-            elif row and not version.wins_over(row["hlc"], row["origin_pool"]):
+            elif row and not version.wins_over(row["hlc"], row["origin_pool"], row["row_hash"]):
                 counts["stale"] += 1
                 held.append(str(version.id))
             else:
@@ -503,23 +509,19 @@ class NoteSync:
         return {"namespaces": shared, "segments": encode(tree.segments_of(wanted))}
 
     async def answer_rows(self, message: dict[str, Any]) -> dict[str, Any]:
-        """A peer's rows of some segments (id → row_hash): the versions this pool holds that
-        differ, and the ids it wants from the peer."""
+        """A peer's rows of some segments (id → row_hash, HLC, origin): this pool's versions
+        there that the peer lacks or that win, and the ids whose peer version wins."""
         async with self._pool.acquire() as conn:
             local = await self.namespaces(conn)
         shared = [n for n in fed_namespaces(message.get("namespaces")) if n in local]
         segments = _ints(message.get("segments"), SEGMENTS, "segments")
-        have = message.get("have")
-        if not isinstance(have, dict) or len(have) > MAX_ROWS * 10:
-            raise InvalidFederationInput("have must be an object of id → row_hash.", param="have")
-        ids = note_ids(list(have), "have")
-        theirs = {i: have[str(i)] for i in ids}
+        theirs = parse_have(message.get("have"), MAX_ROWS * 10)
         await self.stamp()
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(_IN_SEGMENTS_SQL, shared, segments)
-        mine = {row["id"]: _version(row) for row in rows}
-        ship = [v for i, v in mine.items() if theirs.get(i) != v.row_hash().hex()]
-        want = [str(i) for i, h in theirs.items() if i not in mine or h != mine[i].row_hash().hex()]
+        mine = {row["id"]: (row, _held(row)) for row in rows}
+        ship = [_version(r) for i, (r, h) in mine.items() if i not in theirs or h.beats(theirs[i])]
+        want = [str(i) for i, h in theirs.items() if i not in mine or h.beats(mine[i][1])]
         return {"rows": [v.as_wire() for v in ship[:MAX_ROWS]], "want": want[:MAX_ROWS]}
 
 

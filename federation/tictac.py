@@ -54,9 +54,11 @@ class NoteVersion:
         """sha256 of :meth:`canonical`."""
         return hashlib.sha256(self.canonical()).digest()
 
-    def wins_over(self, hlc: int, origin_pool: str) -> bool:
-        """Whether this version beats another: higher HLC, then higher pool id."""
-        return (self.hlc, self.origin_pool) > (hlc, origin_pool)
+    def wins_over(self, hlc: int, origin_pool: str, row_hash: bytes) -> bool:
+        """Whether this version beats another: higher HLC, then higher origin pool id, then
+        higher ``row_hash`` (two versions alike but for it can only come from a lying pool;
+        every pool still picks the same one)."""
+        return (self.hlc, self.origin_pool, self.row_hash()) > (hlc, origin_pool, row_hash)
 
     def as_wire(self) -> dict[str, Any]:
         """The version as sent to a peer, with its ``row_hash`` (hex)."""

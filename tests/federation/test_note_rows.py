@@ -9,7 +9,7 @@ import pytest
 
 from federation.errors import InvalidFederationInput
 from federation.hlc import HybridClock, pack
-from federation.note_rows import MAX_ROWS, fed_namespaces, note_ids, parse_rows
+from federation.note_rows import MAX_ROWS, Held, fed_namespaces, note_ids, parse_have, parse_rows
 from federation.tictac import NoteVersion
 
 NOW_MS = 1_796_299_491_000
@@ -98,3 +98,19 @@ def test_namespace_and_id_lists_are_checked() -> None:
     for bad in ([1], ["x"], "x"):
         with pytest.raises(InvalidFederationInput):
             note_ids(bad, "held")
+
+
+def test_what_a_peer_holds_is_parsed_and_compared_by_the_conflict_rule() -> None:
+    note = str(UUID(int=7))
+    held = parse_have({note: ["ab" * 32, str(pack(NOW_MS)), POOL]}, 10)
+    mine = held[UUID(int=7)]
+    assert mine.as_wire() == ["ab" * 32, str(pack(NOW_MS)), POOL]
+    later = Held("00" * 32, pack(NOW_MS) + 1, POOL)
+    other_pool = Held("00" * 32, pack(NOW_MS), "iam1" + "b" * 52)
+    assert later.beats(mine) and other_pool.beats(mine) and not mine.beats(later)
+    assert Held("ff" * 32, mine.hlc, POOL).beats(mine)
+    for bad in ({note: ["ab" * 32, "1"]}, {note: ["zz", "1", POOL]}, {"x": ["ab" * 32, "1", POOL]}):
+        with pytest.raises(InvalidFederationInput):
+            parse_have(bad, 10)
+    with pytest.raises(InvalidFederationInput, match="at most 1"):
+        parse_have({note: [], str(UUID(int=8)): []}, 1)

@@ -66,10 +66,13 @@ def test_row_hash_is_the_sha256_of_the_rfc8785_json_of_the_version() -> None:
 
 def test_higher_hlc_wins_then_the_higher_pool_id() -> None:
     v = version()
-    assert v.wins_over(v.hlc - 1, "iam1" + "z" * 52)
-    assert not v.wins_over(v.hlc + 1, "iam1" + "2" * 52)
-    assert v.wins_over(v.hlc, "iam1" + "2" * 52) and not v.wins_over(v.hlc, "iam1" + "b" * 52)
-    assert not v.wins_over(v.hlc, POOL)
+    low, high = b"\x00" * 32, b"\xff" * 32
+    assert v.wins_over(v.hlc - 1, "iam1" + "z" * 52, high)
+    assert not v.wins_over(v.hlc + 1, "iam1" + "2" * 52, low)
+    assert v.wins_over(v.hlc, "iam1" + "2" * 52, high)
+    assert not v.wins_over(v.hlc, "iam1" + "b" * 52, low)
+    assert v.wins_over(v.hlc, POOL, low) and not v.wins_over(v.hlc, POOL, high)
+    assert not v.wins_over(v.hlc, POOL, v.row_hash())
 
 
 def test_fresh_uuidv7_ids_spread_over_the_segments() -> None:
