@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,12 +91,12 @@ class ChatPeerStep:
     messages: list[dict[str, Any]] | None = None
     user: str | None = None
 
-    def wanted(self, model: str, predicted_wait_s: float) -> bool:
-        """Forward when no capable local worker is free soon and some live peer offers the model."""
+    def wanted(self, model: str, predicted_wait_s: Callable[[], float]) -> bool:
+        """Forward when some live peer offers the model and no local worker is free soon."""
         settings = self.federation.settings.overflow
-        if not settings.enabled or predicted_wait_s <= settings.wait_s:
+        if not settings.enabled or self._offer(model, set()) is None:
             return False
-        return self._offer(model, set()) is not None
+        return predicted_wait_s() > settings.wait_s
 
     def _offer(self, model: str, tried: set[str]) -> PeerOffer | None:
         return self.federation.capabilities.best(model, exclude=tried, now=utc_now())

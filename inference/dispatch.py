@@ -20,9 +20,10 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -100,8 +101,11 @@ class Forwarded:
 class PeerStep(Protocol):
     """The router's peer step: whether a job should leave the pool, and sending it."""
 
-    def wanted(self, model: str, predicted_wait_s: float) -> bool:
-        """Whether to forward now, given the local predicted wait (``inf``: no capable worker)."""
+    def wanted(self, model: str, predicted_wait_s: Callable[[], float]) -> bool:
+        """Whether to forward now, given the local predicted wait (``inf``: no capable worker).
+
+        The wait is computed only if asked: a pool with no live offer never pays for it.
+        """
         ...
 
     async def open(self, job: Job) -> Forwarded | None:
@@ -262,8 +266,8 @@ async def run_job(
     """
     started = time.monotonic()
     if peer is not None and only is None:
-        waited = registry.predicted_wait_s(
-            job.model, needs_tools, needs_context, min_trust=min_trust
+        waited = partial(
+            registry.predicted_wait_s, job.model, needs_tools, needs_context, min_trust=min_trust
         )
         if peer.wanted(job.model, waited) and (forwarded := await peer.open(job)) is not None:
             async for event in _from_peer(forwarded, job, started):
