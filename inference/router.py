@@ -163,6 +163,8 @@ class DeficitRouter:
         """
         if not eligible:
             raise ValueError("pick needs at least one eligible worker")
+        if len(eligible) == 1:  # the usual case of a small pool: no shares to weigh
+            return eligible[0]
         connected = list(connected)
         targets = self.targets(connected)
         class_lag: dict[Hardware, float] = defaultdict(float)
