@@ -3,15 +3,21 @@ bundled model (whole for a form, streamed for the page's script), CSRF, and bad 
 
 from __future__ import annotations
 
+import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 from playwright.sync_api import Browser, expect
 
+from hub import accounts
 from hub.web.chat_quota import Limits, TrialQuota, TrialQuotaExceeded
+from hub.web.session import SESSION_COOKIE, open_session
 from hub.web.settings import TrialSettings, WebSettings
 from tests.hub.conftest import real_worker
 from tests.web.conftest import ARTIFACTS, LiveHub
@@ -132,6 +138,59 @@ def test_bad_transcripts_are_refused_with_what_is_wrong(live_hub: LiveHub) -> No
     empty_form = client.post("/chat", data={"csrf_token": csrf, "message": "  "})
     assert empty_form.status_code == 400
     assert "1 to 2000 characters" in empty_form.text
+
+
+async def _member_session(database_url: str, name: str, verified: bool) -> str:
+    """A user with a web account (verified or not) and a browser session of theirs."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        user = await accounts.create_user(conn, name)
+        await conn.execute(
+            "INSERT INTO web_accounts (user_id, email, email_verified_at) VALUES ($1, $2, $3)",
+            user.id,
+            f"{name}@example.org",
+            datetime.now(UTC) if verified else None,
+        )
+        secret, _ = await open_session(conn, method="password", ttl_s=3600, user_id=user.id)
+        return secret
+    finally:
+        await conn.close()
+
+
+def member(hub: LiveHub, name: str, verified: bool) -> tuple[httpx.Client, str]:
+    """A browser signed in as a member, and its page's CSRF token."""
+    work = _member_session(hub.database_url, name, verified)
+    with ThreadPoolExecutor(1) as thread:  # no event loop of this thread is touched
+        secret = thread.submit(asyncio.run, work).result()
+    client = httpx.Client(base_url=hub.url, timeout=120, cookies={SESSION_COOKIE: secret})
+    client.get("/chat")
+    return client, client.cookies["iamine_csrf"]  # the token forms post is the CSRF cookie
+
+
+def test_an_unverified_member_cannot_chat(live_hub: LiveHub) -> None:
+    client, csrf = member(live_hub, "unverified-ann", verified=False)
+    page = client.get("/chat")
+    assert "Verify your email address first" in page.text
+    assert "data-chat-form" not in page.text
+    refused = client.post(
+        "/chat/stream",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        headers={"X-CSRF-Token": csrf},
+    )
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "email_unverified"
+
+
+def test_a_verified_member_chats_with_their_account_without_the_trial_quota(
+    live_hub: LiveHub, real_worker: None
+) -> None:
+    client, csrf = member(live_hub, "verified-ben", verified=True)
+    page = client.get("/chat")
+    assert "You chat with your account" in page.text
+    assert 'value="smollm2-135m-instruct"' in page.text
+    for _ in range(PER_BROWSER + 1):
+        answered = client.post("/chat", data={"csrf_token": csrf, "message": "Hi."})
+        assert answered.status_code == 200, answered.text
 
 
 def test_the_quota_counts_per_address_and_per_browser_and_frees_with_time() -> None:
