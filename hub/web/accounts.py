@@ -196,6 +196,26 @@ async def issue_mail_link(
     return secret
 
 
+async def mailed_recently(
+    conn: asyncpg.Connection, user_id: UUID, purpose: MailPurpose, within_s: float
+) -> bool:
+    """Whether a link for ``purpose`` went to this account in the last ``within_s`` seconds."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM web_mail_tokens WHERE user_id = $1 AND purpose = $2 "
+            "AND created_at > $3)",
+            user_id,
+            purpose,
+            datetime.now(UTC) - timedelta(seconds=within_s),
+        )
+    )
+
+
+async def forget_mail_link(conn: asyncpg.Connection, secret: str) -> None:
+    """Delete a link that was never mailed (the mail server refused it)."""
+    await conn.execute("DELETE FROM web_mail_tokens WHERE hash = $1", hash_secret(secret))
+
+
 async def use_mail_link(
     conn: asyncpg.Connection, secret: str, purpose: MailPurpose
 ) -> tuple[UUID, str] | None:

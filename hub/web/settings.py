@@ -82,6 +82,12 @@ class WebSettings(BaseModel):
     mail_link_ttl_s: float = Field(
         86_400.0, gt=0, description="Seconds a mailed verification or reset link stays valid."
     )
+    mail_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds before another mail of the same kind (verification, reset) may go "
+        "to the same account: asking again sooner is refused, so nobody can flood an inbox.",
+    )
     password_min_length: int = Field(10, ge=8, description="Fewest characters of a new password.")
     smtp_host: str | None = Field(
         None,

@@ -8,10 +8,10 @@ of the account.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 from uuid import UUID
 
-import asyncpg
 from fastapi import APIRouter, Form
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -24,8 +24,10 @@ from hub.web.accounts import (
     check_password,
     create_account,
     find_account,
+    forget_mail_link,
     hash_password,
     issue_mail_link,
+    mailed_recently,
     mark_verified,
     set_password_hash,
     use_mail_link,
@@ -51,20 +53,37 @@ _MAILS: dict[MailPurpose, tuple[str, str, str]] = {
 }
 
 
+class MailOutcome(StrEnum):
+    """What became of a mailed link."""
+
+    SENT = "sent"
+    FAILED = "failed"  # the mail server refused it or could not be reached
+    TOO_SOON = "too_soon"  # one went to this account less than `mail_interval_s` ago
+
+
 async def mail_link(
-    conn: asyncpg.Connection, state: HubState, user_id: UUID, purpose: MailPurpose, email: str
-) -> bool:
-    """Mail a new one-time link for ``purpose``; False when the mail server failed."""
+    state: HubState, user_id: UUID, purpose: MailPurpose, email: str
+) -> MailOutcome:
+    """Mail a new one-time link for ``purpose``, unless one went out moments ago.
+
+    No database connection is held while the mail server answers; a link whose mail failed is
+    deleted (it was never delivered, and must not count as recent).
+    """
     web = state.settings.web
-    secret = await issue_mail_link(conn, user_id, purpose, email, web.mail_link_ttl_s)
+    async with state.db.pool.acquire() as conn:
+        if await mailed_recently(conn, user_id, purpose, web.mail_interval_s):
+            return MailOutcome.TOO_SOON
+        secret = await issue_mail_link(conn, user_id, purpose, email, web.mail_link_ttl_s)
     subject, path, intro = _MAILS[purpose]
     hours = max(1, round(web.mail_link_ttl_s / 3600))
     body = f"{intro}\n\n{web.link(path + secret)}\n\nThe link works once, for {hours} hours.\n"
     try:
         await send_mail(web, email, subject, body)
     except MailError:
-        return False
-    return True
+        async with state.db.pool.acquire() as conn:
+            await forget_mail_link(conn, secret)
+        return MailOutcome.FAILED
+    return MailOutcome.SENT
 
 
 def _message(
@@ -113,11 +132,10 @@ async def signup(
             account = await create_account(
                 conn, email=address, password_hash=password_hash, name=name.strip() or None
             )
-            sent = await mail_link(conn, state, account.user_id, "verify", address)
     except (InvalidRequestError, ConflictError) as exc:
         status = 409 if isinstance(exc, ConflictError) else 400
         return _signup_page(request, exc.message, status, email=email, name=name)
-    if not sent:
+    if await mail_link(state, account.user_id, "verify", address) is not MailOutcome.SENT:
         return _message(
             request,
             "Account created",
@@ -172,9 +190,17 @@ async def resend_verification(
     state = hub_state(request)
     if user.user_id is None or user.email is None or user.verified:
         return _message(request, "Nothing to confirm", "This account has no address to confirm.")
-    async with state.db.pool.acquire() as conn:
-        sent = await mail_link(conn, state, user.user_id, "verify", user.email)
-    if not sent:
+    outcome = await mail_link(state, user.user_id, "verify", user.email)
+    if outcome is MailOutcome.TOO_SOON:
+        return _message(
+            request,
+            "Mail not sent",
+            "We sent you a link moments ago: look for it (and in your spam folder), or ask again "
+            "in a few minutes.",
+            kind="error",
+            status_code=429,
+        )
+    if outcome is MailOutcome.FAILED:
         return _message(
             request,
             "Mail not sent",
@@ -201,8 +227,9 @@ async def reset_request(
     state = hub_state(request)
     async with state.db.pool.acquire() as conn:
         account = await find_account(conn, email) if email.strip() else None
-        if account is not None and not account.disabled:
-            await mail_link(conn, state, account.user_id, "reset", account.email)
+    if account is not None and not account.disabled:
+        # Too soon or failed reads the same: the answer must not tell whether the address exists.
+        await mail_link(state, account.user_id, "reset", account.email)
     return _message(
         request,
         "Check your mail",

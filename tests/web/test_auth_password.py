@@ -272,3 +272,22 @@ def test_the_database_holds_no_password_cookie_or_usable_key(
     # Whatever the database holds opens no wrap; the browser's cookie opens the session's.
     assert not [v for v in stored if len(v) >= 32 and any(_opens(w, v) for w in wraps)]
     assert any(_opens(wrap, cookie) for wrap in wraps)
+
+
+def test_mails_to_one_account_are_spaced_out(live_hub: LiveHub, mailbox: Mailbox) -> None:
+    with httpx.Client(base_url=live_hub.url, timeout=30) as client:
+        sign_up(client, mailbox, "kim@example.org", PASSWORD)
+        log_in(client, "kim@example.org", PASSWORD)
+        again = client.post("/verify/resend", data={"csrf_token": csrf_of(client, "/dashboard")})
+        assert again.status_code == 429
+        assert "We sent you a link moments ago" in again.text
+        for _ in range(2):
+            asked = client.post(
+                "/reset", data={"email": "kim@example.org", "csrf_token": csrf_of(client)}
+            )
+            assert "If this address has an account" in asked.text
+    # SMTP delivery is done when the page answers: these are all the mails there will be.
+    assert [m["Subject"] for m in mailbox.messages if m["To"] == "kim@example.org"] == [
+        "Confirm your address for the iamine pool",
+        "Choose a new password for the iamine pool",
+    ]
