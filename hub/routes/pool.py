@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from hub import blacklist
 from hub.deps import AdminPrincipal, State, UserPrincipal
 from inference import identity
 from inference.exclusions import recent_exclusions
@@ -41,7 +42,8 @@ async def pool_status(state: State, _: UserPrincipal) -> dict[str, Any]:
 @router.get("/workers")
 async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
     """Connected workers (trust, served share vs target, measured speed, in flight), every
-    registered worker record (``records``, with ``connected``), and recent exclusions.
+    registered worker record (``records``, with ``connected`` and ``blacklisted``), and recent
+    exclusions.
 
     ``tokens_per_s`` is the hub's own measurement (the checker's clock and chunk count), never a
     figure the worker reported.
@@ -51,10 +53,18 @@ async def list_workers(state: State, _: AdminPrincipal) -> dict[str, Any]:
     async with state.db.pool.acquire() as conn:
         exclusions = await recent_exclusions(conn)
         records = await identity.list_workers(conn)
+        banned = {e.subject for e in await blacklist.list_entries(conn) if e.kind == "worker"}
     return {
         "object": "list",
         "data": data,
-        "records": [{**r.as_dict(), "connected": str(r.id) in registry.workers} for r in records],
+        "records": [
+            {
+                **r.as_dict(),
+                "connected": str(r.id) in registry.workers,
+                "blacklisted": str(r.id) in banned,
+            }
+            for r in records
+        ],
         "exclusions": [
             {
                 "worker_id": e.worker_id,

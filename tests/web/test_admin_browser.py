@@ -92,5 +92,7 @@ def test_the_admin_blacklists_a_worker_in_the_form_and_the_api_reflects_it(
         expect(admin_page.locator("[data-blacklist]")).to_contain_text("wrong answers")
         wait_until(lambda: "to-ban" not in listed_workers(live_hub), 15, "the worker to go")
     records = api(live_hub, "/admin/api/workers").json()["records"]
-    assert [r["connected"] for r in records if r["name"] == "to-ban"] == [False]
+    assert [(r["connected"], r["blacklisted"]) for r in records if r["name"] == "to-ban"] == [
+        (False, True)
+    ]
     admin_page.screenshot(path=ARTIFACTS / "admin-blacklist-worker.png", full_page=True)

@@ -159,7 +159,8 @@ async def test_a_blacklisted_worker_is_cut_off_and_the_api_reflects_it(live_hub:
         await asyncio.wait_for(ws.wait_closed(), 10)
     workers = api(live_hub, "/admin/api/workers").json()
     assert "rogue" not in [w["name"] for w in workers["data"]]
-    assert [r["connected"] for r in workers["records"] if r["name"] == "rogue"] == [False]
+    rogue = [r for r in workers["records"] if r["name"] == "rogue"]
+    assert [(r["connected"], r["blacklisted"]) for r in rogue] == [(False, True)]
     async with connect(live_hub.ws_url) as again:
         await again.send(__import__("json").dumps(hello(token, "m-rogue", name="rogue")))
         refused = await asyncio.wait_for(again.recv(), 10)
