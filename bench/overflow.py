@@ -99,6 +99,8 @@ async def wait_for_overflow(a: Hub, tokens: int) -> None:
                 f"{a.url}/v1/chat/completions", content=body, headers=headers
             )
             if response.headers.get("x-iamine-route") == "peer":
+                shown = {k: v for k, v in response.headers.items() if k.startswith("x-iamine")}
+                log(f"an overflowed chat's headers: {json.dumps(shown)}")
                 return
             await asyncio.sleep(1)
     raise ServiceError(f"pool A did not forward to B within {PEER_WAIT_S:g} s")

@@ -50,6 +50,7 @@ from tests.hub.conftest import free_port, register_test_worker, wait_until
 MODEL = "peer-model"
 ANSWER = ["Hello", " from", " pool", " B", "."]
 DIE = "please die mid-answer"
+HOLD = "take your time"
 
 
 class _Capture:
@@ -159,12 +160,14 @@ class HandWorker:
     """B's worker for ``MODEL``: answers every job with ``ANSWER``, one chunk a word.
 
     A job whose last message is ``DIE`` gets one chunk, then the link drops and the worker stays
-    away until :meth:`revive`: B has no other worker to finish the answer.
+    away until :meth:`revive`: B has no other worker to finish the answer. A job whose last
+    message is ``HOLD`` is never answered (it keeps the worker's only slot busy).
     """
 
-    def __init__(self, pool: Pool, token: str) -> None:
+    def __init__(self, pool: Pool, token: str, slots: int = 4) -> None:
         self.pool = pool
         self.token = token
+        self.slots = slots
         self.jobs: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._alive = threading.Event()
@@ -202,7 +205,7 @@ class HandWorker:
             "worker_name": "hand",
             "models": [{"id": MODEL, "context_size": 4096, "supports_tools": False}],
             "hardware": "gpu",
-            "slots": 4,
+            "slots": self.slots,
             "version": "test",
         }
         ws.send(json.dumps(hello))
@@ -214,6 +217,8 @@ class HandWorker:
                 continue
             if frame["type"] == "job":
                 self.jobs.append(frame)
+                if frame["messages"][-1]["content"] == HOLD:
+                    continue
                 if frame["messages"][-1]["content"] == DIE:
                     self._chunk(ws, frame, ANSWER[0])
                     self._alive.clear()
@@ -308,6 +313,25 @@ def _drain(stream: Stream[ChatCompletionChunk], received: list[str]) -> None:
     for chunk in stream:
         if chunk.choices:
             received.append(chunk.choices[0].delta.content or "")
+
+
+def test_a_chat_that_would_wait_long_for_a_busy_local_worker_goes_to_the_peer(
+    pools: Pools,
+) -> None:
+    token = asyncio.run(register_test_worker(pools.a.database_url, "a-hand", "gpu", 1, 2))
+    with HandWorker(pools.a, token, slots=1):
+        wait_until(lambda: pools.a.state.workers.serves(MODEL), 30, "A's own worker")
+        body = {"model": MODEL, "messages": _messages(HOLD), "stream": True}
+        headers = {"Authorization": f"Bearer {pools.a.user_token}"}
+        url = pools.a.url + "/v1/chat/completions"
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as held:
+            assert held.headers["x-iamine-route"] == "direct"  # A's worker has it, never answers
+            raw = pools.a.client().chat.completions.with_raw_response.create(
+                model=MODEL, messages=_messages()
+            )
+            assert raw.headers["x-iamine-route"] == "peer"
+            assert raw.parse().choices[0].message.content == "".join(ANSWER)
+    wait_until(lambda: not pools.a.state.workers.serves(MODEL), 30, "A's worker to leave")
 
 
 def test_a_json_chat_is_served_by_the_peer_with_its_usage(pools: Pools) -> None:
