@@ -66,7 +66,7 @@ async def begin_user_session(
 def signed_in(state: HubState, secret: str, target: str) -> Response:
     """Go on to ``target`` with the new session's cookie."""
     response = RedirectResponse(target, status_code=303)
-    set_session_cookie(response, secret, state)
+    set_session_cookie(response, secret, state.settings.web)
     return response
 
 

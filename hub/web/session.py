@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from hub.state import HubState
+from hub.web.settings import WebSettings
 
 SESSION_COOKIE = "iamine_session"
 CSRF_COOKIE = "iamine_csrf"
@@ -126,13 +127,12 @@ async def close_session(conn: asyncpg.Connection, secret: str) -> None:
 
 
 async def close_user_sessions(conn: asyncpg.Connection, user_id: UUID) -> None:
-    """Delete every session of a user (a password reset, a disabled account)."""
+    """Delete every session of a user (after a password reset)."""
     await conn.execute("DELETE FROM web_sessions WHERE user_id = $1", user_id)
 
 
-def set_session_cookie(response: Response, secret: str, state: HubState) -> None:
+def set_session_cookie(response: Response, secret: str, web: WebSettings) -> None:
     """Give the browser its session cookie (and a fresh CSRF token: no fixation across sign-in)."""
-    web = state.settings.web
     response.set_cookie(
         SESSION_COOKIE,
         secret,

@@ -7,8 +7,10 @@ import re
 
 import httpx
 import pytest
+from starlette.responses import Response
 
 from hub.web import STATIC_DIR
+from hub.web.session import set_session_cookie
 from hub.web.settings import WebSettings
 from hub.web.templating import environment
 from tests.web.conftest import LiveHub, Mailbox, csrf_of, verified_member
@@ -95,3 +97,20 @@ def test_oidc_sign_in_is_off_until_configured(live_hub: LiveHub) -> None:
 def test_a_public_url_that_is_not_http_is_refused() -> None:
     with pytest.raises(ValueError, match="public_url"):
         WebSettings(public_url="ftp://pool.example.org")
+
+
+@pytest.mark.parametrize(
+    ("public_url", "secure"),
+    [("http://127.0.0.1:8420", False), ("https://pool.example.org", True)],
+)
+def test_the_session_cookie_is_httponly_lax_and_secure_behind_https(
+    public_url: str, secure: bool
+) -> None:
+    response = Response()
+    set_session_cookie(response, "secret", WebSettings(public_url=public_url))
+    (cookie,) = [
+        c for c in response.headers.getlist("set-cookie") if c.startswith("iamine_session=")
+    ]
+    assert "HttpOnly" in cookie
+    assert "SameSite=lax" in cookie
+    assert ("Secure" in cookie) is secure
