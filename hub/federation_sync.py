@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Protocol
 
+import asyncpg
 import structlog
 
 from federation import peers
@@ -22,6 +23,7 @@ from federation.gossip import Gossip, purge_log
 from hub.scheduler import JobResult
 from inference.pool_config import PoolConfig
 from inference.registry import WorkerRegistry
+from memory.errors import MemoryStoreError
 
 log = structlog.get_logger()
 
@@ -103,6 +105,11 @@ async def _sync_notes(gossip: Gossip, note_sync: NoteSyncer, pool_ids: list[str]
             results[peer.pool_id] = stats
         except FederationError as exc:
             results[peer.pool_id] = {"error": f"{exc.code}: {exc.message}"}
+        except (MemoryStoreError, asyncpg.PostgresError, OSError) as exc:
+            # This pool's own trouble (no embedding model, the database): the notes wait for
+            # the next round; gossip, already done, is not undone.
+            log.warning("federation_notes_sync_failed", peer=peer.pool_id, error=str(exc))
+            results[peer.pool_id] = {"error": f"local: {type(exc).__name__}: {exc}"[:300]}
     if merkle:
         results["tombstones_collected"] = await note_sync.collect_tombstones()
     return results
