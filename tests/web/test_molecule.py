@@ -3,20 +3,57 @@ which draws as many atoms as the admin API lists workers and shows a worker's ca
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
 from playwright.sync_api import Browser, expect
 
+from federation.peers import admit_peer
+from federation.settings import FederationSettings
 from tests.web.conftest import ARTIFACTS, LiveHub, browser
 from tests.web.hand_workers import hand_workers
 
 __all__ = ["browser"]
 
 ATOMS = ("atom-a", "atom-b", "atom-c")
+PEER = "iam1" + "b" * 52
+
+
+@pytest.fixture(scope="module")
+def hub_overrides() -> dict[str, Any]:
+    """Federation on (with no peer reachable), so that admitted peers show as molecules."""
+    return {"federation": FederationSettings(enabled=True, public_url="http://127.0.0.1:9")}
+
+
+async def _admit(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await admit_peer(
+            conn,
+            pool_id=PEER,
+            public_key=b"p" * 32,
+            url="https://peer.example",
+            admitted_by="test",
+            now=datetime.now(UTC),
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def peer_admitted(live_hub: LiveHub) -> str:
+    """A peer pool admitted in the database (on a thread: the browser owns this one's loop)."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, _admit(live_hub.database_url)).result()
+    return PEER
 
 
 def admin_api(hub: LiveHub, path: str) -> httpx.Response:
@@ -57,7 +94,6 @@ def test_the_event_stream_sends_the_pool_with_public_data_only(
     assert set(workers_online) <= set(names)
     assert snapshot["queue_depth"] == 0
     assert {m["id"] for m in snapshot["models"]} >= {f"m-{n}" for n in workers_online}
-    assert snapshot["peers"] == []
     listed = admin_api(live_hub, "/admin/api/workers").json()["data"]
     owners = {w["owner_id"] for w in listed if w["owner_id"]}
     users = {u["id"] for u in admin_api(live_hub, "/admin/api/users").json()["data"]}
@@ -97,3 +133,18 @@ def test_the_table_beside_the_canvas_works_without_javascript(
     text = page.locator("[data-pool-table]").inner_text()
     assert all(re.search(rf"\b{name}\b", text) for name in workers_online)
     context.close()
+
+
+def test_peer_pools_are_in_the_stream_and_drawn_as_neighbouring_molecules(
+    browser: Browser, live_hub: LiveHub, peer_admitted: str
+) -> None:
+    _, data = first_pool_event(live_hub)
+    peers = orjson.loads(data)["peers"]
+    assert [p["pool_id"] for p in peers] == [peer_admitted]
+    assert peers[0]["state"] in ("ok", "failing", "down")
+    assert "peer.example" not in data
+    page = browser.new_page()
+    page.goto(live_hub.url + "/")
+    expect(page.locator("[data-molecule] canvas")).to_have_attribute("data-peers", "1")
+    page.screenshot(path=ARTIFACTS / "home-molecule-peer.png", full_page=True)
+    page.close()
