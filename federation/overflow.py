@@ -206,8 +206,9 @@ class ChatPeerStep:
             log.warning("overflow_receipt_invalid", peer=peer.pool_id, job=job.job_id)
         if reader.speed() is not None:
             self.federation.capabilities.measured(peer.pool_id, job.model, reader.speed() or 0.0)
-        async with self.pool.acquire() as conn:
-            await peers.record_success(conn, peer.pool_id, utc_now())
+        if peer.consecutive_failures:  # a healthy peer's row needs no write per chat
+            async with self.pool.acquire() as conn:
+                await peers.record_success(conn, peer.pool_id, utc_now())
         yield final
 
 
