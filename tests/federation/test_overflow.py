@@ -520,6 +520,20 @@ def _resolved(pool: Pool, job: str) -> bool:
     return _resolutions(pool, job) != []
 
 
+def test_every_stage_of_a_pipeline_may_run_on_a_peer(pools: Pools) -> None:
+    response = httpx.post(
+        pools.a.url + "/v1/agents/pipeline",
+        json={"roles": ["scout", "reviewer"], "input": "look around", "model": MODEL},
+        headers={"Authorization": f"Bearer {pools.a.user_token}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    stages = response.json()["iamine_stages"]
+    assert [stage["route"] for stage in stages] == ["peer", "peer"]
+    assert [stage["worker"] for stage in stages] == [pools.b.identity.pool_id] * 2
+    assert stages[-1]["content"] == "".join(ANSWER)
+
+
 def test_a_peer_failing_mid_stream_ends_the_client_s_stream_with_an_error(pools: Pools) -> None:
     received: list[str] = []
     raw = pools.a.client().chat.completions.with_raw_response.create(
