@@ -55,9 +55,7 @@ def check_email(email: str) -> str:
 def check_password(password: str, min_length: int) -> None:
     """Refuse a new password that is too short (or absurdly long: argon2 would still hash it)."""
     if len(password) < min_length:
-        raise InvalidRequestError(
-            f"Choose a password of at least {min_length} characters.", param="password"
-        )
+        raise InvalidRequestError("This password is too short.", param="password")
     if len(password) > 1024:
         raise InvalidRequestError("A password has at most 1024 characters.", param="password")
 

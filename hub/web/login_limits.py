@@ -14,7 +14,10 @@ import asyncpg
 from hub.web.session import WebForbidden
 from hub.web.settings import WebSettings
 
-TOO_MANY = "Too many failed sign-ins. Wait {minutes} minutes and try again, or reset your password."
+TOO_MANY = (
+    "Too many failed sign-ins from here or on this account. Wait a while and try again, or "
+    "reset your password."
+)
 
 
 async def check_login_allowed(
@@ -34,8 +37,7 @@ async def check_login_allowed(
         row["by_ip"] >= settings.login_max_failures_ip
         or row["by_account"] >= settings.login_max_failures_account
     ):
-        minutes = max(1, round(settings.login_window_s / 60))
-        raise WebForbidden(TOO_MANY.format(minutes=minutes), status_code=429)
+        raise WebForbidden(TOO_MANY, status_code=429)
 
 
 async def record_login_failure(

@@ -198,7 +198,8 @@ async def oidc_callback(
     _enabled(hub.settings.web)
     cookie = request.cookies.get(STATE_COOKIE, "")
     if error:
-        raise OidcRefused(f"The identity provider refused the sign-in ({error[:64]}).")
+        log.info("oidc_sign_in_refused_by_issuer", error=error[:64])
+        raise OidcRefused("The identity provider refused the sign-in.")
     if not state or not code or not secrets.compare_digest(cookie, state):
         raise OidcRefused("This sign-in did not start in this browser; start it again.", 400)
     async with hub.db.pool.acquire() as conn:

@@ -39,6 +39,8 @@ from memory.login_keys import drop_password_wrap
 
 router = APIRouter()
 
+NAME_TAKEN = "This user name is taken; choose another, or leave it empty."
+
 _MAILS: dict[MailPurpose, tuple[str, str, str]] = {
     "verify": (
         "Confirm your address for the iamine pool",
@@ -134,7 +136,9 @@ async def signup(
             )
     except (InvalidRequestError, ConflictError) as exc:
         status = 409 if isinstance(exc, ConflictError) else 400
-        return _signup_page(request, exc.message, status, email=email, name=name)
+        taken = isinstance(exc, ConflictError) and exc.param == "name"
+        message = NAME_TAKEN if taken else exc.message
+        return _signup_page(request, message, status, email=email, name=name)
     if await mail_link(state, account.user_id, "verify", address) is not MailOutcome.SENT:
         return _message(
             request,

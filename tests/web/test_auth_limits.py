@@ -28,7 +28,7 @@ def test_failed_sign_ins_are_limited_per_account_then_per_address(
             assert log_in(client, "ann@example.org", "wrong password").status_code == 401
         locked = log_in(client, "ANN@example.org", PASSWORD)
         assert locked.status_code == 429
-        assert "Too many failed sign-ins. Wait 15 minutes" in locked.text
+        assert "Too many failed sign-ins" in locked.text
         assert log_in(client, "ben@example.org", PASSWORD).status_code == 303
 
         for _ in range(2):

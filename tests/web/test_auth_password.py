@@ -139,7 +139,8 @@ def test_bad_sign_up_input_gets_a_clear_error(live_hub: LiveHub, mailbox: Mailbo
         assert "Enter a valid email address." in bad_email.text
         short = post(email="eve@example.org", password="short")
         assert short.status_code == 400
-        assert "at least 10 characters" in short.text
+        assert "This password is too short." in short.text
+        assert "At least 10 characters." in short.text
         bad_name = post(email="eve@example.org", password=PASSWORD, name="-nope")
         assert bad_name.status_code == 400
         assert "User names are 1-64 characters" in bad_name.text
@@ -291,3 +292,27 @@ def test_mails_to_one_account_are_spaced_out(live_hub: LiveHub, mailbox: Mailbox
         "Confirm your address for the iamine pool",
         "Choose a new password for the iamine pool",
     ]
+
+
+def test_a_taken_user_name_is_refused_on_sign_up(live_hub: LiveHub, mailbox: Mailbox) -> None:
+    with httpx.Client(base_url=live_hub.url, timeout=30) as client:
+        taken = client.post(
+            "/signup",
+            data={
+                "email": "lou@example.org",
+                "password": PASSWORD,
+                "name": "alice",
+                "csrf_token": csrf_of(client, "/signup"),
+            },
+        )
+        assert taken.status_code == 409
+        assert "This user name is taken" in taken.text
+
+
+def test_sign_in_refusals_read_in_the_readers_language(live_hub: LiveHub) -> None:
+    with httpx.Client(base_url=live_hub.url, timeout=30, cookies={"lang": "fr"}) as client:
+        wrong = log_in(client, "nobody@example.org", PASSWORD)
+        assert "Adresse e-mail ou mot de passe incorrect." in wrong.text
+        forged = client.post("/login", data={"email": "x@example.org", "csrf_token": "forged"})
+        assert forged.status_code == 403
+        assert "Ce formulaire a été refusé" in forged.text
