@@ -1,4 +1,5 @@
-"""The user's dashboard (``/dashboard``): their API tokens (list, create — shown once — revoke).
+"""The user's dashboard (``/dashboard``): their API tokens (list, create — shown once — revoke),
+and ready configurations of agent clients for this hub (``/dashboard/tools``).
 
 Tokens are the same as the CLI's and the API's (:mod:`hub.accounts`). A token minted here gets the
 user's memory key wrapped for it (:func:`memory.keys.link_token`) when the session holds that key
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from hub import accounts
+from hub.client.configs import BUILDERS, TOKEN_ENV, client_config
 from hub.errors import NotFoundError
 from hub.web.session import CsrfChecked, WebForbidden, WebUser, WebUserDep, hub_state
 from hub.web.session import session_secret as cookie_secret
@@ -67,6 +69,22 @@ async def dashboard(request: Request, user: WebUserDep) -> Response:
     if user.user_id is None:
         return RedirectResponse("/admin", status_code=303)
     return await _page(request, user)
+
+
+@router.get("/dashboard/tools")
+async def tools(request: Request, user: WebUserDep) -> HTMLResponse:
+    """Ready configurations of agent clients for this hub's public URL and its models now.
+
+    The same builders as ``iamine connect`` and ``/v1/client-config`` (OpenCode, Cursor, aider,
+    Claude Code, Continue, the OpenAI SDK); no configuration holds a token.
+    """
+    _own_user_id(user)
+    state = hub_state(request)
+    base = state.settings.web.public_url
+    models = state.workers.models()
+    configs = [config for name in BUILDERS if (config := client_config(name, base, models))]
+    context = {"configs": configs, "base": base.rstrip("/"), "token_env": TOKEN_ENV}
+    return render(request, "dashboard_tools.html", context)
 
 
 @router.get("/me")

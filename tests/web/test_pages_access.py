@@ -114,3 +114,17 @@ def test_the_session_cookie_is_httponly_lax_and_secure_behind_https(
     assert "HttpOnly" in cookie
     assert "SameSite=lax" in cookie
     assert ("Secure" in cookie) is secure
+
+
+def test_the_tools_page_gives_each_clients_configuration_for_the_public_url(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    assert httpx.get(live_hub.url + "/dashboard/tools").status_code == 303
+    with verified_member(live_hub, mailbox, "tools@example.org", "correct horse battery") as member:
+        page = member.get("/dashboard/tools")
+    assert page.status_code == 200
+    for client in ("opencode", "cursor", "aider", "claude", "openai"):
+        assert f'data-client="{client}"' in page.text
+    assert "http://127.0.0.1:8420/v1" in page.text
+    assert "IAMINE_TOKEN" in page.text
+    assert re.search(r"iam_[0-9a-f]{10}_", page.text) is None  # no token in any file
