@@ -114,7 +114,7 @@ class ChatPeerStep:
             tried.add(offer.pool_id)
             async with self.pool.acquire() as conn:
                 peer = await peers.find_peer(conn, offer.pool_id)
-            if peer is None:
+            if peer is None or not peer.due(utc_now()):  # gone, or failing: let it back off
                 continue
             try:
                 response, signed = await self._send(peer, job)

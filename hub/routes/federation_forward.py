@@ -191,7 +191,7 @@ async def forward(request: Request, state: State, federation: PeerFacing) -> Res
         registry,
         job,
         needs_tools=chat.wants_tools(),
-        user=f"peer:{origin}",
+        user=f"peer:{origin}:{chat.user}" if chat.user else f"peer:{origin}",
         needs_context=needs_context,
         min_trust=min_trust,
         trace=trace,

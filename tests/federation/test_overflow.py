@@ -34,6 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from economy.verify import verify
+from federation import peers
 from federation.identity import PoolIdentity, key_file, load_identity
 from federation.settings import FederationSettings
 from hub import accounts
@@ -332,6 +333,47 @@ def test_a_chat_that_would_wait_long_for_a_busy_local_worker_goes_to_the_peer(
             assert raw.headers["x-iamine-route"] == "peer"
             assert raw.parse().choices[0].message.content == "".join(ANSWER)
     wait_until(lambda: not pools.a.state.workers.serves(MODEL), 30, "A's worker to leave")
+
+
+def test_an_unreachable_peer_is_skipped_for_the_next_best_and_then_backed_off(
+    pools: Pools,
+) -> None:
+    ghost = new_identity()
+
+    async def admit() -> None:
+        conn = await asyncpg.connect(pools.a.database_url)
+        try:
+            await peers.admit_peer(
+                conn,
+                pool_id=ghost.pool_id,
+                public_key=ghost.public_key,
+                url="http://127.0.0.1:9",
+                admitted_by="test",
+                now=datetime.now(UTC),
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(admit())
+    federation = pools.a.state.federation
+    assert federation is not None
+    cheap = {"models": [{"model": MODEL, "free_slots": 9, "price_per_1k": 1}]}
+    federation.capabilities.update(ghost.pool_id, "http://127.0.0.1:9", cheap, datetime.now(UTC))
+    federation.capabilities.measured(ghost.pool_id, MODEL, 1e6)  # it ranks first
+    try:
+        best = federation.capabilities.best(MODEL)
+        assert best is not None and best.pool_id == ghost.pool_id
+        for _ in range(2):  # the second chat does not even try the backed-off peer
+            raw = pools.a.client().chat.completions.with_raw_response.create(
+                model=MODEL, messages=_messages()
+            )
+            assert raw.headers["x-iamine-peer"] == pools.b.identity.pool_id
+        failures = pools.a.rows(
+            "SELECT consecutive_failures FROM peers WHERE pool_id = $1", ghost.pool_id
+        )
+        assert failures[0]["consecutive_failures"] == 1
+    finally:
+        federation.capabilities.forget(ghost.pool_id)
 
 
 def test_a_json_chat_is_served_by_the_peer_with_its_usage(pools: Pools) -> None:
