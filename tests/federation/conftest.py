@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from federation import peers
 from federation.identity import PoolIdentity, key_file, load_identity
 from federation.settings import FederationSettings
 from federation.signatures import SignedRequest, sign_request
@@ -78,6 +79,27 @@ class FedHub:
     def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """:meth:`fetch` from synchronous code."""
         return asyncio.run(self.fetch(sql, *args))
+
+
+def admit_identity(hub: FedHub, identity: PoolIdentity) -> None:
+    """Record ``identity`` as an admitted peer of ``hub`` (at a URL that answers nothing), so
+    the test can sign requests as that peer."""
+
+    async def admit() -> None:
+        conn = await asyncpg.connect(hub.database_url)
+        try:
+            await peers.admit_peer(
+                conn,
+                pool_id=identity.pool_id,
+                public_key=identity.public_key,
+                url="http://127.0.0.1:9",
+                admitted_by="test",
+                now=datetime.now(UTC),
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(admit())
 
 
 def new_identity() -> PoolIdentity:

@@ -6,19 +6,16 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio
-import asyncpg
 import orjson
 from typer.testing import CliRunner
 from websockets.asyncio.client import connect
 
-from federation import peers
 from federation.identity import PoolIdentity, encode_public_key
 from hub.cli import app
-from tests.federation.conftest import FedHub, new_identity, send, signed_request
+from tests.federation.conftest import FedHub, admit_identity, new_identity, send, signed_request
 from tests.hub.conftest import register_test_worker
 from tests.hub.raw_worker import hello, receive
 
@@ -121,21 +118,6 @@ def test_gossip_spreads_heartbeats_capabilities_and_candidates_the_admin_admits(
     assert pb in shown.output and pc in shown.output and shown.output.count("alive") == 2
 
 
-async def _admit(hub: FedHub, identity: PoolIdentity) -> None:
-    conn = await asyncpg.connect(hub.database_url)
-    try:
-        await peers.admit_peer(
-            conn,
-            pool_id=identity.pool_id,
-            public_key=identity.public_key,
-            url="http://127.0.0.1:9",
-            admitted_by="test",
-            now=datetime.now(UTC),
-        )
-    finally:
-        await conn.close()
-
-
 def _gossip_body(identity: PoolIdentity, **overrides: object) -> bytes:
     message: dict[str, object] = {
         "pool_id": identity.pool_id,
@@ -152,7 +134,7 @@ def test_gossip_from_a_stranger_a_replay_or_a_malformed_body_is_refused(
 ) -> None:
     a = fed_hubs[0]
     known, stranger = new_identity(), new_identity()
-    asyncio.run(_admit(a, known))
+    admit_identity(a, known)
     url = a.url + "/v1/federation/gossip"
 
     body = _gossip_body(known)
@@ -193,7 +175,7 @@ def test_a_listed_pool_under_someone_else_s_key_never_becomes_a_candidate(
 ) -> None:
     a = fed_hubs[0]
     known, victim, impostor = new_identity(), new_identity(), new_identity()
-    asyncio.run(_admit(a, known))
+    admit_identity(a, known)
     listed = {
         "pool_id": victim.pool_id,
         "url": "http://127.0.0.1:7",

@@ -202,7 +202,7 @@ def test_a_gossip_message_keeps_good_entries_and_refuses_a_malformed_whole() -> 
     assert parsed.heartbeat == (1, 2)
     assert [(m.url, beat) for m, beat in parsed.members] == [("http://127.0.0.1:1", (3, 4))]
     assert parsed.suspects == ["a"]
-    for bad, param in [
+    cases: list[tuple[dict[str, object], str]] = [
         ({"heartbeat": [1]}, "heartbeat"),
         ({"heartbeat": [-1, 2]}, "heartbeat"),
         ({"heartbeat": [True, 2]}, "heartbeat"),
@@ -210,7 +210,8 @@ def test_a_gossip_message_keeps_good_entries_and_refuses_a_malformed_whole() -> 
         ({"members": {"a": 1}}, "members"),
         ({"suspects": "all"}, "suspects"),
         ({"capabilities": {"models": "m"}}, "capabilities"),
-    ]:
+    ]
+    for bad, param in cases:
         with pytest.raises(InvalidFederationInput) as caught:
             parse_message(_message(**bad))
         assert caught.value.param == param

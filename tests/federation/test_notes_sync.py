@@ -7,7 +7,6 @@ the proxies, and compares each hub's `row_hash` set read from its own database.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +24,8 @@ from federation.hlc import pack, wall_ms
 from federation.identity import PoolIdentity
 from federation.tictac import NoteVersion
 from mcp_server.server import build_server
-from tests.federation.conftest import FedHub, new_identity, send, signed_request
+from tests.federation.conftest import FedHub, admit_identity, new_identity, send, signed_request
 from tests.federation.proxy import LinkProxy, partition
-from tests.federation.test_peering import _admit
 
 MAX_ROUNDS = 4
 
@@ -260,7 +258,7 @@ def test_tombstones_are_collected_once_every_peer_acknowledged_them(mesh: list[P
 def known(mesh: list[Pool]) -> Iterator[PoolIdentity]:
     """A key admitted by hub A (to send crafted messages), removed afterwards."""
     identity = new_identity()
-    asyncio.run(_admit(mesh[0].hub, identity))
+    admit_identity(mesh[0].hub, identity)
     yield identity
     mesh[0].hub.admin("DELETE", f"/admin/api/federation/peers/{identity.pool_id}")
 

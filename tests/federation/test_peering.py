@@ -19,12 +19,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from federation import invites, peers
+from federation import invites
 from federation.client import PeerClient
 from federation.errors import PeerFailed
 from federation.identity import PoolIdentity
 from hub.cli import app
-from tests.federation.conftest import FedHub, new_identity, send, signed_request
+from tests.federation.conftest import FedHub, admit_identity, new_identity, send, signed_request
 
 runner = CliRunner()
 ID = re.compile(r"iam1[a-z2-7]{52}")
@@ -62,26 +62,11 @@ def _refused(response: httpx.Response, status: int, code: str) -> None:
     assert response.json()["error"]["code"] == code, response.text
 
 
-async def _admit(hub: FedHub, identity: PoolIdentity) -> None:
-    conn = await asyncpg.connect(hub.database_url)
-    try:
-        await peers.admit_peer(
-            conn,
-            pool_id=identity.pool_id,
-            public_key=identity.public_key,
-            url="http://127.0.0.1:9",
-            admitted_by="test",
-            now=datetime.now(UTC),
-        )
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def known(fed_hubs: list[FedHub]) -> PoolIdentity:
     """A key admitted as a peer of hub A by the test itself (to send crafted requests)."""
     identity = new_identity()
-    asyncio.run(_admit(fed_hubs[0], identity))
+    admit_identity(fed_hubs[0], identity)
     return identity
 
 
@@ -354,7 +339,7 @@ def test_a_failing_peer_backs_off_without_being_down_after_one_failure(
 ) -> None:
     a = fed_hubs[0]
     silent = new_identity()
-    asyncio.run(_admit(a, silent))  # its URL (port 9) answers nothing
+    admit_identity(a, silent)  # its URL (port 9) answers nothing
     response = a.admin("POST", f"/admin/api/federation/peers/{silent.pool_id}/ping")
     _refused(response, 502, "peer_unreachable")
     listed = a.admin("GET", "/admin/api/federation/peers").json()["data"]
