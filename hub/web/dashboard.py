@@ -25,6 +25,7 @@ from hub.errors import NotFoundError
 from hub.web.session import CsrfChecked, WebForbidden, WebUser, WebUserDep, hub_state
 from hub.web.session import session_secret as cookie_secret
 from hub.web.templating import render
+from memory import l2
 from memory.keys import KeyIssue, issue_key, link_token
 from memory.login_keys import open_with_session
 
@@ -32,6 +33,10 @@ router = APIRouter()
 
 PREFIX_PATTERN = re.compile(r"^[0-9a-f]{10}$")
 EXPIRY_DAYS = (0, 7, 30, 90, 365)
+NO_KEY = (
+    "This session cannot open your memory, so it cannot turn memory on: use PUT "
+    "/v1/memory/settings with a token that has memory access."
+)
 
 
 def _own_user_id(user: WebUser) -> UUID:
@@ -53,7 +58,9 @@ async def _page(
             user.session_id is not None
             and await open_with_session(conn, user_id, user.session_id, secret) is not None
         )
+        preferences = await l2.load_preferences(conn, user_id)
     context = {
+        "preferences": preferences,
         "tokens": tokens,
         "issued": issued,
         "holds_key": holds_key,
@@ -125,6 +132,34 @@ async def create_token(
             memory = await issue_key(conn, user_id, issued.record.id, issued.token, ("user",))
     shown = {"token": issued.token, "name": issued.record.name, "memory": memory.value}
     return await _page(request, user, shown, 201)
+
+
+@router.post("/dashboard/memory")
+async def memory_switch(
+    request: Request,
+    user: WebUserDep,
+    _csrf: CsrfChecked,
+    enabled: Annotated[bool, Form()] = False,
+    compaction: Annotated[bool, Form()] = False,
+) -> Response:
+    """Turn memory (and compaction) on or off, as ``PUT /v1/memory/settings`` does.
+
+    Turning it on needs the memory key in hand, here the session's: otherwise later turns could
+    not be stored, and would be dropped quietly.
+    """
+    user_id = _own_user_id(user)
+    state = hub_state(request)
+    async with state.db.pool.acquire() as conn:
+        if enabled and (
+            user.session_id is None
+            or await open_with_session(conn, user_id, user.session_id, cookie_secret(request) or "")
+            is None
+        ):
+            raise WebForbidden(NO_KEY, status_code=403)
+        await l2.save_preferences(conn, user_id, l2.Preferences(enabled, compaction))
+    if state.semantic is not None:
+        state.semantic.opt_in.forget(user_id)
+    return RedirectResponse("/dashboard", status_code=303)
 
 
 @router.post("/dashboard/tokens/{prefix}/revoke")

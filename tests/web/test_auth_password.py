@@ -316,3 +316,38 @@ def test_sign_in_refusals_read_in_the_readers_language(live_hub: LiveHub) -> Non
         forged = client.post("/login", data={"email": "x@example.org", "csrf_token": "forged"})
         assert forged.status_code == 403
         assert "Ce formulaire a été refusé" in forged.text
+
+
+async def _drop_session_wraps(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DELETE FROM web_key_wraps WHERE session_id IS NOT NULL")
+    finally:
+        await conn.close()
+
+
+def test_the_memory_switch_turns_memory_on_only_with_the_key_in_hand(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "mo@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        switched = client.post(
+            "/dashboard/memory",
+            data={"enabled": "true", "csrf_token": csrf_of(client, "/dashboard")},
+        )
+        assert switched.status_code == 303
+        settings = httpx.get(
+            live_hub.url + "/v1/memory/settings",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert settings.json() == {"enabled": True, "compaction": False}
+        asyncio.run(_drop_session_wraps(live_hub.database_url))
+        refused = client.post(
+            "/dashboard/memory", data={"enabled": "true", "csrf_token": csrf_of(client)}
+        )
+        assert refused.status_code == 403
+        assert "This session cannot open your memory" in refused.text
+        off = client.post("/dashboard/memory", data={"csrf_token": csrf_of(client)})
+        assert off.status_code == 303
+        assert 'name="enabled" value="true" >' in client.get("/dashboard").text
