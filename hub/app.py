@@ -37,6 +37,7 @@ from hub.routes import (
     account,
     admin,
     agents,
+    blacklist,
     chat,
     clients,
     conversations,
@@ -235,6 +236,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tokens.router)
     app.include_router(admin.router)
+    app.include_router(blacklist.router)
     app.include_router(pool.router)
     app.include_router(pool.public_router)
     app.include_router(workers.router)

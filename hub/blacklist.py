@@ -21,6 +21,7 @@ import asyncpg
 from federation.errors import PeerNotFound
 from federation.peers import remove_peer
 from hub import accounts
+from hub.auth import TokenResolver
 from hub.errors import InvalidRequestError, NotFoundError
 from inference import identity
 
@@ -46,6 +47,13 @@ class Banned:
     entry: Entry
     revoked_tokens: list[UUID]
     user_id: UUID | None = None
+
+    def drop_from(self, tokens: TokenResolver) -> None:
+        """End at once, in this process, what the ban revoked: tokens, leases, worker links."""
+        for token_id in self.revoked_tokens:
+            tokens.forget(token_id, "worker_blacklisted")
+        if self.user_id is not None:
+            tokens.forget_user(self.user_id)
 
 
 def _check_reason(reason: str) -> str:
@@ -105,6 +113,12 @@ async def ban_peer(conn: asyncpg.Connection, pool_id: str, reason: str) -> Banne
             await remove_peer(conn, pool_id)
         entry = await _record(conn, "peer", pool_id, pool_id, reason)
     return Banned(entry, [])
+
+
+async def ban(conn: asyncpg.Connection, kind: Kind, subject: str, reason: str) -> Banned:
+    """Blacklist a worker or a user (by name) or a peer (by pool id)."""
+    bans = {"worker": ban_worker, "user": ban_user, "peer": ban_peer}
+    return await bans[kind](conn, subject.strip(), reason)
 
 
 async def lift(conn: asyncpg.Connection, kind: Kind, subject: str) -> Entry:

@@ -19,7 +19,6 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from hub import accounts, blacklist
 from hub.errors import HubError
 from hub.schemas import USER_NAME_PATTERN
-from hub.state import HubState
 from hub.web.session import CsrfChecked, WebAdminDep, WebForbidden, hub_state
 from hub.web.templating import render
 
@@ -128,31 +127,23 @@ async def blacklist_page(request: Request, _: WebAdminDep) -> HTMLResponse:
     return render(request, "admin/blacklist.html", {"entries": entries, "kinds": blacklist.KINDS})
 
 
-def _drop(state: HubState, banned: blacklist.Banned) -> None:
-    for token_id in banned.revoked_tokens:
-        state.tokens.forget(token_id, "worker_blacklisted")
-    if banned.user_id is not None:
-        state.tokens.forget_user(banned.user_id)
-
-
 @router.post("/admin/blacklist")
 async def add_entry(
     request: Request,
     _: WebAdminDep,
     __: CsrfChecked,
-    kind: Annotated[str, Form(pattern="^(worker|user|peer)$")],
+    kind: Annotated[blacklist.Kind, Form()],
     subject: Annotated[str, Form(min_length=1, max_length=200)],
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     """Blacklist a worker (by name), a user (by name) or a peer (by pool id)."""
     state = hub_state(request)
-    ban = {"worker": blacklist.ban_worker, "user": blacklist.ban_user, "peer": blacklist.ban_peer}
     try:
         async with state.db.pool.acquire() as conn:
-            banned = await ban[kind](conn, subject.strip(), reason)
+            banned = await blacklist.ban(conn, kind, subject, reason)
     except HubError as exc:
         raise _refused(exc) from None
-    _drop(state, banned)
+    banned.drop_from(state.tokens)
     return RedirectResponse("/admin/blacklist", status_code=303)
 
 

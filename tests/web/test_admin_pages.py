@@ -334,3 +334,33 @@ def test_jobs_red_and_ledger_pages_show_their_data(live_hub: LiveHub) -> None:
     assert api(live_hub, "/admin/api/red/playbook").json()["current"]["text"] == "Watch the queue."
     ledger = admin.get("/admin/ledger")
     assert "No dispute." in ledger.text
+
+
+def test_the_blacklist_api_adds_lists_and_lifts_as_the_page_does(live_hub: LiveHub) -> None:
+    headers = {"Authorization": f"Bearer {live_hub.admin_token}"}
+    url = live_hub.url + "/admin/api/blacklist"
+    peer = "iam1" + "c" * 52
+    added = httpx.post(
+        url, json={"kind": "peer", "subject": peer, "reason": "spam"}, headers=headers
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["subject"] == peer
+    listed = httpx.get(url, headers=headers).json()["data"]
+    assert [e["reason"] for e in listed if e["subject"] == peer] == ["spam"]
+    assert peer in admin_client(live_hub).get("/admin/blacklist").text
+    unknown = httpx.post(
+        url, json={"kind": "user", "subject": "nobody", "reason": "x"}, headers=headers
+    )
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "not_found"
+    bad = httpx.post(url, json={"kind": "planet", "subject": "x", "reason": "x"}, headers=headers)
+    assert bad.status_code == 400
+    user = httpx.post(
+        url,
+        json={"kind": "peer", "subject": peer, "reason": "x"},
+        headers={"Authorization": f"Bearer {live_hub.user_token}"},
+    )
+    assert user.status_code == 403
+    lifted = httpx.delete(f"{url}/peer/{peer}", headers=headers)
+    assert lifted.status_code == 200
+    assert httpx.delete(f"{url}/peer/{peer}", headers=headers).status_code == 404
