@@ -91,6 +91,9 @@ def test_admin_pages_send_visitors_to_sign_in_and_refuse_users(live_hub: LiveHub
         assert anonymous.headers["location"].startswith("/login?next=")
         assert user.get(page).status_code == 403, page
         assert admin.get(page).status_code == 200, page
+    for page in ["/", "/chat"]:  # public pages, the molecule and the trial chat
+        for client in (visitor, user, admin):
+            assert client.get(page).status_code == 200, page
 
 
 def test_admin_posts_without_the_csrf_token_are_refused(live_hub: LiveHub) -> None:
