@@ -29,6 +29,7 @@ def mount_web(app: FastAPI) -> None:
         admin_people,
         chat,
         dashboard,
+        dashboard_memory,
         i18n,
         login,
         oidc,
@@ -63,6 +64,7 @@ def mount_web(app: FastAPI) -> None:
         signup.router,
         oidc.router,
         dashboard.router,
+        dashboard_memory.router,
     )
     for router in routers:
         app.include_router(router, dependencies=[Depends(web_user)], include_in_schema=False)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from uuid import UUID
 
+import asyncpg
 from fastapi import APIRouter, Form
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -26,38 +27,39 @@ from hub.web.session import CsrfChecked, WebForbidden, WebUser, WebUserDep, hub_
 from hub.web.session import session_secret as cookie_secret
 from hub.web.templating import render
 from memory import l2
-from memory.keys import KeyIssue, issue_key, link_token
+from memory.keys import KeyIssue, UserKey, issue_key, link_token
 from memory.login_keys import open_with_session
 
 router = APIRouter()
 
 PREFIX_PATTERN = re.compile(r"^[0-9a-f]{10}$")
 EXPIRY_DAYS = (0, 7, 30, 90, 365)
-NO_KEY = (
-    "This session cannot open your memory, so it cannot turn memory on: use PUT "
-    "/v1/memory/settings with a token that has memory access."
-)
 
 
-def _own_user_id(user: WebUser) -> UUID:
+def own_user_id(user: WebUser) -> UUID:
+    """The signed-in member's user id; the admin token's session has none (403)."""
     if user.user_id is None:
         # The admin token's session acts for no user: it has the admin pages instead.
         raise WebForbidden("The admin token has no dashboard of its own; use the admin pages.")
     return user.user_id
 
 
+async def session_key(conn: asyncpg.Connection, request: Request, user: WebUser) -> UserKey | None:
+    """The member's memory key as this browser session holds it (None: it holds none)."""
+    if user.user_id is None or user.session_id is None:
+        return None
+    secret = cookie_secret(request) or ""
+    return await open_with_session(conn, user.user_id, user.session_id, secret)
+
+
 async def _page(
     request: Request, user: WebUser, issued: dict[str, Any] | None = None, status_code: int = 200
 ) -> HTMLResponse:
     state = hub_state(request)
-    user_id = _own_user_id(user)
-    secret = cookie_secret(request) or ""
+    user_id = own_user_id(user)
     async with state.db.pool.acquire() as conn:
         tokens = await accounts.list_tokens(conn, user_id=user_id)
-        holds_key = (
-            user.session_id is not None
-            and await open_with_session(conn, user_id, user.session_id, secret) is not None
-        )
+        holds_key = await session_key(conn, request, user) is not None
         preferences = await l2.load_preferences(conn, user_id)
     context = {
         "preferences": preferences,
@@ -85,7 +87,7 @@ async def tools(request: Request, user: WebUserDep) -> HTMLResponse:
     The same builders as ``iamine connect`` and ``/v1/client-config`` (OpenCode, Cursor, aider,
     Claude Code, Continue, the OpenAI SDK); no configuration holds a token.
     """
-    _own_user_id(user)
+    own_user_id(user)
     state = hub_state(request)
     base = state.settings.web.public_url
     models = state.workers.models()
@@ -109,22 +111,19 @@ async def create_token(
     expires_in_days: Annotated[int, Form(ge=0, le=3650)] = 0,
 ) -> HTMLResponse:
     """Mint an API token for the signed-in, verified user; its text is shown this once."""
-    user_id = _own_user_id(user)
+    user_id = own_user_id(user)
     if not user.verified:
         raise WebForbidden(
             "Confirm your email address first: follow the link we mailed you, or send a new one "
             "from your dashboard."
         )
     state = hub_state(request)
-    secret = cookie_secret(request) or ""
     expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     async with state.db.pool.acquire() as conn, conn.transaction():
         issued = await accounts.create_token(
             conn, user_id=user_id, scopes=("user",), name=name.strip(), expires_at=expires_at
         )
-        key = None
-        if user.session_id is not None:
-            key = await open_with_session(conn, user_id, user.session_id, secret)
+        key = await session_key(conn, request, user)
         if key is not None:
             await link_token(conn, key, user_id, issued.record.id, issued.token)
             memory = KeyIssue.LINKED
@@ -134,40 +133,12 @@ async def create_token(
     return await _page(request, user, shown, 201)
 
 
-@router.post("/dashboard/memory")
-async def memory_switch(
-    request: Request,
-    user: WebUserDep,
-    _csrf: CsrfChecked,
-    enabled: Annotated[bool, Form()] = False,
-    compaction: Annotated[bool, Form()] = False,
-) -> Response:
-    """Turn memory (and compaction) on or off, as ``PUT /v1/memory/settings`` does.
-
-    Turning it on needs the memory key in hand, here the session's: otherwise later turns could
-    not be stored, and would be dropped quietly.
-    """
-    user_id = _own_user_id(user)
-    state = hub_state(request)
-    async with state.db.pool.acquire() as conn:
-        if enabled and (
-            user.session_id is None
-            or await open_with_session(conn, user_id, user.session_id, cookie_secret(request) or "")
-            is None
-        ):
-            raise WebForbidden(NO_KEY, status_code=403)
-        await l2.save_preferences(conn, user_id, l2.Preferences(enabled, compaction))
-    if state.semantic is not None:
-        state.semantic.opt_in.forget(user_id)
-    return RedirectResponse("/dashboard", status_code=303)
-
-
 @router.post("/dashboard/tokens/{prefix}/revoke")
 async def revoke_token(
     request: Request, prefix: str, user: WebUserDep, _csrf: CsrfChecked
 ) -> Response:
     """Revoke one of the user's tokens (and the tokens minted from it); it stops at once."""
-    user_id = _own_user_id(user)
+    user_id = own_user_id(user)
     if not PREFIX_PATTERN.match(prefix):
         raise WebForbidden("That is not a token prefix.", status_code=400)
     state = hub_state(request)

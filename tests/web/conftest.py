@@ -40,6 +40,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 LINK = re.compile(r"https?://\S+")
+TOKEN_TEXT = re.compile(r"iam_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
 
 
 @dataclass
@@ -156,3 +157,16 @@ def verified_member(
         assert client.get(sign_up(client, mailbox, address, password)).status_code == 200
         assert log_in(client, address, password).status_code == 303
         yield client
+
+
+def mint(client: httpx.Client, name: str = "laptop") -> tuple[str, str]:
+    """Create a token on the dashboard; return its text and its memory status."""
+    page = client.post(
+        "/dashboard/tokens",
+        data={"name": name, "expires_in_days": "30", "csrf_token": csrf_of(client, "/dashboard")},
+    )
+    assert page.status_code == 201, page.text
+    token = TOKEN_TEXT.search(page.text)
+    memory = re.search(r"data-memory>([a-z_]+)<", page.text)
+    assert token and memory
+    return token[0], memory[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 import asyncpg
 import httpx
@@ -16,26 +15,13 @@ from tests.web.conftest import (
     csrf_of,
     log_in,
     mail_link,
+    mint,
     sign_up,
     verified_member,
 )
 
 PASSWORD = "correct horse battery"
 NEW_PASSWORD = "a new long password"
-TOKEN_TEXT = re.compile(r"iam_[0-9a-f]{10}_[A-Za-z0-9_-]{43}")
-
-
-def mint(client: httpx.Client, name: str = "laptop") -> tuple[str, str]:
-    """Create a token on the dashboard; return its text and its memory status."""
-    page = client.post(
-        "/dashboard/tokens",
-        data={"name": name, "expires_in_days": "30", "csrf_token": csrf_of(client, "/dashboard")},
-    )
-    assert page.status_code == 201, page.text
-    token = TOKEN_TEXT.search(page.text)
-    memory = re.search(r"data-memory>([a-z_]+)<", page.text)
-    assert token and memory
-    return token[0], memory[1]
 
 
 def test_sign_up_mail_link_verifies_the_address_then_the_member_mints_a_working_token(
@@ -316,38 +302,3 @@ def test_sign_in_refusals_read_in_the_readers_language(live_hub: LiveHub) -> Non
         forged = client.post("/login", data={"email": "x@example.org", "csrf_token": "forged"})
         assert forged.status_code == 403
         assert "Ce formulaire a été refusé" in forged.text
-
-
-async def _drop_session_wraps(database_url: str) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("DELETE FROM web_key_wraps WHERE session_id IS NOT NULL")
-    finally:
-        await conn.close()
-
-
-def test_the_memory_switch_turns_memory_on_only_with_the_key_in_hand(
-    live_hub: LiveHub, mailbox: Mailbox
-) -> None:
-    with verified_member(live_hub, mailbox, "mo@example.org", PASSWORD) as client:
-        token, _ = mint(client)
-        switched = client.post(
-            "/dashboard/memory",
-            data={"enabled": "true", "csrf_token": csrf_of(client, "/dashboard")},
-        )
-        assert switched.status_code == 303
-        settings = httpx.get(
-            live_hub.url + "/v1/memory/settings",
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=10,
-        )
-        assert settings.json() == {"enabled": True, "compaction": False}
-        asyncio.run(_drop_session_wraps(live_hub.database_url))
-        refused = client.post(
-            "/dashboard/memory", data={"enabled": "true", "csrf_token": csrf_of(client)}
-        )
-        assert refused.status_code == 403
-        assert "This session cannot open your memory" in refused.text
-        off = client.post("/dashboard/memory", data={"csrf_token": csrf_of(client)})
-        assert off.status_code == 303
-        assert 'name="enabled" value="true" >' in client.get("/dashboard").text

@@ -1,0 +1,136 @@
+"""The member's memory on the dashboard: the switch, conversations (browse, read, delete), and
+deleting everything after a confirmation.
+
+The same domain functions as ``/v1/memory`` and ``/v1/conversations``. Reading a conversation
+needs the memory key; a browser has it only as its session's wrap (:mod:`memory.login_keys`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form
+from fastapi import Path as PathParam
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from hub.web.dashboard import own_user_id, session_key
+from hub.web.session import CsrfChecked, WebForbidden, WebUserDep, hub_state
+from hub.web.templating import render
+from memory import facts, l2, notes
+from memory.conversations import (
+    CONVERSATION_ID,
+    delete_conversation,
+    get_conversation,
+    list_conversations,
+    shred_memory,
+)
+
+router = APIRouter()
+
+ConversationId = Annotated[str, PathParam(pattern=CONVERSATION_ID.pattern)]
+NO_KEY = (
+    "This session cannot open your memory, so it cannot turn memory on: use PUT "
+    "/v1/memory/settings with a token that has memory access."
+)
+CONFIRM_WORD = "delete"
+
+
+@router.post("/dashboard/memory")
+async def memory_switch(
+    request: Request,
+    user: WebUserDep,
+    _csrf: CsrfChecked,
+    enabled: Annotated[bool, Form()] = False,
+    compaction: Annotated[bool, Form()] = False,
+) -> Response:
+    """Turn memory (and compaction) on or off, as ``PUT /v1/memory/settings`` does.
+
+    Turning it on needs the memory key in hand, here the session's: otherwise later turns could
+    not be stored, and would be dropped quietly.
+    """
+    user_id = own_user_id(user)
+    state = hub_state(request)
+    async with state.db.pool.acquire() as conn:
+        if enabled and await session_key(conn, request, user) is None:
+            raise WebForbidden(NO_KEY)
+        await l2.save_preferences(conn, user_id, l2.Preferences(enabled, compaction))
+    if state.semantic is not None:
+        state.semantic.opt_in.forget(user_id)
+    return RedirectResponse("/dashboard", status_code=303)
+
+
+@router.get("/dashboard/conversations")
+async def conversations(request: Request, user: WebUserDep) -> HTMLResponse:
+    """The member's conversations, most recently active first (metadata: no key needed)."""
+    user_id = own_user_id(user)
+    async with hub_state(request).db.pool.acquire() as conn:
+        found = await list_conversations(conn, user_id)
+    return render(request, "conversations.html", {"conversations": found})
+
+
+@router.get("/dashboard/conversations/{conversation_id}")
+async def conversation(
+    request: Request, conversation_id: ConversationId, user: WebUserDep
+) -> HTMLResponse:
+    """One conversation, decrypted with the key this session holds."""
+    user_id = own_user_id(user)
+    async with hub_state(request).db.pool.acquire() as conn:
+        found = await get_conversation(conn, user_id, conversation_id)
+        if found is None:
+            raise WebForbidden("You have no conversation with this id.", status_code=404)
+        key = await session_key(conn, request, user)
+        turns = await l2.read_turns(conn, key, user_id, conversation_id) if key else []
+    readable = [t for t in turns if t.messages is not None]
+    context = {
+        "conversation": found,
+        "turns": readable,
+        "unreadable": len(turns) - len(readable),
+        "holds_key": key is not None,
+    }
+    return render(request, "conversation.html", context)
+
+
+@router.post("/dashboard/conversations/{conversation_id}/delete")
+async def remove_conversation(
+    request: Request, conversation_id: ConversationId, user: WebUserDep, _csrf: CsrfChecked
+) -> Response:
+    """Delete one conversation: its turns, summaries and L1 messages."""
+    user_id = own_user_id(user)
+    async with hub_state(request).db.pool.acquire() as conn:
+        deleted = await delete_conversation(conn, user_id, conversation_id)
+    if deleted is None:
+        raise WebForbidden("You have no conversation with this id.", status_code=404)
+    return RedirectResponse("/dashboard/conversations", status_code=303)
+
+
+@router.get("/dashboard/memory/delete")
+async def delete_everything_form(request: Request, user: WebUserDep) -> HTMLResponse:
+    """What deleting all memory would delete, and the form that confirms it."""
+    user_id = own_user_id(user)
+    async with hub_state(request).db.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT (SELECT count(*) FROM conversations WHERE user_id = $1) AS conversations, "
+            "(SELECT count(*) FROM facts WHERE user_id = $1) AS facts",
+            user_id,
+        )
+    context = {"counts": dict(row), "word": CONFIRM_WORD, "error": None}
+    return render(request, "memory_delete.html", context)
+
+
+@router.post("/dashboard/memory/delete")
+async def delete_everything(
+    request: Request,
+    user: WebUserDep,
+    _csrf: CsrfChecked,
+    confirm: Annotated[str, Form(max_length=32)] = "",
+) -> Response:
+    """Crypto-shred the member's memory (as ``DELETE /v1/memory``) once they typed the word."""
+    user_id = own_user_id(user)
+    if confirm.strip().lower() != CONFIRM_WORD:
+        raise WebForbidden("Type the word asked for to confirm; nothing was deleted.", 400)
+    async with hub_state(request).db.pool.acquire() as conn, conn.transaction():
+        await facts.delete_all_facts(conn, user_id)
+        await notes.delete_private_notes(conn, user_id)
+        await shred_memory(conn, user_id)
+    return RedirectResponse("/dashboard", status_code=303)

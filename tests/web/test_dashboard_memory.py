@@ -1,0 +1,113 @@
+"""The memory part of the dashboard: the switch, conversations, deleting everything."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+
+from memory.conversations import record_exchange
+from memory.keys import open_key
+from memory.l2 import append_turn
+from tests.web.conftest import LiveHub, Mailbox, csrf_of, mint, verified_member
+
+PASSWORD = "correct horse battery"
+
+
+async def _store_turn(database_url: str, token: str, conversation_id: str, text: str) -> None:
+    """Store one exchange the way the chat path does, under the key the token opens."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT id, user_id FROM tokens WHERE prefix = $1", token.split("_")[1]
+        )
+        key = await open_key(conn, row["user_id"], row["id"], token, provision=False)
+        now = datetime.now(UTC)
+        await record_exchange(conn, row["user_id"], conversation_id, now)
+        messages = [{"role": "user", "content": text}, {"role": "assistant", "content": "Noted."}]
+        await append_turn(conn, key, row["user_id"], conversation_id, messages, now=now)
+    finally:
+        await conn.close()
+
+
+async def _drop_session_wraps(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DELETE FROM web_key_wraps WHERE session_id IS NOT NULL")
+    finally:
+        await conn.close()
+
+
+def test_a_conversation_stored_by_a_token_reads_in_the_browser_and_can_be_deleted(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "nia@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        asyncio.run(_store_turn(live_hub.database_url, token, "conv-web-1", "My cat is Tom."))
+        listed = client.get("/dashboard/conversations")
+        assert 'data-conversation="conv-web-1"' in listed.text
+        page = client.get("/dashboard/conversations/conv-web-1")
+        assert page.status_code == 200
+        assert "My cat is Tom." in page.text
+        assert client.get("/dashboard/conversations/nope").status_code == 404
+        assert client.get("/dashboard/conversations/bad id!").status_code == 400
+        deleted = client.post(
+            "/dashboard/conversations/conv-web-1/delete", data={"csrf_token": csrf_of(client)}
+        )
+        assert deleted.status_code == 303
+        assert "No conversations yet." in client.get("/dashboard/conversations").text
+
+
+def test_deleting_all_memory_needs_the_typed_word_then_shreds_the_key(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "ola@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        asyncio.run(_store_turn(live_hub.database_url, token, "conv-web-2", "A secret."))
+        form = client.get("/dashboard/memory/delete")
+        assert 'data-count="conversations">1<' in form.text
+        refused = client.post(
+            "/dashboard/memory/delete", data={"confirm": "yes", "csrf_token": csrf_of(client)}
+        )
+        assert refused.status_code == 400
+        assert "nothing was deleted" in refused.text
+        done = client.post(
+            "/dashboard/memory/delete", data={"confirm": "delete", "csrf_token": csrf_of(client)}
+        )
+        assert done.status_code == 303
+        assert "No conversations yet." in client.get("/dashboard/conversations").text
+    settings = httpx.get(
+        live_hub.url + "/v1/conversations",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert settings.json()["data"] == []
+
+
+def test_the_memory_switch_turns_memory_on_only_with_the_key_in_hand(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "mo@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        switched = client.post(
+            "/dashboard/memory",
+            data={"enabled": "true", "csrf_token": csrf_of(client, "/dashboard")},
+        )
+        assert switched.status_code == 303
+        settings = httpx.get(
+            live_hub.url + "/v1/memory/settings",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert settings.json() == {"enabled": True, "compaction": False}
+        asyncio.run(_drop_session_wraps(live_hub.database_url))
+        refused = client.post(
+            "/dashboard/memory", data={"enabled": "true", "csrf_token": csrf_of(client)}
+        )
+        assert refused.status_code == 403
+        assert "This session cannot open your memory" in refused.text
+        off = client.post("/dashboard/memory", data={"csrf_token": csrf_of(client)})
+        assert off.status_code == 303
+        assert 'name="enabled" value="true" >' in client.get("/dashboard").text
