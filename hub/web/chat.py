@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, Response
 from hub.errors import HubError, InvalidRequestError, PermissionDeniedError
 from hub.web.chat_quota import Limits, TrialQuota
 from hub.web.chat_service import Piece, answer_text, parse_transcript, pieces, start_page_chat
+from hub.web.login import client_ip
 from hub.web.session import CsrfChecked, WebUser, hub_state
 from hub.web.templating import render
 
@@ -73,8 +74,7 @@ def build_router() -> APIRouter:
             return
         trial = hub_state(request).settings.web.trial
         limits = Limits(trial.messages_per_ip, trial.messages_per_browser, trial.window_s)
-        host = request.client.host if request.client else "unknown"
-        quota.take(host, request.cookies.get(TRIAL_COOKIE), limits)
+        quota.take(client_ip(request), request.cookies.get(TRIAL_COOKIE), limits)
 
     def check(request: Request, asker: Asker, model: str | None) -> str:
         """The model to run, after the asker's right to chat and the quota are checked."""
