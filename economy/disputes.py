@@ -138,8 +138,13 @@ async def open_dispute(
     check_job_id(job_id)
     check_text(reason, "reason", required=True)
     hold = await find_transfer(conn, job_key(TransferKind.HOLD, job_id))
-    if hold is None or (user_id is not None and hold.request["user"] != str(user_id)):
+    if hold is None or (user_id is not None and hold.request.get("user") != str(user_id)):
         raise JobNotFound(f"No job {job_id} of yours.", param="job_id")
+    if "user" not in hold.request:
+        raise DisputeRefused(
+            f"Job {job_id} was served for a peer pool: its disputes are between the pools.",
+            param="job_id",
+        )
     post = await find_transfer(conn, job_key(TransferKind.POST, job_id))
     if post is None:
         raise DisputeRefused(f"Job {job_id} was not charged.", param="job_id")
