@@ -23,6 +23,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from hub import accounts
 from hub.client.configs import BUILDERS, TOKEN_ENV, client_config
 from hub.errors import NotFoundError
+from hub.preferences import Preferences
 from hub.web.session import CsrfChecked, WebForbidden, WebUser, WebUserDep, hub_state
 from hub.web.session import session_secret as cookie_secret
 from hub.web.templating import render
@@ -34,6 +35,7 @@ router = APIRouter()
 
 PREFIX_PATTERN = re.compile(r"^[0-9a-f]{10}$")
 EXPIRY_DAYS = (0, 7, 30, 90, 365)
+TRUST_LEVELS = range(4)  # docs/trust.md
 
 
 def own_user_id(user: WebUser) -> UUID:
@@ -63,6 +65,8 @@ async def _page(
         preferences = await l2.load_preferences(conn, user_id)
     context = {
         "preferences": preferences,
+        "choices": await state.preferences.get(user_id),
+        "trust_levels": TRUST_LEVELS,
         "tokens": tokens,
         "issued": issued,
         "holds_key": holds_key,
@@ -131,6 +135,25 @@ async def create_token(
             memory = await issue_key(conn, user_id, issued.record.id, issued.token, ("user",))
     shown = {"token": issued.token, "name": issued.record.name, "memory": memory.value}
     return await _page(request, user, shown, 201)
+
+
+@router.post("/dashboard/preferences")
+async def preferences(
+    request: Request,
+    user: WebUserDep,
+    _csrf: CsrfChecked,
+    min_trust: Annotated[str, Form(max_length=1)] = "0",
+    auto_review: Annotated[bool, Form()] = False,
+    federation_chat: Annotated[bool, Form()] = False,
+    federation_memory: Annotated[bool, Form()] = False,
+) -> Response:
+    """Replace the member's chat preferences, as ``PUT /v1/preferences`` does."""
+    user_id = own_user_id(user)
+    if not min_trust.isdigit() or int(min_trust) not in TRUST_LEVELS:
+        raise WebForbidden("The least worker trust is a level from 0 to 3.", status_code=400)
+    wanted = Preferences(auto_review, int(min_trust), federation_chat, federation_memory)
+    await hub_state(request).preferences.save(user_id, wanted)
+    return RedirectResponse("/dashboard", status_code=303)
 
 
 @router.post("/dashboard/tokens/{prefix}/revoke")

@@ -1,4 +1,4 @@
-"""The memory part of the dashboard: the switch, conversations, deleting everything."""
+"""The dashboard beyond tokens: the memory switch, conversations, deleting everything, chat preferences."""
 
 from __future__ import annotations
 
@@ -111,3 +111,29 @@ def test_the_memory_switch_turns_memory_on_only_with_the_key_in_hand(
         off = client.post("/dashboard/memory", data={"csrf_token": csrf_of(client)})
         assert off.status_code == 303
         assert 'name="enabled" value="true" >' in client.get("/dashboard").text
+
+
+def test_chat_preferences_saved_on_the_dashboard_are_the_apis(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "pia@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        saved = client.post(
+            "/dashboard/preferences",
+            data={"min_trust": "2", "auto_review": "true", "csrf_token": csrf_of(client)},
+        )
+        assert saved.status_code == 303
+        bad = client.post(
+            "/dashboard/preferences", data={"min_trust": "9", "csrf_token": csrf_of(client)}
+        )
+        assert bad.status_code == 400
+        assert "a level from 0 to 3" in bad.text
+    answer = httpx.get(
+        live_hub.url + "/v1/preferences", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert answer.json() == {
+        "auto_review": True,
+        "min_trust": 2,
+        "federation_chat": False,
+        "federation_memory": False,
+    }
