@@ -1,4 +1,4 @@
-"""The dashboard beyond tokens: the memory switch, conversations, deleting everything, chat preferences."""
+"""The dashboard beyond tokens: memory switch, conversations, deleting all, chat preferences."""
 
 from __future__ import annotations
 
