@@ -54,7 +54,27 @@ def test_sign_up_then_verify_then_log_in_then_create_a_token_in_chromium(
         f"sign up -> mail -> verify -> log in -> token: {elapsed:.2f} s\n"
     )
     expect(page.locator("tr[data-prefix]")).to_have_count(1)
+    for path, shot, heading in (
+        ("/dashboard/tools", "tools.png", "Use the pool from your tools"),
+        ("/dashboard/conversations", "conversations.png", "Your conversations"),
+        ("/dashboard/memory/delete", "memory-delete.png", "Delete all your memory"),
+    ):
+        page.goto(live_hub.url + path)
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        page.screenshot(path=ARTIFACTS / shot, full_page=True)
     context.close()
+
+
+def test_the_public_sign_in_pages_render_in_chromium(browser: Browser, live_hub: LiveHub) -> None:
+    page = browser.new_page()
+    for path, shot, heading in (
+        ("/reset", "reset.png", "Reset your password"),
+        ("/login/admin", "login-admin.png", "Admin log in"),
+    ):
+        page.goto(live_hub.url + path)
+        expect(page.get_by_role("heading", name=heading)).to_be_visible()
+        page.screenshot(path=ARTIFACTS / shot, full_page=True)
+    page.close()
 
 
 def test_pages_are_usable_with_the_keyboard_alone(browser: Browser, live_hub: LiveHub) -> None:
