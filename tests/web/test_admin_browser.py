@@ -96,3 +96,18 @@ def test_the_admin_blacklists_a_worker_in_the_form_and_the_api_reflects_it(
         (False, True)
     ]
     admin_page.screenshot(path=ARTIFACTS / "admin-blacklist-worker.png", full_page=True)
+
+
+def test_the_overview_follows_the_pool_live_without_a_reload(
+    admin_page: Page, live_hub: LiveHub
+) -> None:
+    admin_page.goto(live_hub.url + "/admin")
+    before = len(listed_workers(live_hub))
+    canvas = admin_page.locator("[data-molecule] canvas")
+    expect(canvas).to_have_attribute("data-atoms", str(before))
+    with hand_workers(live_hub, ("arrives-live",)):
+        expect(canvas).to_have_attribute("data-atoms", str(before + 1), timeout=15_000)
+        workers = admin_page.locator("[data-admin-workers]")
+        expect(workers).to_contain_text("arrives-live", timeout=15_000)  # htmx, every 5 s
+        admin_page.screenshot(path=ARTIFACTS / "admin-overview-live.png", full_page=True)
+    expect(canvas).to_have_attribute("data-atoms", str(before), timeout=15_000)
