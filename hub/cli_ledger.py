@@ -1,4 +1,4 @@
-"""``iamine ledger``: the $IAMINE books from the command line: balances, statements, verify.
+"""``iamine ledger``: the $IAMINE books from the command line: balances, statements, peers, verify.
 
 Registered on the CLI in ``hub/cli.py``. The ledger itself is ``economy/`` (docs/economy.md);
 these commands only read it. They take ``hub.cli``'s helpers when they run, not at import:
@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from economy import peering
 from economy.accounts import (
     OWNED_KINDS,
     AccountKey,
@@ -151,6 +152,50 @@ def statement_(
     table = Table(
         "entry", "at", "transfer", "kind", "amount", "balance after", "pending after", "memo"
     )
+    for row in _run(data_dir, work):
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("peers")
+def peers_(
+    since: Annotated[
+        datetime | None, typer.Option(help="Only chats posted at or after this time (ISO).")
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show this pool's books with each peer pool: chats served for it, forwarded to it.
+
+    The peer's own books are compared with these, job by job, by
+    ``GET /admin/api/federation/peers/{pool_id}/reconcile`` (docs/federation.md).
+    """
+    start = since or datetime(1970, 1, 1, tzinfo=UTC)
+    if start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+
+    async def work(conn: asyncpg.Connection) -> list[list[str]]:
+        keys = [a.key for a in await all_accounts(conn) if a.key.kind is AccountKind.PEER_POOL]
+        rows = []
+        for key in keys:
+            served = await peering.served_for(conn, key.ref, start)
+            forwarded = await peering.forwarded_to(conn, key.ref, start)
+            balance = await read_balance(conn, key, datetime.now(UTC))
+            rows.append(
+                [
+                    key.ref,
+                    str(len(served)),
+                    credits(sum(line.amount for line in served)),
+                    str(len(forwarded)),
+                    credits(sum(line.amount for line in forwarded)),
+                    credits(balance.balance),
+                ]
+            )
+        return rows
+
+    table = Table(
+        "peer pool", "served for it", "charged", "forwarded to it", "owed", "balance",
+        title="$IAMINE between pools",
+    )  # fmt: skip
     for row in _run(data_dir, work):
         table.add_row(*row)
     console.print(table)

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from economy.accounts import AccountKey
 from economy.ledger import Ledger
 from economy.pricing import Usage
 from hub import accounts
@@ -104,3 +105,30 @@ def test_verify_passes_on_sound_books_and_exits_1_with_the_problems_otherwise(
     asyncio.run(execute(database_url, "UPDATE ledger_accounts SET debits_pending = 0"))
     failed = invoke(env, "ledger", "verify", code=1)
     assert "problem:" in failed and "user:" in failed and "totals differ" in failed
+
+
+async def peer_chats(database_url: str) -> None:
+    """One chat served for a peer pool, one forwarded to it for carol."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        carol = await accounts.create_user(conn, "carol")
+        ledger = Ledger(POLICY, FakeClock(datetime.now(UTC)))
+        peer = AccountKey.peer_pool("iam1peer")
+        await ledger.hold(conn, "served-1", peer, 5_000)
+        await ledger.post(conn, "served-1", Usage("small", 1_000, 500), carol.id)
+        await ledger.hold(conn, "sent-1", carol.id, 5_000)
+        await ledger.post_to_peer(conn, "sent-1", Usage("small", 10, 10), "iam1peer", 1_500)
+    finally:
+        await conn.close()
+
+
+def test_peers_shows_what_each_peer_pool_was_charged_and_is_owed(
+    env: dict[str, str], database_url: str
+) -> None:
+    asyncio.run(peer_chats(database_url))
+    out = invoke(env, "ledger", "peers")
+    assert "iam1peer" in out
+    assert "0.002000" in out and "0.001500" in out  # charged for the served chat; owed for ours
+    assert "-0.000500" in out  # its balance: owed 1,500 less charged 2,000
+    later = invoke(env, "ledger", "peers", "--since", "2999-01-01T00:00:00")
+    assert "0.002000" not in later and "0.001500" not in later  # no chat since then
