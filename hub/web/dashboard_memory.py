@@ -1,5 +1,5 @@
-"""The member's memory on the dashboard: the switch, conversations (browse, read, delete), and
-deleting everything after a confirmation.
+"""The member's memory on the dashboard: the switch, conversations (browse, read, delete), facts
+(browse, search, delete), and deleting everything after a confirmation.
 
 The same domain functions as ``/v1/memory`` and ``/v1/conversations``. Reading a conversation
 needs the memory key; a browser has it only as its session's wrap (:mod:`memory.login_keys`).
@@ -7,7 +7,9 @@ needs the memory key; a browser has it only as its session's wrap (:mod:`memory.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import APIRouter, Form
 from fastapi import Path as PathParam
@@ -25,6 +27,7 @@ from memory.conversations import (
     list_conversations,
     shred_memory,
 )
+from memory.recall import RecallQuery, recall
 
 router = APIRouter()
 
@@ -102,6 +105,43 @@ async def remove_conversation(
     if deleted is None:
         raise WebForbidden("You have no conversation with this id.", status_code=404)
     return RedirectResponse("/dashboard/conversations", status_code=303)
+
+
+@router.get("/dashboard/facts")
+async def fact_list(request: Request, user: WebUserDep, q: str = "") -> HTMLResponse:
+    """The member's current facts: the newest, or the closest to ``q``.
+
+    Decrypted with the key this session holds; without one, the page says so.
+    """
+    user_id = own_user_id(user)
+    state = hub_state(request)
+    query = q.strip()[:2000]
+    vector = None
+    if query and state.semantic is not None:
+        vector = await state.semantic.embedder.embed_one(query)
+    async with state.db.pool.acquire() as conn:
+        key = await session_key(conn, request, user)
+        found: list[facts.Fact] = []
+        if key is not None and vector is not None:
+            hits = await recall(conn, key, user_id, RecallQuery(query, vector, facts=20, notes=0))
+            found = [hit.fact for hit in hits.facts]
+        elif key is not None:
+            found = await facts.list_facts(conn, key, user_id, now=datetime.now(UTC))
+    context = {"facts": found, "q": query, "holds_key": key is not None}
+    return render(request, "facts.html", context)
+
+
+@router.post("/dashboard/facts/{fact_id}/delete")
+async def remove_fact(
+    request: Request, fact_id: UUID, user: WebUserDep, _csrf: CsrfChecked
+) -> Response:
+    """Delete one fact for good (its text, embedding and history)."""
+    user_id = own_user_id(user)
+    async with hub_state(request).db.pool.acquire() as conn:
+        deleted = await facts.delete_fact(conn, user_id, fact_id)
+    if not deleted:
+        raise WebForbidden("You have no fact with this id.", status_code=404)
+    return RedirectResponse("/dashboard/facts", status_code=303)
 
 
 @router.get("/dashboard/memory/delete")

@@ -137,3 +137,32 @@ def test_chat_preferences_saved_on_the_dashboard_are_the_apis(
         "federation_chat": False,
         "federation_memory": False,
     }
+
+
+def test_facts_are_listed_searched_and_deleted_on_the_dashboard(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "quin@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        headers = {"Authorization": f"Bearer {token}"}
+        for text in ("My sister lives in Lyon.", "I am allergic to peanuts."):
+            stored = httpx.post(
+                live_hub.url + "/v1/memory/facts", json={"text": text}, headers=headers, timeout=60
+            )
+            assert stored.status_code == 201, stored.text
+        listed = client.get("/dashboard/facts")
+        assert "My sister lives in Lyon." in listed.text
+        assert "I am allergic to peanuts." in listed.text
+        found = client.get("/dashboard/facts", params={"q": "Which food must I avoid?"})
+        rows = found.text.split("<tbody>")[1]
+        assert rows.index("peanuts") < rows.index("Lyon")
+        fact_id = stored.json()["id"]
+        deleted = client.post(
+            f"/dashboard/facts/{fact_id}/delete", data={"csrf_token": csrf_of(client)}
+        )
+        assert deleted.status_code == 303
+        assert "peanuts" not in client.get("/dashboard/facts").text
+        missing = client.post(
+            f"/dashboard/facts/{fact_id}/delete", data={"csrf_token": csrf_of(client)}
+        )
+        assert missing.status_code == 404
