@@ -20,7 +20,10 @@ from fastapi import APIRouter, Form
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from economy.accounts import AccountKey, Balance, read_balance
+from economy.errors import AccountNotFound
 from hub import accounts
+from hub.cli_ledger import credits
 from hub.client.configs import BUILDERS, TOKEN_ENV, client_config
 from hub.errors import NotFoundError
 from hub.preferences import Preferences
@@ -54,6 +57,25 @@ async def session_key(conn: asyncpg.Connection, request: Request, user: WebUser)
     return await open_with_session(conn, user.user_id, user.session_id, secret)
 
 
+async def _credits(conn: asyncpg.Connection, user_id: UUID) -> dict[str, str]:
+    """The member's $IAMINE: spending balance, what it leaves available, workers' earnings."""
+    now = datetime.now(UTC)
+    found = {}
+    for name, account in (
+        ("spending", AccountKey.user(user_id)),
+        ("earnings", AccountKey.worker_owner(user_id)),
+    ):
+        try:
+            found[name] = await read_balance(conn, account, now)
+        except AccountNotFound:
+            found[name] = Balance(account, 0, 0, 0)
+    return {
+        "balance": credits(found["spending"].balance),
+        "available": credits(found["spending"].available),
+        "earned": credits(found["earnings"].balance),
+    }
+
+
 async def _page(
     request: Request, user: WebUser, issued: dict[str, Any] | None = None, status_code: int = 200
 ) -> HTMLResponse:
@@ -63,7 +85,9 @@ async def _page(
         tokens = await accounts.list_tokens(conn, user_id=user_id)
         holds_key = await session_key(conn, request, user) is not None
         preferences = await l2.load_preferences(conn, user_id)
+        money = await _credits(conn, user_id) if state.settings.economy.enabled else None
     context = {
+        "money": money,
         "preferences": preferences,
         "choices": await state.preferences.get(user_id),
         "trust_levels": TRUST_LEVELS,

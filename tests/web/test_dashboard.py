@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 
 import asyncpg
@@ -166,3 +167,16 @@ def test_facts_are_listed_searched_and_deleted_on_the_dashboard(
             f"/dashboard/facts/{fact_id}/delete", data={"csrf_token": csrf_of(client)}
         )
         assert missing.status_code == 404
+
+
+def test_the_dashboard_shows_the_balance_the_api_reports(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "ray@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        shown = re.search(r"data-balance>(-?\d+\.\d{6})<", client.get("/dashboard").text)
+    account = httpx.get(
+        live_hub.url + "/v1/account", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    assert shown is not None
+    assert shown[1] == account.json()["balance_iamine"]
