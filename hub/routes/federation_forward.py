@@ -45,6 +45,7 @@ from hub.routes.federation import (
     _signed,
 )
 from inference.dispatch import Degraded, JobEvent, JobFailed, run_job
+from inference.link import JobHandle
 from inference.protocol import Done, Job
 
 router = APIRouter(prefix="/v1/federation", tags=["federation"])
@@ -170,9 +171,10 @@ async def forward(request: Request, state: State, federation: PeerFacing) -> Res
     inbound = await _inbound(request)
     with _federation_errors():
         async with state.db.pool.acquire() as conn, conn.transaction():
-            # The nonce need not survive a crash before the next checkpoint: a chat is not
-            # worth a disk flush on its path (a replay within that window is billed to the
-            # peer who sent it, and served again).
+            # No disk flush on the chat's path: a crash may lose the last nonces, so a request
+            # captured just before it could be replayed within its age window: it is served and
+            # billed again, to its signer, and shows in the reconciliation as a chat the origin
+            # never sent.
             await conn.execute("SET LOCAL synchronous_commit TO off")
             origin, signed = await federation.authenticate(conn, inbound)
     route, chat = _parse(inbound.body)
@@ -186,7 +188,7 @@ async def forward(request: Request, state: State, federation: PeerFacing) -> Res
     job = build_job(chat, registry.settings.job_deadline_s)
     job = job.model_copy(update={"job_id": route.iamine_job})
     needs_context = check_fit(registry, job)
-    trace: list[Any] = []
+    trace: list[JobHandle] = []
     events: AsyncIterator[JobEvent] = run_job(
         registry,
         job,
