@@ -11,12 +11,14 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from federation.client import utc_now
 from hub.chat import CONVERSATION_HEADER, ChatCaller, collect, request_messages, start_chat
 from hub.deps import State, UserPrincipal, bearer_token
 from hub.errors import InvalidRequestError, ModelNotFoundError
 from hub.openai_schema import ChatCompletionRequest, completion_body, completion_id
 from hub.relay import SSEResponse, sse_events
 from hub.review import AutoReview, last_user_text
+from hub.state import HubState
 from inference.registry import ModelSummary
 from memory.conversations import is_valid_conversation_id, new_conversation_id
 
@@ -36,23 +38,49 @@ def _model_object(model: ModelSummary) -> dict[str, Any]:
     }
 
 
+def _peer_models(state: HubState, local: set[str]) -> list[dict[str, Any]]:
+    """Models only live peer pools offer (chats for them overflow there), OpenAI's shape."""
+    federation = state.federation
+    if federation is None or not federation.settings.overflow.enabled:
+        return []
+    book, now = federation.capabilities, utc_now()
+    return [
+        {
+            "id": model,
+            "object": "model",
+            "created": 0,
+            "owned_by": "iamine-peer",
+            "context_length": None,
+            "supports_tools": False,
+            "workers": 0,
+            "free_slots": sum(offer.free_slots for offer in book.offers(model, now)),
+        }
+        for model in sorted(book.models(now) - local)
+    ]
+
+
 @router.get("/models")
 async def list_models(state: State, _: UserPrincipal) -> dict[str, Any]:
     """Models served by connected workers (and those seen lately, with 0 workers), OpenAI's shape.
 
     A model whose workers just left stays listed for ``model_memory_s``: its requests queue
-    for a worker to return instead of failing.
+    for a worker to return instead of failing. A model only peer pools offer is listed too
+    (``owned_by: iamine-peer``): its chats are forwarded to them.
     """
-    return {"object": "list", "data": [_model_object(m) for m in state.workers.models()]}
+    local = [_model_object(m) for m in state.workers.models()]
+    return {"object": "list", "data": local + _peer_models(state, {m["id"] for m in local})}
 
 
 @router.get("/models/{model_id:path}")
 async def retrieve_model(model_id: str, state: State, _: UserPrincipal) -> dict[str, Any]:
     """One model of ``/v1/models`` (OpenAI's retrieve), or 404 ``model_not_found``."""
     model = state.workers.model(model_id)
-    if model is None:
-        raise ModelNotFoundError(f"The model '{model_id}' does not exist in this pool.")
-    return _model_object(model)
+    if model is not None:
+        return _model_object(model)
+    for offered in _peer_models(state, set()):
+        if offered["id"] == model_id:
+            return offered
+    raise ModelNotFoundError(f"The model '{model_id}' does not exist in this pool.")
 
 
 def _conversation_id(request: Request, body: ChatCompletionRequest) -> str:

@@ -376,6 +376,19 @@ def test_an_unreachable_peer_is_skipped_for_the_next_best_and_then_backed_off(
         federation.capabilities.forget(ghost.pool_id)
 
 
+def test_a_model_only_a_peer_offers_is_listed_and_retrieved(pools: Pools) -> None:
+    pools.offer(pools.a, pools.b, (MODEL, "peer-only-model"))
+    try:
+        client = pools.a.client()
+        listed = {model.id: model for model in client.models.list()}
+        assert listed["peer-only-model"].owned_by == "iamine-peer"
+        assert client.models.retrieve("peer-only-model").id == "peer-only-model"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("nowhere-model")
+    finally:
+        pools.offer(pools.a, pools.b)
+
+
 def test_a_json_chat_is_served_by_the_peer_with_its_usage(pools: Pools) -> None:
     raw = pools.a.client().chat.completions.with_raw_response.create(
         model=MODEL,
