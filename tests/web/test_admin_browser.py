@@ -53,6 +53,7 @@ def test_every_admin_page_renders_for_the_admin(admin_page: Page, live_hub: Live
             expect(admin_page.locator("h1")).to_be_visible()
             if path == "/admin":
                 canvas = admin_page.locator("[data-molecule] canvas")
+                expect(canvas).to_have_attribute("data-live", "true", timeout=15_000)
                 expect(canvas).to_have_attribute("data-atoms", str(len(listed_workers(live_hub))))
             admin_page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
 
@@ -104,6 +105,7 @@ def test_the_overview_follows_the_pool_live_without_a_reload(
     admin_page.goto(live_hub.url + "/admin")
     before = len(listed_workers(live_hub))
     canvas = admin_page.locator("[data-molecule] canvas")
+    expect(canvas).to_have_attribute("data-live", "true", timeout=15_000)
     expect(canvas).to_have_attribute("data-atoms", str(before))
     with hand_workers(live_hub, ("arrives-live",)):
         expect(canvas).to_have_attribute("data-atoms", str(before + 1), timeout=15_000)

@@ -25,6 +25,7 @@ __all__ = ["browser"]
 
 ATOMS = ("atom-a", "atom-b", "atom-c")
 PEER = "iam1" + "b" * 52
+LIVE_MS = 15_000  # the first event of /pool/events, on a loaded machine
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +109,7 @@ def test_the_canvas_draws_one_atom_per_listed_worker_and_shows_a_card_on_click(
     page = browser.new_page(viewport={"width": 1000, "height": 900})
     page.goto(live_hub.url + "/")
     canvas = page.locator("[data-molecule] canvas")
+    expect(canvas).to_have_attribute("data-live", "true", timeout=LIVE_MS)
     expect(canvas).to_have_attribute("data-atoms", str(len(listed)))
     expect(page.locator("[data-pool-table] tbody tr")).to_have_count(len(listed))
     box = canvas.bounding_box()
@@ -145,6 +147,8 @@ def test_peer_pools_are_in_the_stream_and_drawn_as_neighbouring_molecules(
     assert "peer.example" not in data
     page = browser.new_page()
     page.goto(live_hub.url + "/")
-    expect(page.locator("[data-molecule] canvas")).to_have_attribute("data-peers", "1")
+    canvas = page.locator("[data-molecule] canvas")
+    expect(canvas).to_have_attribute("data-live", "true", timeout=LIVE_MS)
+    expect(canvas).to_have_attribute("data-peers", "1")
     page.screenshot(path=ARTIFACTS / "home-molecule-peer.png", full_page=True)
     page.close()

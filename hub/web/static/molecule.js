@@ -78,6 +78,7 @@
     });
     canvas.dataset.atoms = String(this.atoms.length);
     canvas.dataset.peers = String(this.peers.length);
+    canvas.dataset.live = "true"; // drawn from the stream, not only from the page's first render
   };
 
   Molecule.prototype.frame = function () {
