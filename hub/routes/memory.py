@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field, StrictBool
 
 from hub import accounts
-from hub.deps import State, UserCaller, UserCallerDep
+from hub.deps import State, UserCallerDep
 from hub.errors import InvalidRequestError
 from hub.routes.conversations import conversation_body
 from hub.routes.recall import erase_semantic, export_semantic
@@ -92,26 +92,30 @@ async def export_memory(state: State, caller: UserCallerDep) -> StreamingRespons
         "settings": {"enabled": preferences.enabled, "compaction": preferences.compaction},
     }
     return StreamingResponse(
-        _export(state, caller, key, head),
+        stream_export(state, caller.user_id, key, head),
         media_type="application/json",
         headers={"Content-Disposition": 'attachment; filename="iamine-memory.json"'},
     )
 
 
-async def _export(
-    state: HubState, caller: UserCaller, key: UserKey, head: dict[str, Any]
+async def stream_export(
+    state: HubState, user_id: UUID, key: UserKey, head: dict[str, Any]
 ) -> AsyncIterator[bytes]:
-    # One short connection per conversation: a slow client never pins a pooled connection.
+    """The export's JSON, in pieces: ``head``, then conversations, L1 messages, facts and notes.
+
+    Also the web dashboard's export. One short connection per conversation: a slow client never
+    pins a pooled connection.
+    """
     yield json.dumps(head)[:-1].encode() + b', "conversations": ['
     async with state.db.pool.acquire() as conn:
-        conversations = await list_conversations(conn, caller.user_id, limit=None)
+        conversations = await list_conversations(conn, user_id, limit=None)
     for index, conversation in enumerate(conversations):
         async with state.db.pool.acquire() as conn:
-            turns = await l2.read_turns(conn, key, caller.user_id, conversation.id)
+            turns = await l2.read_turns(conn, key, user_id, conversation.id)
         separator = b", " if index else b""
         yield separator + json.dumps(conversation_body(conversation, turns)).encode()
     async with state.db.pool.acquire() as conn:
-        messages = await l1.list_messages(conn, caller.user_id, now=datetime.now(UTC))
+        messages = await l1.list_messages(conn, user_id, now=datetime.now(UTC))
     l1_body = [
         {
             "conversation_id": m.conversation_id,
@@ -122,7 +126,7 @@ async def _export(
         for m in messages
     ]
     async with state.db.pool.acquire() as conn:
-        semantic = await export_semantic(conn, key, caller.user_id)
+        semantic = await export_semantic(conn, key, user_id)
     yield b'], "l1_messages": ' + json.dumps(l1_body).encode() + b", "
     yield json.dumps(semantic)[1:].encode()
 

@@ -1,5 +1,5 @@
 """The member's memory on the dashboard: the switch, conversations (browse, read, delete), facts
-(browse, search, delete), and deleting everything after a confirmation.
+(browse, search, delete), the export, and deleting everything after a confirmation.
 
 The same domain functions as ``/v1/memory`` and ``/v1/conversations``. Reading a conversation
 needs the memory key; a browser has it only as its session's wrap (:mod:`memory.login_keys`).
@@ -14,8 +14,9 @@ from uuid import UUID
 from fastapi import APIRouter, Form
 from fastapi import Path as PathParam
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
+from hub.routes.memory import stream_export
 from hub.web.dashboard import own_user_id, session_key
 from hub.web.session import CsrfChecked, WebForbidden, WebUserDep, hub_state
 from hub.web.templating import render
@@ -35,6 +36,10 @@ ConversationId = Annotated[str, PathParam(pattern=CONVERSATION_ID.pattern)]
 NO_KEY = (
     "This session cannot open your memory, so it cannot turn memory on: use PUT "
     "/v1/memory/settings with a token that has memory access."
+)
+NO_KEY_EXPORT = (
+    "This session cannot open your memory, so it cannot export it: use GET /v1/memory/export "
+    "with a token that has memory access."
 )
 CONFIRM_WORD = "delete"
 
@@ -142,6 +147,32 @@ async def remove_fact(
     if not deleted:
         raise WebForbidden("You have no fact with this id.", status_code=404)
     return RedirectResponse("/dashboard/facts", status_code=303)
+
+
+@router.get("/dashboard/memory/export")
+async def export(request: Request, user: WebUserDep) -> Response:
+    """Download everything the pool keeps of the member's memory, decrypted, as JSON.
+
+    The same document as ``GET /v1/memory/export``, opened with the key this session holds.
+    """
+    user_id = own_user_id(user)
+    state = hub_state(request)
+    async with state.db.pool.acquire() as conn:
+        key = await session_key(conn, request, user)
+        preferences = await l2.load_preferences(conn, user_id)
+    if key is None:
+        raise WebForbidden(NO_KEY_EXPORT)
+    head = {
+        "object": "memory.export",
+        "user": user.name,
+        "exported_at": datetime.now(UTC).isoformat(),
+        "settings": {"enabled": preferences.enabled, "compaction": preferences.compaction},
+    }
+    return StreamingResponse(
+        stream_export(state, user_id, key, head),
+        media_type="application/json",
+        headers={"Content-Disposition": 'attachment; filename="iamine-memory.json"'},
+    )
 
 
 @router.get("/dashboard/memory/delete")

@@ -180,3 +180,26 @@ def test_the_dashboard_shows_the_balance_the_api_reports(
     )
     assert shown is not None
     assert shown[1] == account.json()["balance_iamine"]
+
+
+def _without_time(document: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in document.items() if k != "exported_at"}
+
+
+def test_the_dashboard_export_is_the_apis_export(live_hub: LiveHub, mailbox: Mailbox) -> None:
+    with verified_member(live_hub, mailbox, "sam@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        asyncio.run(_store_turn(live_hub.database_url, token, "conv-web-3", "Export me."))
+        exported = client.get("/dashboard/memory/export")
+        assert exported.headers["content-type"] == "application/json"
+        asyncio.run(_drop_session_wraps(live_hub.database_url))
+        refused = client.get("/dashboard/memory/export")
+        assert refused.status_code == 403
+        assert "cannot export it" in refused.text
+    api = httpx.get(
+        live_hub.url + "/v1/memory/export",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert _without_time(exported.json()) == _without_time(api.json())
+    assert "Export me." in exported.text
