@@ -1,5 +1,5 @@
 """The member's memory on the dashboard: the switch, conversations (browse, read, delete), facts
-(browse, search, delete), the export, and deleting everything after a confirmation.
+and notes (browse, search, delete), the export, and deleting everything after a confirmation.
 
 The same domain functions as ``/v1/memory`` and ``/v1/conversations``. Reading a conversation
 needs the memory key; a browser has it only as its session's wrap (:mod:`memory.login_keys`).
@@ -28,7 +28,8 @@ from memory.conversations import (
     list_conversations,
     shred_memory,
 )
-from memory.recall import RecallQuery, recall
+from memory.errors import NamespaceForbidden
+from memory.recall import RecallQuery, SearchMode, recall
 
 router = APIRouter()
 
@@ -147,6 +148,41 @@ async def remove_fact(
     if not deleted:
         raise WebForbidden("You have no fact with this id.", status_code=404)
     return RedirectResponse("/dashboard/facts", status_code=303)
+
+
+@router.get("/dashboard/notes")
+async def note_list(request: Request, user: WebUserDep, q: str = "") -> HTMLResponse:
+    """The notes the member's agents can read: the newest, or the best for ``q`` (hybrid)."""
+    user_id = own_user_id(user)
+    state = hub_state(request)
+    query = q.strip()[:2000]
+    async with state.db.pool.acquire() as conn:
+        if query:
+            vector = await state.semantic.embedder.embed_one(query) if state.semantic else None
+            mode = SearchMode.HYBRID if vector is not None else SearchMode.KEYWORD
+            search = RecallQuery(query, vector, facts=0, notes=20, mode=mode)
+            found = [hit.note for hit in (await recall(conn, None, user_id, search)).notes]
+        else:
+            found = await notes.list_notes(conn, user_id, limit=50)
+    return render(request, "notes.html", {"notes": found, "q": query})
+
+
+@router.post("/dashboard/notes/{note_id}/delete")
+async def remove_note(
+    request: Request, note_id: UUID, user: WebUserDep, _csrf: CsrfChecked
+) -> Response:
+    """Delete a note: the member's own for good, a shared one they may delete as a tombstone."""
+    user_id = own_user_id(user)
+    try:
+        async with hub_state(request).db.pool.acquire() as conn:
+            deleted = await notes.delete_note(conn, user_id, note_id, now=datetime.now(UTC))
+    except NamespaceForbidden:
+        raise WebForbidden(
+            "Only its author or the namespace's owner may delete a shared note."
+        ) from None
+    if not deleted:
+        raise WebForbidden("You have no note with this id.", status_code=404)
+    return RedirectResponse("/dashboard/notes", status_code=303)
 
 
 @router.get("/dashboard/memory/export")

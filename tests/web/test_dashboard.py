@@ -203,3 +203,38 @@ def test_the_dashboard_export_is_the_apis_export(live_hub: LiveHub, mailbox: Mai
     )
     assert _without_time(exported.json()) == _without_time(api.json())
     assert "Export me." in exported.text
+
+
+def test_notes_are_listed_searched_and_deleted_on_the_dashboard(
+    live_hub: LiveHub, mailbox: Mailbox
+) -> None:
+    with verified_member(live_hub, mailbox, "tia@example.org", PASSWORD) as client:
+        token, _ = mint(client)
+        headers = {"Authorization": f"Bearer {token}"}
+        ids = []
+        for title, body in (
+            ("Deploy", "The staging server restarts every night at 3 am."),
+            ("Recipe", "Pancakes need two eggs and milk."),
+        ):
+            stored = httpx.post(
+                live_hub.url + "/v1/memory/notes",
+                json={"title": title, "body": body},
+                headers=headers,
+                timeout=60,
+            )
+            assert stored.status_code == 201, stored.text
+            ids.append(stored.json()["id"])
+        listed = client.get("/dashboard/notes")
+        assert "The staging server restarts" in listed.text
+        assert "Pancakes need two eggs" in listed.text
+        found = client.get("/dashboard/notes", params={"q": "pancakes eggs"}).text
+        assert found.index(f'data-note="{ids[1]}"') < found.index(f'data-note="{ids[0]}"')
+        deleted = client.post(
+            f"/dashboard/notes/{ids[1]}/delete", data={"csrf_token": csrf_of(client)}
+        )
+        assert deleted.status_code == 303
+        assert "Pancakes" not in client.get("/dashboard/notes").text
+        again = client.post(
+            f"/dashboard/notes/{ids[1]}/delete", data={"csrf_token": csrf_of(client)}
+        )
+        assert again.status_code == 404
