@@ -39,6 +39,16 @@ def test_templates_are_autoescaped() -> None:
     assert environment.get_template("base.html").environment.autoescape
 
 
+MEMBER_PAGES = (
+    "/dashboard/tools",
+    "/dashboard/conversations",
+    "/dashboard/facts",
+    "/dashboard/notes",
+    "/dashboard/memory/export",
+    "/dashboard/memory/delete",
+)
+
+
 def test_public_pages_open_to_anyone(live_hub: LiveHub) -> None:
     for path in ("/", "/login", "/signup", "/reset", "/login/admin"):
         page = httpx.get(live_hub.url + path, timeout=10)
@@ -48,7 +58,7 @@ def test_public_pages_open_to_anyone(live_hub: LiveHub) -> None:
 
 def test_member_pages_send_anonymous_visitors_to_sign_in(live_hub: LiveHub) -> None:
     with httpx.Client(base_url=live_hub.url, timeout=10) as client:
-        for path in ("/dashboard", "/me"):
+        for path in ("/dashboard", "/me", *MEMBER_PAGES):
             answer = client.get(path)
             assert answer.status_code == 303, path
             assert answer.headers["location"] == f"/login?next={path}"
@@ -61,7 +71,8 @@ def test_member_and_admin_sessions_reach_their_own_pages(
     live_hub: LiveHub, mailbox: Mailbox
 ) -> None:
     with verified_member(live_hub, mailbox, "page@example.org", "correct horse battery") as member:
-        assert member.get("/dashboard").status_code == 200
+        for path in ("/dashboard", *MEMBER_PAGES):
+            assert member.get(path).status_code == 200, path
         assert member.get("/me").headers["location"] == "/dashboard"
         assert 'href="/admin"' not in member.get("/").text
     with httpx.Client(base_url=live_hub.url, timeout=10) as admin:
@@ -70,6 +81,10 @@ def test_member_and_admin_sessions_reach_their_own_pages(
         )
         assert admin.get("/dashboard").headers["location"] == "/admin"
         assert 'href="/admin"' in admin.get("/").text
+        for path in MEMBER_PAGES:
+            refused = admin.get(path)
+            assert refused.status_code == 403, path
+            assert "no dashboard of its own" in refused.text
 
 
 def test_sign_in_goes_back_only_to_a_page_of_this_site(live_hub: LiveHub, mailbox: Mailbox) -> None:
