@@ -50,13 +50,20 @@ def client_ip(request: Request) -> str:
 
 
 async def begin_user_session(
-    conn: asyncpg.Connection, state: HubState, user_id: UUID, method: str, password: str | None
+    conn: asyncpg.Connection, request: Request, user_id: UUID, method: str, password: str | None
 ) -> str:
-    """Open a session for a user, holding their memory key when the sign-in can open it."""
+    """Open a session for a user, with their memory key when the sign-in can open it.
+
+    The browser's current session, if any, ends.
+    """
     key = await sign_in_key(conn, user_id, password)
     async with conn.transaction():
         secret, session_id = await open_session(
-            conn, method=method, ttl_s=state.settings.web.session_ttl_s, user_id=user_id
+            conn,
+            method=method,
+            ttl_s=hub_state(request).settings.web.session_ttl_s,
+            user_id=user_id,
+            replacing=session_secret(request),
         )
         if key is not None:
             await wrap_for_session(conn, user_id, session_id, key, secret)
@@ -107,7 +114,7 @@ async def login(
         if account.disabled:
             return _login_page(request, target, "This account is disabled.", 403)
         await clear_login_failures(conn, email)
-        secret = await begin_user_session(conn, state, account.user_id, "password", password)
+        secret = await begin_user_session(conn, request, account.user_id, "password", password)
     return signed_in(state, secret, target)
 
 
@@ -156,5 +163,6 @@ async def admin_login(
             method="admin_token",
             ttl_s=state.settings.web.session_ttl_s,
             admin_token_id=principal.token_id,
+            replacing=session_secret(request),
         )
     return signed_in(state, secret, "/admin")

@@ -217,8 +217,10 @@ async def oidc_callback(
         if flow["link_user_id"] is not None:
             return await _link(request, conn, identity, flow["link_user_id"])
         user_id = await _user_of(conn, identity)
-        secret = await begin_user_session(conn, hub, user_id, "oidc", None)
-    return signed_in(hub, secret, flow["next_path"])
+        secret = await begin_user_session(conn, request, user_id, "oidc", None)
+    response = signed_in(hub, secret, flow["next_path"])
+    response.delete_cookie(STATE_COOKIE, path="/login/oidc")
+    return response
 
 
 async def _link(

@@ -79,8 +79,15 @@ async def open_session(
     ttl_s: float,
     user_id: UUID | None = None,
     admin_token_id: UUID | None = None,
+    replacing: str | None = None,
 ) -> tuple[str, UUID]:
-    """Store a new session and return its cookie secret (shown to the browser only) and id."""
+    """Store a new session and return its cookie secret (shown to the browser only) and id.
+
+    ``replacing``: the browser's current session cookie, if any; that session ends, so signing
+    in again never leaves the old session alive beside the new one.
+    """
+    if replacing:
+        await close_session(conn, replacing)
     secret = secrets.token_urlsafe(32)
     session_id: UUID = await conn.fetchval(
         "INSERT INTO web_sessions (hash, user_id, admin_token_id, method, expires_at) "

@@ -302,3 +302,13 @@ def test_sign_in_refusals_read_in_the_readers_language(live_hub: LiveHub) -> Non
         forged = client.post("/login", data={"email": "x@example.org", "csrf_token": "forged"})
         assert forged.status_code == 403
         assert "Ce formulaire a été refusé" in forged.text
+
+
+def test_signing_in_again_ends_the_previous_session(live_hub: LiveHub, mailbox: Mailbox) -> None:
+    with verified_member(live_hub, mailbox, "uma@example.org", PASSWORD) as client:
+        first = client.cookies["iamine_session"]
+        assert log_in(client, "uma@example.org", PASSWORD).status_code == 303
+        assert client.cookies["iamine_session"] != first
+        assert client.get("/dashboard").status_code == 200
+    stale = httpx.get(live_hub.url + "/dashboard", cookies={"iamine_session": first})
+    assert stale.status_code == 303
