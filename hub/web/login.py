@@ -38,8 +38,18 @@ BAD_SIGN_IN = "Wrong email or password."
 
 
 def safe_next(target: str | None, default: str = "/dashboard") -> str:
-    """A local path to go to after sign-in; anything else (another site) becomes ``default``."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+    """A local path to go to after sign-in; anything else (another site) becomes ``default``.
+
+    Browsers drop tabs and newlines from URLs and read a backslash as ``/``, so ``/<tab>/evil.org``
+    would leave the site: a path with either, or starting ``//``, is not local.
+    """
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and all(c.isprintable() and not c.isspace() for c in target)
+    ):
         return target
     return default
 

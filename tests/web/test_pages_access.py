@@ -89,7 +89,13 @@ def test_member_and_admin_sessions_reach_their_own_pages(
 
 def test_sign_in_goes_back_only_to_a_page_of_this_site(live_hub: LiveHub, mailbox: Mailbox) -> None:
     with verified_member(live_hub, mailbox, "next@example.org", "correct horse battery") as client:
-        for target, expected in (("//evil.example/x", "/dashboard"), ("/chat", "/chat")):
+        for target, expected in (
+            ("//evil.example/x", "/dashboard"),
+            ("/\t/evil.example", "/dashboard"),
+            ("/\\evil.example", "/dashboard"),
+            ("https://evil.example", "/dashboard"),
+            ("/chat", "/chat"),
+        ):
             answer = client.post(
                 "/login",
                 data={
