@@ -1,22 +1,31 @@
 """Benchmark recall quality: recall@1/5/10 and MRR of keyword, vector and hybrid notes search.
 
-Runs on the labelled set in ``tests/memory/data/recall_set.json`` (turns of an agent's memory,
-questions, and the turns that answer each one): every turn becomes an L4 note of one user, then
-each question is searched three ways through :func:`memory.recall.recall` — full text only,
-embedding only, and both fused by reciprocal rank. Starts its own embedded PostgreSQL and model
-folder in a temporary directory. Prints one JSON line.
+Runs on a labelled set (turns, questions, and the turns that answer each question): by default
+``tests/memory/data/recall_set.json`` (an agent's notes), with ``--set`` the multi-session
+conversations of ``tests/memory/data/recall_multisession.json`` (bench/make_recall_set.py).
+Every turn becomes an L4 note of one user, stored in batches (:func:`memory.notes.add_notes`)
+with its context (speaker, date, ``--window`` turns either side; memory/context.py); each
+question is searched within its conversation three ways through :func:`memory.recall.recall`:
+keyword only (BM25 where pg_search is there), vector only, and both fused (``FUSION``).
+``--baseline`` searches as before issue 17 (no context, full text, plain RRF); ``--tune`` first
+chooses the fusion on the ``tune`` split; ``--split`` picks the questions reported. Starts its
+own embedded PostgreSQL and model folder in a temporary directory. Prints one JSON line (with
+recall@10 per kind of question where the set names kinds).
 
-Run: ``python bench/memory_recall.py [--set PATH]``
+Run: ``python bench/memory_recall.py [--set PATH] [--split test] [--tune] [--baseline]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import shutil
+import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,76 +39,162 @@ from hub.config import ServerSettings
 from hub.embedded import EmbeddedPostgres
 from hub.migrations import migrate
 from hub.observability import configure_logging
-from memory.embeddings import Embedder, install_model
-from memory.notes import NewNote, add_note
-from memory.recall import RecallQuery, SearchMode, recall
+from memory.context import Turn, window_contexts
+from memory.embeddings import Embedder, Vector, install_model
+from memory.notes import NewNote, add_notes
+from memory.recall import FUSION, Fusion, RecallQuery, SearchMode, has_bm25, recall
 
 DEFAULT_SET = Path(__file__).resolve().parent.parent / "tests/memory/data/recall_set.json"
 CUTOFFS = (1, 5, 10)
+BATCH = 256  # notes embedded and stored per statement
+BASELINE = Fusion(vector=1.0, keyword=1.0, k=60)  # plain reciprocal-rank fusion
+
+
+def turn_body(turn: dict[str, Any]) -> str:
+    """A turn as a note's body: ``Speaker: text`` when the set names speakers."""
+    return f"{turn['speaker']}: {turn['text']}" if "speaker" in turn else str(turn["text"])
+
+
+def contexts(turns: list[dict[str, Any]], window: int) -> list[str]:
+    """Each turn's context (memory/context.py): speaker, date, ``window`` turns of its session
+    either side; empty for a set without speakers or with ``window`` < 0."""
+    if window < 0 or not turns or "speaker" not in turns[0]:
+        return [""] * len(turns)
+    found: list[str] = []
+    for _, group in itertools.groupby(turns, key=lambda t: (t["conversation"], t["session"])):
+        session = [Turn(t["text"], t["speaker"], datetime.fromisoformat(t["date"])) for t in group]
+        found += window_contexts(session, window)
+    return found
 
 
 async def ingest(
-    conn: asyncpg.Connection, embedder: Embedder, user_id: UUID, turns: list[dict[str, Any]]
+    conn: asyncpg.Connection,
+    embedder: Embedder,
+    user_id: UUID,
+    turns: list[dict[str, Any]],
+    window: int,
 ) -> dict[UUID, str]:
-    """Store every turn as a private note; return note id → turn id."""
-    vectors = await embedder.embed([t["text"] for t in turns])
+    """Store every turn as a private note, in batches; return note id → turn id."""
+    notes = [
+        NewNote(f"user:{user_id}", turn_body(t), tags=(t["conversation"],), context=c)
+        for t, c in zip(turns, contexts(turns, window), strict=True)
+    ]
     ids: dict[UUID, str] = {}
-    for turn, vector in zip(turns, vectors, strict=True):
-        note = NewNote(f"user:{user_id}", turn["text"], tags=(turn["conversation"],))
-        stored = await add_note(conn, user_id, note, vector, now=datetime.now(UTC))
-        ids[stored.id] = turn["id"]
+    for start in range(0, len(notes), BATCH):
+        batch = notes[start : start + BATCH]
+        vectors = await embedder.embed([n.index_text for n in batch])
+        stored = await add_notes(conn, user_id, batch, list(vectors), now=datetime.now(UTC))
+        ids |= {s.id: t["id"] for s, t in zip(stored, turns[start : start + BATCH], strict=True)}
     return ids
 
 
 async def evaluate(
     conn: asyncpg.Connection,
-    embedder: Embedder,
     user_id: UUID,
     ids: dict[UUID, str],
     questions: list[dict[str, Any]],
+    vectors: list[Vector],
     mode: SearchMode,
-) -> dict[str, float]:
-    """recall@k (share of questions with an answer in the top k) and MRR, for one mode."""
+    fusion: Fusion = FUSION,
+) -> dict[str, Any]:
+    """recall@k (share of questions with an answer in the top k) and MRR, for one mode, and
+    recall@10 per kind of question where the set names kinds."""
     hits = dict.fromkeys(CUTOFFS, 0)
     reciprocal = 0.0
-    for item in questions:
-        vector = None if mode is SearchMode.KEYWORD else await embedder.embed_one(item["question"])
-        query = RecallQuery(item["question"], vector, facts=0, notes=max(CUTOFFS), mode=mode)
+    kinds: dict[str, list[bool]] = {}
+    for item, vector in zip(questions, vectors, strict=True):
+        scope = (item["conversation"],) if "conversation" in item else ()
+        query = RecallQuery(
+            item["question"],
+            None if mode is SearchMode.KEYWORD else vector,
+            facts=0,
+            notes=max(CUTOFFS),
+            mode=mode,
+            tags=scope,
+            fusion=fusion,
+        )
         found = await recall(conn, None, user_id, query)
         ranked = [ids[h.note.id] for h in found.notes]
         first = next((i for i, t in enumerate(ranked) if t in item["answers"]), None)
+        if "kind" in item:
+            kinds.setdefault(item["kind"], []).append(first is not None)
         if first is not None:
             reciprocal += 1 / (first + 1)
             for k in CUTOFFS:
                 hits[k] += first < k
     n = len(questions)
-    return {f"recall@{k}": round(hits[k] / n, 3) for k in CUTOFFS} | {
-        "mrr": round(reciprocal / n, 3)
-    }
+    by_kind = {kind: round(sum(found) / len(found), 3) for kind, found in sorted(kinds.items())}
+    return (
+        {f"recall@{k}": round(hits[k] / n, 3) for k in CUTOFFS}
+        | {"mrr": round(reciprocal / n, 3)}
+        | ({"recall@10_by_kind": by_kind} if by_kind else {})
+    )
 
 
-async def run(uri: str, model_dir: Path, labelled: dict[str, Any]) -> dict[str, Any]:
-    """Ingest the set and evaluate the three modes."""
+async def tune(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    ids: dict[UUID, str],
+    questions: list[dict[str, Any]],
+    vectors: list[Vector],
+) -> Fusion:
+    """The fusion with the best recall@10 (then MRR) on ``questions``, over a small grid."""
+    best: tuple[float, float, Fusion] | None = None
+    for weight, k, names in itertools.product((1.0, 2.0, 3.0), (10,), (0.0, 0.05, 0.2)):
+        fusion = Fusion(vector=weight, keyword=1.0, k=k, boost=3.0, names=names)
+        got = await evaluate(conn, user_id, ids, questions, vectors, SearchMode.HYBRID, fusion)
+        score = (got["recall@10"], got["mrr"], fusion)
+        if best is None or score[:2] > best[:2]:
+            best = score
+        print(json.dumps({"fusion": asdict(fusion)} | got), file=sys.stderr)
+    assert best is not None
+    return best[2]
+
+
+async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) -> dict[str, Any]:
+    """Ingest the set and evaluate each mode (after tuning the fusion, with ``--tune``)."""
     embedder = Embedder(model_dir)
     embedder.load()
     conn = await asyncpg.connect(uri)
     try:
         await migrate(conn)
         await register_vector(conn)
+        if args.baseline:  # search as before issue 17: PostgreSQL full text, no context
+            await conn.execute("DROP INDEX IF EXISTS notes_bm25_idx")
         user = await accounts.create_user(conn, "bench")
         started = time.perf_counter()
-        ids = await ingest(conn, embedder, user.id, labelled["turns"])
+        ids = await ingest(conn, embedder, user.id, labelled["turns"], args.window)
         ingest_s = time.perf_counter() - started
+        print(f"ingested {len(ids)} notes in {ingest_s:.1f} s", file=sys.stderr)
+        questions = labelled["questions"]
+        if args.split != "all":
+            questions = [q for q in questions if q["split"] == args.split]
+        vectors = list(await embedder.embed([q["question"] for q in labelled["questions"]]))
+        by_question = dict(
+            zip((q["question"] for q in labelled["questions"]), vectors, strict=True)
+        )
+        fusion = BASELINE if args.baseline else FUSION
+        if args.tune:
+            tuning = [q for q in labelled["questions"] if q["split"] == "tune"]
+            fusion = await tune(
+                conn, user.id, ids, tuning, [by_question[q["question"]] for q in tuning]
+            )
+        asked = [by_question[q["question"]] for q in questions]
         results = {
-            mode.value: await evaluate(conn, embedder, user.id, ids, labelled["questions"], mode)
+            mode.value: await evaluate(conn, user.id, ids, questions, asked, mode, fusion)
             for mode in (SearchMode.KEYWORD, SearchMode.VECTOR, SearchMode.HYBRID)
         }
+        bm25 = await has_bm25(conn)
     finally:
         await conn.close()
     return {
         "turns": len(labelled["turns"]),
-        "questions": len(labelled["questions"]),
+        "questions": len(questions),
+        "keyword_side": "bm25" if bm25 else "full_text",
+        "window": args.window,
+        "fusion": asdict(fusion),
         "ingest_s": round(ingest_s, 3),
+        "ingest_notes_per_s": round(len(labelled["turns"]) / ingest_s, 1),
         **results,
     }
 
@@ -108,7 +203,23 @@ def main() -> None:
     """Start an embedded PostgreSQL and a model folder, run the benchmark, print one JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--set", type=Path, default=DEFAULT_SET, help="Labelled set (JSON).")
+    parser.add_argument(
+        "--split", choices=("all", "tune", "test"), default="all", help="Questions to ask."
+    )
+    parser.add_argument(
+        "--window", type=int, default=1, help="Context: turns either side (-1: no context)."
+    )
+    parser.add_argument(
+        "--tune", action="store_true", help="Choose the fusion on the tune split first."
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="Search as before issue 17: full text, plain RRF, no context (implies --window -1).",
+    )
     args = parser.parse_args()
+    if args.baseline:
+        args.window = -1
     configure_logging(ServerSettings(log_format="console", log_level="warning"))
     labelled = json.loads(args.set.read_text(encoding="utf-8"))
     work = Path(tempfile.mkdtemp(prefix="iamine-bench-"))
@@ -116,11 +227,13 @@ def main() -> None:
     try:
         install_model(work / "model")
         uri = server.start()
-        results = asyncio.run(run(uri, work / "model", labelled))
+        results = asyncio.run(run(uri, work / "model", labelled, args))
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"bench": "memory_recall"} | results))
+    print(
+        json.dumps({"bench": "memory_recall", "set": args.set.name, "split": args.split} | results)
+    )
 
 
 if __name__ == "__main__":

@@ -28,14 +28,16 @@ item is and carries no id. This module is what the MCP server exposes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from uuid import UUID
 
 import asyncpg
 
+from memory.context import date_terms
 from memory.embeddings import Vector
 from memory.facts import FACT_COLUMNS, Fact, fact_from_row
 from memory.keys import UserKey
@@ -104,6 +106,32 @@ class Recall:
 
 
 @dataclass(frozen=True)
+class Fusion:
+    """How the two ranked lists are fused: ``vector / (k + rank) + keyword / (k + rank)``.
+
+    Plain reciprocal-rank fusion is ``(1, 1, 60)``; :data:`FUSION` is what the tune half of
+    ``tests/memory/data/recall_multisession.json`` chose (``bench/memory_recall.py --tune``).
+    ``boost`` weighs the query's names and dates again on the BM25 side; ``names`` is added to
+    the fused score of a note whose title or body holds one of them (a question about Ingrid
+    prefers what Ingrid said over what her friend said on the same topic). ``dated_keyword``,
+    when set, replaces ``keyword`` for a query naming a month or a year ("in May 2023", "last
+    month"): embeddings hardly tell one month from another, words do.
+    """
+
+    vector: float = 1.0
+    keyword: float = 1.0
+    k: int = RRF_K
+    boost: float = 2.0
+    names: float = 0.0
+    dated_keyword: float | None = None  # the keyword weight for a query that names a date
+
+
+FUSION = Fusion(vector=2.0, keyword=1.0, k=10, boost=3.0, names=0.05, dated_keyword=2.0)
+_MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+_DATED = re.compile(rf"\b(?:{_MONTHS}|(?:19|20)\d\d)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
 class RecallQuery:
     """What to search and where.
 
@@ -121,6 +149,8 @@ class RecallQuery:
     since: datetime | None = None
     until: datetime | None = None
     history: bool = False
+    fusion: Fusion = FUSION
+    now: datetime | None = None  # what "last month" in the text is relative to (default: now)
 
 
 _SHARED_NOTE_FILTER = (
@@ -132,8 +162,9 @@ _SHARED_NOTE_FILTER = (
 
 _FACT_FIELDS = ", ".join(f"f.{c}" for c in FACT_COLUMNS.split(", "))
 
-RECALL_SQL = f"""
-WITH fact_nearest AS MATERIALIZED (
+_RECALL_TEMPLATE = f"""
+WITH keyword_query AS (SELECT $13::text AS text, $14::text AS names, $18::float8 AS boost),
+fact_nearest AS MATERIALIZED (
     SELECT f.id, f.embedding <=> $2 AS distance FROM facts f
     WHERE f.user_id = $1
       AND ($5 OR (f.valid_from <= now() AND (f.valid_to IS NULL OR f.valid_to > now())))
@@ -155,33 +186,36 @@ words AS (
     SELECT (SELECT string_agg('(' || q::text || ')', ' | ') FROM terms)::tsquery AS query,
         (SELECT count(*) FROM terms) AS terms
 ),
-note_keyword AS MATERIALIZED (
-    SELECT n.id, row_number() OVER (ORDER BY n.matched DESC, n.rank DESC, n.id) AS r FROM (
-        SELECT n.id, m.matched, ts_rank(n.tsv, words.query, 1) AS rank FROM notes n
-        CROSS JOIN words
-        CROSS JOIN LATERAL (SELECT count(*) AS matched FROM terms WHERE n.tsv @@ terms.q) m
-        WHERE n.tsv @@ words.query AND 2 * m.matched >= words.terms AND {_SHARED_NOTE_FILTER}
-        ORDER BY m.matched DESC, rank DESC, n.id LIMIT $9
-    ) n
+note_keyword AS MATERIALIZED ({{keyword}}),
+names AS (
+    SELECT to_tsquery('simple', string_agg(quote_literal(lower(w)), ' | ')) AS query
+    FROM string_to_table(coalesce($14, ''), ' ') AS w WHERE w <> ''
 ),
 note_fused AS MATERIALIZED (
-    SELECT coalesce(v.id, k.id) AS id, v.r AS vector_rank, k.r AS keyword_rank,
-        coalesce(1.0 / ({RRF_K} + v.r), 0) + coalesce(1.0 / ({RRF_K} + k.r), 0) AS score
-    FROM note_nearest v FULL JOIN note_keyword k ON v.id = k.id
-    ORDER BY score DESC, id LIMIT $10
+    SELECT f.id, f.vector_rank, f.keyword_rank,
+        f.score + CASE WHEN names.query IS NOT NULL AND $19::float8 > 0
+            AND to_tsvector('simple', n.title || ' ' || n.body) @@ names.query
+            THEN $19 ELSE 0 END AS score
+    FROM (
+        SELECT coalesce(v.id, k.id) AS id, v.r AS vector_rank, k.r AS keyword_rank,
+            coalesce($15::float8 / ($17::int + v.r), 0)
+                + coalesce($16::float8 / ($17::int + k.r), 0) AS score
+        FROM note_nearest v FULL JOIN note_keyword k ON v.id = k.id
+    ) f JOIN notes n ON n.id = f.id CROSS JOIN names
+    ORDER BY score DESC, f.id LIMIT $10
 )
 SELECT 'fact' AS tier, {_FACT_FIELDS}, 1 - x.distance AS similarity, 1 - x.distance AS score,
     NULL::bigint AS vector_rank, NULL::bigint AS keyword_rank,
     NULL::text AS namespace, NULL::uuid AS author_id, NULL::text AS author_agent,
     NULL::text AS title, NULL::text AS body, NULL::bytea AS content_hash, NULL::bigint AS clock,
     NULL::text AS origin_pool, NULL::timestamptz AS updated_at, NULL::timestamptz AS deleted_at,
-    NULL::text AS snippet, NULL::text AS author_name
+    NULL::text AS context, NULL::text AS snippet, NULL::text AS author_name
 FROM fact_nearest x JOIN facts f ON f.id = x.id AND f.user_id = $1
 UNION ALL
 SELECT 'note', n.id, NULL, NULL, NULL, n.tags, NULL, NULL, NULL, NULL, NULL, NULL, n.created_at,
     n.embedding_model, 1 - (n.embedding <=> $2), x.score, x.vector_rank, x.keyword_rank,
     n.namespace, n.author_id, n.author_agent, n.title, n.body, n.content_hash, n.clock,
-    n.origin_pool, n.updated_at, n.deleted_at,
+    n.origin_pool, n.updated_at, n.deleted_at, n.context,
     coalesce(ts_headline('english', n.body, words.query, '{SNIPPET_OPTIONS}'), left(n.body, 240)),
     u.name
 FROM note_fused x JOIN notes n ON n.id = x.id AND {READABLE_NOTE}
@@ -189,6 +223,36 @@ FROM note_fused x JOIN notes n ON n.id = x.id AND {READABLE_NOTE}
     CROSS JOIN words
 ORDER BY tier, score DESC, id
 """  # noqa: S608 (built once from constants; every value is a parameter)
+
+# Full text (no IDF): notes matching at least half of the terms, by terms matched, then ts_rank.
+_FULLTEXT_KEYWORD = f"""
+    SELECT n.id, row_number() OVER (ORDER BY n.matched DESC, n.rank DESC, n.id) AS r FROM (
+        SELECT n.id, m.matched, ts_rank(n.tsv, words.query, 1) AS rank FROM notes n
+        CROSS JOIN words
+        CROSS JOIN LATERAL (SELECT count(*) AS matched FROM terms WHERE n.tsv @@ terms.q) m
+        WHERE n.tsv @@ words.query AND 2 * m.matched >= words.terms AND {_SHARED_NOTE_FILTER}
+        ORDER BY m.matched DESC, rank DESC, n.id LIMIT $9
+    ) n
+"""  # noqa: S608
+
+# BM25 (pg_search): any term may match, IDF discounts the common ones; the query's names and
+# dates ($14) count again with a boost ($18), in the body and in the context.
+_BM25_KEYWORD = f"""
+    SELECT n.id, row_number() OVER (ORDER BY n.score DESC, n.id) AS r FROM (
+        SELECT n.id, paradedb.score(n.id) AS score FROM notes n
+        WHERE n.id @@@ paradedb.boolean(should => ARRAY[
+                paradedb.match('title', $13), paradedb.match('body', $13),
+                paradedb.match('context', $13)]
+                || CASE WHEN $14 = '' THEN ARRAY[]::paradedb.searchqueryinput[] ELSE ARRAY[
+                    paradedb.boost($18::real, paradedb.match('body', $14)),
+                    paradedb.boost($18::real, paradedb.match('context', $14))] END)
+            AND {_SHARED_NOTE_FILTER} AND $9 > 0
+        ORDER BY score DESC, n.id LIMIT $9
+    ) n
+"""  # noqa: S608
+
+RECALL_SQL = _RECALL_TEMPLATE.replace("{keyword}", _FULLTEXT_KEYWORD)
+RECALL_BM25_SQL = _RECALL_TEMPLATE.replace("{keyword}", _BM25_KEYWORD)
 
 
 def keyword_terms(text: str) -> list[str] | None:
@@ -203,6 +267,32 @@ def keyword_terms(text: str) -> list[str] | None:
     return found or None
 
 
+def salient_terms(text: str, now: datetime) -> str:
+    """The query's names, identifiers and dates, counted again on the BM25 side.
+
+    A name is a capitalised word that does not start a sentence (``Caroline``, ``Lisbon``,
+    ``May``), an identifier holds a digit or an inner ``_`` / ``-`` (``HER-1187``, ``2023``);
+    relative dates ("last month") are resolved against ``now`` (:func:`memory.context.date_terms`),
+    so they meet the absolute dates that contexts carry.
+    """
+    found: list[str] = []
+    start = True
+    for raw in text.split():
+        word = raw.strip(_PUNCTUATION).removesuffix("'s").removesuffix("’s")
+        named = not start and word[:1].isupper()
+        identifier = any(c.isdigit() for c in word) or "_" in word.strip("_")
+        if named or identifier or "-" in word.strip("-"):
+            found.append(word)
+        start = raw.endswith((".", "?", "!", ":"))
+    found += date_terms(text, now)
+    return " ".join(dict.fromkeys(found))
+
+
+async def has_bm25(conn: asyncpg.Connection) -> bool:
+    """Whether the database has the notes' BM25 index (pg_search; migration 018)."""
+    return bool(await conn.fetchval("SELECT to_regclass('notes_bm25_idx') IS NOT NULL"))
+
+
 async def recall(
     conn: asyncpg.Connection, key: UserKey | None, user_id: UUID, query: RecallQuery
 ) -> Recall:
@@ -212,10 +302,22 @@ async def recall(
     words = keyword_terms(query.text) if keyword_side else None
     candidates = max(query.notes * CANDIDATES_PER_K, MIN_CANDIDATES) if query.notes else 0
     facts = query.facts if key is not None and query.vector is not None else 0
+    bm25 = keyword_side and await has_bm25(conn)
+    names = salient_terms(query.text, query.now or datetime.now(UTC)) if keyword_side else ""
+    fusion = query.fusion
+    if fusion.dated_keyword is not None and _DATED.search(names):
+        fusion = replace(fusion, keyword=fusion.dated_keyword)
     async with conn.transaction():
         await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        if bm25:
+            # pg_search plans its scan from the query's values (a generic plan is refused), and
+            # its parallel scan crashes the worker (pg_search 0.21.14): one process, custom plans.
+            await conn.execute(
+                "SET LOCAL plan_cache_mode = force_custom_plan; "
+                "SET LOCAL max_parallel_workers_per_gather = 0"
+            )
         rows = await conn.fetch(
-            RECALL_SQL,
+            RECALL_BM25_SQL if bm25 else RECALL_SQL,
             user_id,
             query.vector,
             facts,
@@ -228,6 +330,13 @@ async def recall(
             query.notes,
             query.since,
             query.until,
+            query.text,
+            names,
+            fusion.vector,
+            fusion.keyword,
+            fusion.k,
+            fusion.boost,
+            fusion.names,
         )
     fact_hits = [
         FactHit(fact_from_row(r, key), float(r["similarity"]))

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query
-from pydantic import ConfigDict, Field, StringConstraints
+from fastapi import APIRouter, Body, Query
+from fastapi.exceptions import RequestValidationError
+from pydantic import ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from federation.notes_sync import NoteSync, QuorumNotReached
 from hub.deps import Semantic, State, UserCallerDep
@@ -23,6 +24,7 @@ from hub.schemas import DbText, JsonDatetime, StrictBody
 from hub.semantic import SemanticMemory
 from hub.state import HubState
 from memory import notes
+from memory.context import MAX_CONTEXT_CHARS, Turn, window_contexts
 from memory.namespaces import check_readable
 from memory.notes import (
     MAX_AGENT_CHARS,
@@ -43,6 +45,8 @@ NamespaceQuery = Annotated[
     Query(description="Only these namespaces (repeatable); default: every one you can read."),
 ]
 SNIPPET_CHARS = 240
+MAX_BATCH = 1000  # notes in one POST
+MAX_WINDOW = 5  # neighbouring notes either side in a batch's contexts
 
 
 class NoteBody(StrictBody):
@@ -62,6 +66,17 @@ class NoteBody(StrictBody):
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
     author_agent: str = Field(
         "", max_length=MAX_AGENT_CHARS, description="Which agent wrote it (`claude-code`)."
+    )
+    context: Annotated[str, StringConstraints(max_length=MAX_CONTEXT_CHARS)] = Field(
+        "",
+        description="Text that situates the note (searched with it, never returned as its "
+        "body): a topic, a place in a conversation.",
+    )
+    speaker: str = Field(
+        "", max_length=MAX_AGENT_CHARS, description="Who said it (a conversation turn)."
+    )
+    said_at: JsonDatetime | None = Field(
+        None, description="When it was said: its relative dates are resolved against this."
     )
     write_quorum: int | None = Field(
         None,
@@ -84,6 +99,17 @@ class NoteEditBody(StrictBody):
     tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS)
 
 
+def index_contexts(bodies: list[NoteBody], window: int) -> list[str]:
+    """Each note's context: its speaker and date, ``window`` notes of the list either side
+    (memory/context.py), then the context the caller gave."""
+    turns = [Turn(b.body, b.speaker, b.said_at) for b in bodies]
+    contexts = window_contexts(turns, window)
+    return [
+        "\n".join(part for part in (made, body.context) if part)[:MAX_CONTEXT_CHARS]
+        for made, body in zip(contexts, bodies, strict=True)
+    ]
+
+
 def note_body(note: Note, **extra: Any) -> dict[str, Any]:
     """A note as the API shows it."""
     return {
@@ -102,6 +128,7 @@ def note_body(note: Note, **extra: Any) -> dict[str, Any]:
         "created_at": note.created_at.isoformat(),
         "updated_at": note.updated_at.isoformat(),
         "deleted_at": note.deleted_at.isoformat() if note.deleted_at else None,
+        "context": note.context,
     } | extra
 
 
@@ -144,16 +171,35 @@ def _quorum_sync(state: HubState, namespace: str) -> NoteSync:
 
 @router.post("/notes", status_code=201)
 async def create_note(
-    body: NoteBody, semantic: Semantic, caller: UserCallerDep, state: State
+    payload: Annotated[Any, Body(description="A note (NoteBody), or a list of 1 to 1000 notes.")],
+    semantic: Semantic,
+    caller: UserCallerDep,
+    state: State,
+    window: Annotated[
+        int,
+        Query(
+            ge=0,
+            le=MAX_WINDOW,
+            description="A list: index each note with this many "
+            "notes of the list either side (conversation turns).",
+        ),
+    ] = 0,
 ) -> dict[str, Any]:
     """Store a note: in `user:me`, or in a shared namespace that exists and you are subscribed to
     (404 `namespace_not_found`, 403 `namespace_forbidden` otherwise). With `write_quorum` W (a
     `fed:` namespace), the answer waits until W peer pools stored it; fewer is 502
-    `write_quorum_not_reached`, saying how many did (the note stays stored here)."""
+    `write_quorum_not_reached`, saying how many did (the note stays stored here). A list of up
+    to 1000 notes is stored at once (all or none) and answered as a list."""
+    body = _parse_notes(payload)
+    if isinstance(body, list):
+        return await _create_notes(body, semantic, caller.user_id, window)
     namespace = resolve_namespace(body.namespace, caller.user_id)
     sync = None if body.write_quorum is None else _quorum_sync(state, namespace)
-    vector = await semantic.embedder.embed_one(f"{body.title}\n{body.body}".strip())
-    new = NewNote(namespace, body.body, body.title, tuple(body.tags), body.author_agent)
+    new = NewNote(
+        namespace, body.body, body.title, tuple(body.tags), body.author_agent,
+        index_contexts([body], 0)[0],
+    )  # fmt: skip
+    vector = await semantic.embedder.embed_one(new.index_text)
     async with semantic.pool.acquire() as conn:
         note = await notes.add_note(conn, caller.user_id, new, vector, now=datetime.now(UTC))
     if sync is None or body.write_quorum is None:
@@ -163,6 +209,41 @@ async def create_note(
     except QuorumNotReached as exc:
         raise UpstreamFailedError(exc.message, code=exc.code) from exc
     return note_body(note, write_quorum=body.write_quorum, acknowledged=acknowledged)
+
+
+_NOTE_LIST = TypeAdapter(Annotated[list[NoteBody], Field(min_length=1, max_length=MAX_BATCH)])
+
+
+def _parse_notes(payload: Any) -> NoteBody | list[NoteBody]:
+    """One note or a list, validated as the body: errors name the field (``[3].body``)."""
+    try:
+        if isinstance(payload, list):
+            return _NOTE_LIST.validate_python(payload)
+        return NoteBody.model_validate(payload)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+async def _create_notes(
+    bodies: list[NoteBody], semantic: SemanticMemory, user_id: UUID, window: int
+) -> dict[str, Any]:
+    """A batch: embedded in batches, stored in one statement."""
+    if any(b.write_quorum is not None for b in bodies):
+        raise InvalidRequestError(
+            "write_quorum applies to a single note, not to a list.", param="write_quorum"
+        )
+    batch = [
+        NewNote(
+            resolve_namespace(b.namespace, user_id), b.body, b.title, tuple(b.tags),
+            b.author_agent, context,
+        )
+        for b, context in zip(bodies, index_contexts(bodies, window), strict=True)
+    ]  # fmt: skip
+    vectors = await semantic.embedder.embed([n.index_text for n in batch])
+    async with semantic.pool.acquire() as conn:
+        stored = await notes.add_notes(conn, user_id, batch, list(vectors), now=datetime.now(UTC))
+    return {"object": "list", "data": [note_body(n) for n in stored]}
 
 
 @router.put("/notes/{note_id}")
