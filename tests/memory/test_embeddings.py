@@ -93,6 +93,15 @@ async def test_vectors_are_unit_length_batched_and_similar_for_similar_texts(
     assert (await embedder.embed([])).shape == (0, MODEL_DIM)
 
 
+async def test_a_batch_comes_back_in_the_callers_order_though_embedded_by_length(
+    embedder: Embedder,
+) -> None:
+    texts = ["a much longer sentence about the deploy pipeline and its many stages", "hi", "ok go"]
+    together = await embedder.embed(texts)
+    one_by_one = np.stack([await embedder.embed_one(t) for t in texts])
+    assert np.allclose(together, one_by_one, atol=1e-5)
+
+
 async def test_embedding_runs_in_a_worker_thread(embedder: Embedder) -> None:
     seen: list[int] = []
     original = embedder.embed_sync

@@ -1,0 +1,95 @@
+"""Benchmark notes ingest through the HTTP API: one note per request against lists of notes.
+
+Starts ``iamine serve`` (embedded PostgreSQL in a temporary data directory, the embedding model
+installed there) and posts the turns of ``tests/memory/data/recall_multisession.json`` to
+``POST /v1/memory/notes`` as one user: the first ``--single`` turns one request each, then every
+turn again in lists of ``--batch`` (with ``?window=1``, each turn's speaker and date: the
+contexts of memory/context.py). Reports notes/s for both, and the load average of the machine
+(the embedding model, which bounds the rate, shares the CPU with whatever else runs). Prints one
+JSON line.
+
+Run: ``python bench/memory_ingest.py [--single 200] [--batch 500]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from memory.embeddings import MODEL_DIR_NAME, install_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from services import Hub, Services, start_hub
+
+SET = Path(__file__).resolve().parent.parent / "tests/memory/data/recall_multisession.json"
+
+
+def note(turn: dict[str, Any]) -> dict[str, Any]:
+    """A turn as the API's note: body, speaker, the session's date, its conversation's tag."""
+    return {
+        "body": turn["text"],
+        "speaker": turn["speaker"],
+        "said_at": f"{turn['date']}:00Z",
+        "tags": [turn["conversation"]],
+    }
+
+
+async def post(client: httpx.AsyncClient, hub: Hub, body: Any, window: int = 0) -> None:
+    """One POST; a failure stops the benchmark with the hub's answer."""
+    response = await client.post(
+        f"{hub.url}/v1/memory/notes", json=body, params={"window": window}, headers=hub.auth()
+    )
+    if response.status_code != 201:
+        raise RuntimeError(f"POST /v1/memory/notes: {response.status_code} {response.text}")
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start a hub, post the turns both ways, return the rates."""
+    turns = json.loads(SET.read_text(encoding="utf-8"))["turns"]
+    workdir = Path(tempfile.mkdtemp(prefix="iamine-bench-ingest-"))
+    with Services(workdir) as services:
+        install_model(services.workdir / "hub-data" / "models" / MODEL_DIR_NAME)
+        hub = await start_hub(services)
+        async with httpx.AsyncClient(timeout=600) as client:
+            await post(client, hub, note(turns[0]))  # loads the model
+            started = time.perf_counter()
+            for turn in turns[: args.single]:
+                await post(client, hub, note(turn))
+            single_s = time.perf_counter() - started
+            started = time.perf_counter()
+            for i in range(0, len(turns), args.batch):
+                await post(client, hub, [note(t) for t in turns[i : i + args.batch]], window=1)
+            batch_s = time.perf_counter() - started
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {
+        "single_notes": args.single,
+        "single_notes_per_s": round(args.single / single_s, 1),
+        "batch_notes": len(turns),
+        "batch_size": args.batch,
+        "batch_notes_per_s": round(len(turns) / batch_s, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    """Run the benchmark and print one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--single", type=int, default=200, help="Notes posted one by one.")
+    parser.add_argument("--batch", type=int, default=500, help="Notes per list.")
+    args = parser.parse_args()
+    print(json.dumps({"bench": "memory_ingest"} | asyncio.run(run(args))))
+
+
+if __name__ == "__main__":
+    main()
