@@ -22,6 +22,7 @@ from hub.admin_token import ensure_admin_token, token_file
 from hub.auth import TokenResolver
 from hub.billing import Billing
 from hub.bookkeeping import BackgroundWriter
+from hub.bus import NatsBus
 from hub.config import Settings
 from hub.db import open_database
 from hub.embedded import DataDirLock
@@ -32,6 +33,7 @@ from hub.local_worker import LocalWorker
 from hub.mcp_mount import McpMount
 from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
+from hub.pool_events import PoolEvents
 from hub.preferences import PreferenceCache
 from hub.routes import (
     account,
@@ -182,6 +184,12 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                     db.pool,
                     local_capabilities(registry, lambda: registry.config),
                 )
+            events = None
+            if settings.bus.nats_url is not None:
+                bus = await NatsBus.connect(settings.bus, f"hub:{settings.server.port}")
+                stack.push_async_callback(bus.close)
+                events = PoolEvents(bus, resolver, registry)
+                events.attach()
             canaries = build_canaries(state)
             state.scheduler = Scheduler(
                 build_jobs(state, canaries=canaries), db.pool, settings.jobs
@@ -201,6 +209,8 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                     loops.start_soon(billing.run)
                 if state.federation is not None:
                     loops.start_soon(state.federation.run)
+                if events is not None:
+                    loops.start_soon(events.run)
                 if semantic.miner is not None:
                     loops.start_soon(semantic.miner.run)
                 if local_worker.enabled:

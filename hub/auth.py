@@ -105,6 +105,10 @@ class TokenResolver:
         self._cache: OrderedDict[bytes, _Cached] = OrderedDict()
         self._last_used: dict[UUID, datetime] = {}
         self.leases = Leases()
+        # Told of each token or user this process drops on purpose, so that the other hub
+        # replicas drop them too (hub/pool_events.py); None with a single process.
+        self.on_token_dead: Callable[[UUID, str], None] | None = None
+        self.on_user_disabled: Callable[[UUID], None] | None = None
 
     async def resolve(self, token: str) -> Principal:
         """Return the principal of a live token or raise :class:`AuthenticationError`."""
@@ -157,16 +161,25 @@ class TokenResolver:
         while len(self._cache) > self._settings.token_cache_size:
             self._cache.popitem(last=False)
 
-    def forget(self, token_id: UUID, reason: str = "token_revoked") -> None:
-        """Drop a token at once (after a revoke in this process): its cache entry and its leases."""
-        self._forget({token_id: reason})
+    def forget(
+        self, token_id: UUID, reason: str = "token_revoked", *, announce: bool = True
+    ) -> None:
+        """Drop a token at once (after a revoke in this process): its cache entry and its leases.
 
-    def forget_user(self, user_id: UUID) -> None:
+        ``announce``: tell the other replicas too (false when the news came from one of them).
+        """
+        self._forget({token_id: reason})
+        if announce and self.on_token_dead is not None:
+            self.on_token_dead(token_id, reason)
+
+    def forget_user(self, user_id: UUID, *, announce: bool = True) -> None:
         """Drop every token of a user at once (after disabling them), cached or leased."""
         for digest in [d for d, c in self._cache.items() if c.principal.user_id == user_id]:
             del self._cache[digest]
         ended = self.leases.end_user(user_id)
         log.info("user_tokens_dropped", user=str(user_id), leases_ended=ended)
+        if announce and self.on_user_disabled is not None:
+            self.on_user_disabled(user_id)
 
     def _forget(self, dead: dict[UUID, str]) -> None:
         for digest in [d for d, c in self._cache.items() if c.principal.token_id in dead]:

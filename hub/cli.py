@@ -20,6 +20,7 @@ from rich.table import Table
 from hub import (
     accounts,
     admin_token,
+    cli_bus,
     cli_client,
     cli_federation,
     cli_ledger,
@@ -60,6 +61,7 @@ app.add_typer(cli_namespaces.app, name="namespaces")
 app.add_typer(cli_ledger.app, name="ledger")
 app.add_typer(cli_workers.app, name="workers")
 app.add_typer(cli_federation.app, name="federation")
+app.add_typer(cli_bus.app, name="bus")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -164,6 +166,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
     data_dir: DataDirOption = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            help="nats://HOST:4222: run as one replica of the pool with the others on this "
+            "NATS bus (IAMINE_BUS__NATS_URL; docs/scale-out.md)."
+        ),
+    ] = None,
 ) -> None:
     """Run the hub: HTTP API, embedded database unless IAMINE_DATABASE_URL is set."""
     import uvicorn
@@ -171,6 +180,10 @@ def serve(
     from hub.app import create_app
 
     settings = load_settings(data_dir, host=host, port=port)
+    if bus is not None:
+        settings = settings.model_copy(
+            update={"bus": settings.bus.model_copy(update={"nats_url": bus})}
+        )
     if settings.database_url is None:
         try:
             with DataDirLock(settings.data_dir):

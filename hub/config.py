@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from federation.settings import FederationSettings
+from hub.bus import BusSettings
 from hub.web.settings import WebSettings
 from inference.agents import AgentSettings
 from inference.checker import CheckerSettings
@@ -220,3 +221,4 @@ class Settings(BaseSettings):
     economy: EconomySettings = Field(default_factory=EconomySettings)
     federation: FederationSettings = Field(default_factory=FederationSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)

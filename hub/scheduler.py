@@ -5,16 +5,18 @@ is due, its callback hands the run to :class:`Scheduler`'s own task group, which
 so no run outlives the hub and none is a loose task. Every run, whether started by the timer, the
 admin API or the CLI, goes through :func:`execute`: bounded by ``run_timeout_s``, any failure
 recorded instead of raised, and one row in ``job_runs``. A job already running is not started a
-second time; that attempt is recorded as ``skipped``.
+second time; that attempt is recorded as ``skipped``. Hub replicas sharing a database each
+keep timers, and a timed run takes a lease first (:meth:`Scheduler._lease`): each job runs once
+per period across the replicas, wherever its lock is free.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import anyio
@@ -153,6 +155,8 @@ async def execute(spec: JobSpec, trigger: Trigger, acquire: Acquire, timeout_s: 
 
 
 _RECORDING_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# First key of the scheduled jobs' advisory locks (the second is the job name's hash).
+JOB_LEASE_CLASS = 0x1A31
 
 
 class UnknownJobError(KeyError):
@@ -219,10 +223,44 @@ class Scheduler:
 
     async def _scheduled(self, name: str) -> None:
         try:
-            await self._run_once(name, "schedule")
+            async with self._lease(name) as ours:
+                if ours:
+                    await self._run_once(name, "schedule")
         except _RECORDING_ERRORS as exc:
             # The run could not be recorded (the database is away): say so, keep the timers.
             log.error("job_run_not_recorded", job=name, error=str(exc))
+
+    @asynccontextmanager
+    async def _lease(self, name: str) -> AsyncIterator[bool]:
+        """Whether this hub runs this period's timed run of the job (held for the whole run).
+
+        Several hub replicas share one database and each has its timers; a timed run goes ahead
+        only where the job's advisory lock is free (nobody is running it) and no replica started
+        a timed run within half an interval (somebody already ran it this period). Runs asked
+        for through the API or the CLI always run, on the hub asked.
+        """
+        spec = self.jobs[name]
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))", JOB_LEASE_CLASS, name
+            ):
+                log.info("job_running_elsewhere", job=name)
+                yield False
+                return
+            try:
+                last = await conn.fetchval(
+                    "SELECT max(started_at) FROM job_runs WHERE job = $1 AND trigger = 'schedule'",
+                    name,
+                )
+                half = timedelta(seconds=spec.interval_s / 2)
+                ran = last is not None and datetime.now(UTC) - last < half
+                if ran:
+                    log.info("job_ran_elsewhere", job=name, started_at=last.isoformat())
+                yield not ran
+            finally:
+                await conn.execute(
+                    "SELECT pg_advisory_unlock($1, hashtext($2))", JOB_LEASE_CLASS, name
+                )
 
     async def run_now(self, name: str, trigger: Trigger = "api") -> JobRun:
         """Run a job now and return its recorded run.

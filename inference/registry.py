@@ -97,11 +97,18 @@ class WorkerRegistry:
         self._excluded: dict[str, tuple[str, str]] = {}
         # Told of every worker that joins (the hub queues new ones for canaries).
         self.on_join: Callable[[WorkerLink], None] | None = None
+        # Told when the pool config changes here (the hub tells its other replicas).
+        self.on_config: Callable[[PoolConfig], None] | None = None
 
-    def set_config(self, config: PoolConfig) -> None:
-        """Apply a new routing policy to the next placements."""
+    def set_config(self, config: PoolConfig, *, announce: bool = True) -> None:
+        """Apply a new routing policy to the next placements.
+
+        ``announce``: tell ``on_config`` (the other hub replicas), unless the news came from one.
+        """
         self.config = config
         self.router.config = config
+        if announce and self.on_config is not None:
+            self.on_config(config)
 
     def exclude(self, link: WorkerLink, reason: str, detail: str) -> None:
         """Stop giving jobs to a worker (it stays connected) and report why."""

@@ -26,13 +26,12 @@ from federation import peers
 from federation.identity import PoolIdentity, key_file, load_identity
 from federation.settings import FederationSettings
 from federation.signatures import SignedRequest, sign_request
-from hub.app import create_app
 from hub.config import JobsSettings, Settings
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
 from tests.conftest import TEMPLATE_DB, database_uri
 from tests.federation.proxy import LinkProxy
-from tests.hub.conftest import free_port, wait_until
+from tests.hub.conftest import free_port, serve_in_thread
 
 HUBS = 3
 
@@ -149,17 +148,6 @@ async def _drop_database(admin_uri: str, name: str) -> None:
         await conn.close()
 
 
-def _serve(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), 60, "a hub to start")
-    return server, thread
-
-
 @contextmanager
 def running_hubs(
     count: int,
@@ -196,7 +184,7 @@ def running_hubs(
                 jobs=JobsSettings(enabled=False),
                 federation=FederationSettings(enabled=True, public_url=url, **(federation or {})),
             )
-            server, thread = _serve(settings, port)
+            server, thread = serve_in_thread(settings, port)
             servers.append((server, thread))
             assert thread.is_alive(), "a hub failed to start"
             admin_token = (settings.data_dir / "admin-token").read_text().strip()

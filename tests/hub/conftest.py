@@ -168,6 +168,16 @@ def live_hub(
         database_url=url,
         **(defaults | hub_overrides),
     )
+    server, thread = serve_in_thread(settings, port)
+    admin_token = (settings.data_dir / "admin-token").read_text().strip()
+    yield LiveHub(f"http://127.0.0.1:{port}", url, user_token, worker_token, admin_token, settings)
+    server.should_exit = True
+    thread.join(timeout=30)
+    asyncio.run(_drop(pg_admin_uri, name))
+
+
+def serve_in_thread(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thread]:
+    """Run a hub on ``127.0.0.1:port`` in a thread of this process until ``should_exit``."""
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",
@@ -179,13 +189,9 @@ def live_hub(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_until(lambda: server.started or not thread.is_alive(), 30, "the hub to start")
-    assert thread.is_alive(), "the hub failed to start"
-    admin_token = (settings.data_dir / "admin-token").read_text().strip()
-    yield LiveHub(f"http://127.0.0.1:{port}", url, user_token, worker_token, admin_token, settings)
-    server.should_exit = True
-    thread.join(timeout=30)
-    asyncio.run(_drop(pg_admin_uri, name))
+    wait_until(lambda: server.started or not thread.is_alive(), 60, "a hub to start")
+    assert thread.is_alive(), "a hub failed to start"
+    return server, thread
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

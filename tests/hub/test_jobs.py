@@ -45,10 +45,12 @@ def run(hub: LiveHub, job: str) -> dict[str, Any]:
 
 def test_the_jobs_api_lists_every_job_on_its_schedule(live_hub: LiveHub) -> None:
     jobs = {j["name"]: j for j in get(live_hub, "/admin/api/jobs")["data"]}
-    assert list(jobs) == ["l1_purge", "checker", "red", "settlement"]
-    assert [jobs[n]["interval_s"] for n in jobs] == [3600, 900, 10800, 3600]
-    assert all(j["scheduled"] and j["next_run_at"] and not j["running"] for j in jobs.values())
-    assert [jobs[n]["needs_hub"] for n in jobs] == [False, True, True, True]
+    assert list(jobs) == ["l1_purge", "checker", "red", "federation_sync", "settlement"]
+    assert [jobs[n]["interval_s"] for n in jobs] == [3600, 900, 10800, 0, 3600]
+    timed = [j for name, j in jobs.items() if name != "federation_sync"]
+    assert all(j["scheduled"] and j["next_run_at"] and not j["running"] for j in timed)
+    assert not jobs["federation_sync"]["scheduled"]  # federation is off in this hub
+    assert [jobs[n]["needs_hub"] for n in jobs] == [False, True, True, True, True]
 
 
 def test_the_checker_records_numbers_and_the_router_uses_them(live_hub: LiveHub) -> None:
