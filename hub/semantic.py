@@ -31,6 +31,7 @@ from memory.crypto import CryptoError
 from memory.embeddings import MODEL_DIR_NAME, Embedder
 from memory.errors import EmbeddingModelMissing, MemoryStoreError
 from memory.extraction import (
+    EXTRACTION_FORMAT,
     ExtractionRequest,
     ExtractionUnavailable,
     Extractor,
@@ -61,6 +62,7 @@ def pool_extractor(registry: WorkerRegistry, settings: MemorySettings) -> Extrac
                 max_tokens=settings.facts_extraction_tokens,
                 temperature=0.0,
                 kind="extraction",
+                response_format=EXTRACTION_FORMAT,
             )
         except JobFailed as exc:
             raise ExtractionUnavailable(exc.message) from exc

@@ -510,8 +510,11 @@ async def complete_text(
     temperature: float,
     kind: JobKind,
     priority: int = BACKGROUND_PRIORITY,
+    response_format: dict[str, Any] | None = None,
 ) -> str:
     """Run one text job on the pool and return the whole answer (for the hub's own work).
+
+    ``response_format`` (OpenAI's, e.g. a JSON schema) constrains the answer by grammar.
 
     Only workers trusted with ``kind`` (pool config) see it: these prompts carry users' data.
     Raises :class:`JobFailed` when no such worker serves ``model``, nothing could take the job,
@@ -526,7 +529,9 @@ async def complete_text(
         job_id=uuid.uuid4().hex,
         model=model,
         messages=messages,
-        params=SamplingParams(max_tokens=max_tokens, temperature=temperature),
+        params=SamplingParams(
+            max_tokens=max_tokens, temperature=temperature, response_format=response_format
+        ),
         deadline_s=registry.settings.job_deadline_s,
     )
     parts: list[str] = []

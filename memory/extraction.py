@@ -4,8 +4,10 @@ The model is injected (``extract(prompt) -> str``; the hub runs it as an ordinar
 this package stays independent of inference, as compaction's summariser does. Its answer must be
 exactly ``{"facts": [{"text": …, "key": …, "tags": […], "confidence": …}]}`` (one surrounding
 Markdown code fence is tolerated); anything else is rejected whole and logged by reason, never by
-content. Small models fail this often: a rejection, a timeout or no worker only means no facts
-from that exchange. Accepted facts go through :func:`memory.facts.add_fact` (dedup, supersede).
+content. The hub asks for it with :data:`EXTRACTION_FORMAT` (a JSON schema the worker enforces
+by grammar), so the shape holds even on the bundled 135M model; a rejection, a timeout or no
+worker still only means no facts from that exchange. Accepted facts go through
+:func:`memory.facts.add_fact` (dedup, supersede).
 
 :class:`FactMiner` is a bounded queue of extractions, run one at a time by a loop the hub's
 lifespan owns; no database connection is held while the model or the embedder works.
@@ -90,6 +92,14 @@ class ExtractionAnswer(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     facts: list[ExtractedFact] = Field(max_length=MAX_FACTS)
+
+
+EXTRACTION_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {"name": "extracted_facts", "schema": ExtractionAnswer.model_json_schema()},
+}
+"""The answer's JSON schema as a ``response_format``: a llama.cpp worker turns it into a grammar,
+so even a small model writes the shape asked for (RED's plans are constrained the same way)."""
 
 
 class ExtractionOutcome(StrEnum):
