@@ -18,7 +18,7 @@ from fastapi import APIRouter, Form
 from starlette.requests import Request
 from starlette.responses import RedirectResponse
 
-from hub.web.session import CsrfChecked, hub_state
+from hub.web.session import CsrfChecked, hub_state, local_path
 
 LOCALES_DIR = Path(__file__).parent / "locales"
 LANGUAGES = ("en", "fr")
@@ -81,13 +81,6 @@ def pick_language(request: Request) -> str:
         if quality > 0 and primary in LANGUAGES:
             return primary
     return DEFAULT_LANGUAGE
-
-
-def local_path(target: str) -> str:
-    """``target`` if it is a path on this site, else ``/`` (no open redirect)."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
 
 
 @router.post("/lang")

@@ -40,8 +40,15 @@ from starlette.responses import RedirectResponse, Response
 
 from hub.errors import ConflictError
 from hub.web.accounts import create_account
-from hub.web.login import begin_user_session, safe_next, signed_in
-from hub.web.session import CsrfChecked, WebForbidden, WebUserDep, hub_state, web_user
+from hub.web.login import begin_user_session, signed_in
+from hub.web.session import (
+    CsrfChecked,
+    WebForbidden,
+    WebUserDep,
+    hub_state,
+    local_path,
+    web_user,
+)
 from hub.web.settings import OidcSettings, WebSettings
 
 log = structlog.get_logger()
@@ -138,7 +145,7 @@ async def _start(request: Request, next_path: str, link_user_id: UUID | None) ->
 @router.get("/login/oidc")
 async def oidc_login(request: Request, next: str | None = None) -> Response:
     """Go to the identity provider to sign in (or sign up)."""
-    return await _start(request, safe_next(next), None)
+    return await _start(request, local_path(next, "/dashboard"), None)
 
 
 @router.post("/dashboard/oidc/link")

@@ -244,3 +244,20 @@ async def check_csrf(request: Request) -> None:
 
 
 CsrfChecked = Annotated[None, Depends(check_csrf)]
+
+
+def local_path(target: str | None, default: str = "/") -> str:
+    """``target`` if it is a path on this site, else ``default`` (no open redirect).
+
+    Browsers drop tabs and newlines from URLs and read a backslash as ``/``, so ``/<tab>/evil.org``
+    would leave the site: a path with either, or starting ``//``, is not local.
+    """
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and all(c.isprintable() and not c.isspace() for c in target)
+    ):
+        return target
+    return default

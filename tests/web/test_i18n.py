@@ -13,7 +13,8 @@ from playwright.sync_api import Browser, expect
 from starlette.requests import Request
 
 from hub.web.admin_cleanup import TASKS
-from hub.web.i18n import LANGUAGES, LOCALES_DIR, local_path, pick_language, translator
+from hub.web.i18n import LANGUAGES, LOCALES_DIR, pick_language, translator
+from hub.web.session import local_path
 from tests.web.conftest import ARTIFACTS, LiveHub
 
 WEB_DIR = Path(__file__).parents[2] / "hub" / "web"
@@ -87,7 +88,14 @@ def test_the_language_is_the_cookie_then_accept_language_then_english(
 
 def test_the_switch_returns_only_to_a_page_of_this_site() -> None:
     assert local_path("/chat") == "/chat"
-    for elsewhere in ["https://evil.example/", "//evil.example", "/\\evil.example", "chat"]:
+    for elsewhere in [
+        "https://evil.example/",
+        "//evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "chat",
+    ]:
         assert local_path(elsewhere) == "/"
 
 
