@@ -28,16 +28,11 @@ from typing import Any
 import httpx
 import overflow
 from services import (
-    HUB_COMMAND,
     Hub,
     ServiceError,
     Services,
-    free_port,
-    hub_env,
     log,
     sigterm_as_interrupt,
-    stop_postgres,
-    wait_ready,
 )
 
 POOLS = 5
@@ -77,7 +72,7 @@ async def gossip(workdir: Path, rounds: int) -> dict[str, Any]:
         hubs = []
         for i in range(POOLS):
             suspect = {"IAMINE_FEDERATION__SUSPECT_AFTER_S": str(SUSPECT_AFTER_S)}
-            hubs.append(await _start_with(services, f"pool-{i}", suspect))
+            hubs.append(await overflow.start_pool(services, f"pool-{i}", suspect))
         async with httpx.AsyncClient(timeout=30) as client:
             ids = [await _pool_id(client, hub) for hub in hubs]
             log("peering every pair")
@@ -134,23 +129,6 @@ async def gossip(workdir: Path, rounds: int) -> dict[str, Any]:
         "exchange_bytes_p50": int(statistics.median(exchanges)) if exchanges else None,
         "killed_pool_dead_after_s": dead_s,
     }
-
-
-async def _start_with(services: Services, name: str, env: dict[str, str]) -> Hub:
-    """:func:`overflow.start_pool` with extra settings in the pool's environment."""
-    data_dir = services.workdir / f"{name}-data"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    full = hub_env(data_dir, port) | {
-        "IAMINE_FEDERATION__ENABLED": "true",
-        "IAMINE_FEDERATION__PUBLIC_URL": url,
-        "IAMINE_FEDERATION__GOSSIP_INTERVAL_S": "1",
-        **env,
-    }
-    services.on_close(lambda: stop_postgres(data_dir))
-    service = services.start(name, [*HUB_COMMAND, "serve"], full)
-    await wait_ready(service, f"{url}/readyz")
-    return Hub(service, url, data_dir, "", full)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

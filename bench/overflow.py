@@ -48,16 +48,23 @@ from services import (
 PEER_WAIT_S = 60.0
 
 
-async def start_pool(services: Services, name: str) -> Hub:
-    """``iamine serve`` with federation on at its own URL, gossiping every second."""
+async def start_pool(services: Services, name: str, settings: dict[str, str] | None = None) -> Hub:
+    """``iamine serve`` with federation on at its own URL, gossiping every second.
+
+    ``settings`` adds ``IAMINE_*`` variables to the pool's environment.
+    """
     data_dir = services.workdir / f"{name}-data"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = hub_env(data_dir, port) | {
-        "IAMINE_FEDERATION__ENABLED": "true",
-        "IAMINE_FEDERATION__PUBLIC_URL": url,
-        "IAMINE_FEDERATION__GOSSIP_INTERVAL_S": "1",
-    }
+    env = (
+        hub_env(data_dir, port)
+        | {
+            "IAMINE_FEDERATION__ENABLED": "true",
+            "IAMINE_FEDERATION__PUBLIC_URL": url,
+            "IAMINE_FEDERATION__GOSSIP_INTERVAL_S": "1",
+        }
+        | (settings or {})
+    )
     services.on_close(lambda: stop_postgres(data_dir))
     iamine(env, "users", "create", "bench")
     user_token = issue_token(env, "bench", scope="user")
