@@ -58,9 +58,12 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
 
 # `make bench`: every benchmark in bench/, one JSON line each on stdout (progress on stderr).
-# services.py and stub_upstream.py are the benchmarks' helpers, not benchmarks.
+# Not benchmarks: the helpers (services.py, stub_upstream.py), the profile reader
+# (profile_summary.py, given a profile), the recall set's generator (make_recall_set.py), and
+# federation_suite.py (it runs federation_gossip, federation_notes and overflow, run here anyway).
 # LiteLLM's proxy, the peer of bench/hub_overhead.py, lives in its own venv (scripts/setup-litellm).
-BENCHES ?= $(filter-out services stub_upstream,$(basename $(notdir $(wildcard bench/*.py))))
+NOT_BENCHES := services stub_upstream profile_summary make_recall_set federation_suite
+BENCHES ?= $(filter-out $(NOT_BENCHES),$(basename $(notdir $(wildcard bench/*.py))))
 LITELLM_STAMP := .venv-litellm/.installed
 
 .PHONY: bench
