@@ -36,7 +36,7 @@ class HubBackend:
         method: str,
         path: str,
         *,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | list[dict[str, Any]] | None = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
@@ -64,10 +64,14 @@ class HubBackend:
         return (await self._call("GET", path, params=params)).json()
 
     async def post(
-        self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        path: str,
+        body: dict[str, Any] | list[dict[str, Any]],
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
     ) -> Any:
-        """POST a JSON body and return the JSON answer."""
-        return (await self._call("POST", path, body=body, headers=headers)).json()
+        """POST a JSON body (an object, or a list of them) and return the JSON answer."""
+        return (await self._call("POST", path, body=body, headers=headers, params=params)).json()
 
     async def delete(self, path: str) -> Any:
         """DELETE a resource and return the JSON answer."""

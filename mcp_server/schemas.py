@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
+
+from memory.context import MAX_CONTEXT_CHARS
+from memory.facts import TAG_PATTERN
+from memory.notes import MAX_AGENT_CHARS, MAX_BODY_CHARS, MAX_TITLE_CHARS, NAMESPACE_PATTERN
 
 
 class _Out(BaseModel):
@@ -117,6 +122,32 @@ class Note(_Out):
     updated_at: str
     score: float | None = Field(None, description="Fused (reciprocal-rank) search score.")
     snippet: str | None = None
+
+
+_PLAIN = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+
+
+class NoteInput(BaseModel):
+    """One note of a batch (``note_write_batch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    body: str = Field(min_length=1, max_length=MAX_BODY_CHARS, pattern=_PLAIN)
+    title: str = Field("", max_length=MAX_TITLE_CHARS, pattern=_PLAIN)
+    namespace: str = Field(
+        "user:me",
+        pattern=NAMESPACE_PATTERN,
+        description="`user:me`, `pool:<name>` or `fed:<name>`.",
+    )
+    tags: list[Annotated[str, Field(pattern=TAG_PATTERN)]] = Field(
+        default_factory=list, max_length=16
+    )
+    author_agent: str = Field("", max_length=MAX_AGENT_CHARS, pattern=_PLAIN)
+    speaker: str = Field("", max_length=MAX_AGENT_CHARS, pattern=_PLAIN, description="Who said it.")
+    said_at: datetime | None = Field(None, description="When it was said (with a time zone).")
+    context: str = Field(
+        "", max_length=MAX_CONTEXT_CHARS, pattern=_PLAIN, description="What situates the note."
+    )
 
 
 class FactList(_Out):

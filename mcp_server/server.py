@@ -45,6 +45,7 @@ from mcp_server.schemas import (
     ModelEntry,
     ModelList,
     Note,
+    NoteInput,
     NoteList,
     PoolStatus,
     Recall,
@@ -97,10 +98,16 @@ class Tools:
         except BackendError as exc:
             raise await failed(ctx, f"GET {path}", exc) from exc
 
-    async def post(self, ctx: Context[Any, Any], path: str, body: dict[str, Any]) -> Any:
+    async def post(
+        self,
+        ctx: Context[Any, Any],
+        path: str,
+        body: dict[str, Any] | list[dict[str, Any]],
+        params: dict[str, Any] | None = None,
+    ) -> Any:
         """POST with the caller's token."""
         try:
-            return await self.backend(ctx).post(path, body)
+            return await self.backend(ctx).post(path, body, params=params)
         except BackendError as exc:
             raise await failed(ctx, f"POST {path}", exc) from exc
 
@@ -279,6 +286,7 @@ def _register_conversation_tools(mcp: MCPServer, tools: Tools) -> None:
 # The hub's own limits, published in the tools' schemas so an agent sees them before calling.
 # Note text and search text are stored or searched as PostgreSQL text, which cannot hold NUL.
 MAX_QUERY_CHARS = 2000
+MAX_NOTES_PER_BATCH = 1000  # as POST /v1/memory/notes takes
 PlainText = Annotated[str, Field(pattern=r"^[^\x00]*$")]
 Tag = Annotated[str, Field(pattern=TAG_PATTERN)]
 Key = Annotated[str, Field(pattern=KEY_PATTERN)]
@@ -384,6 +392,23 @@ def _register_memory_tools(mcp: MCPServer, tools: Tools) -> None:
         note = Note.model_validate(await tools.post(ctx, "/v1/memory/notes", payload))
         await log(ctx, "info", f"note_write: note {note.id} written in {namespace}")
         return note
+
+    @mcp.tool(annotations=_hints(read_only=False, title="Write many notes"))
+    async def note_write_batch(
+        ctx: Context[Any, Any],
+        notes: Annotated[list[NoteInput], Field(min_length=1, max_length=MAX_NOTES_PER_BATCH)],
+        window: Annotated[
+            int,
+            Field(ge=0, le=5, description="Index each note with this many notes either side."),
+        ] = 0,
+    ) -> NoteList:
+        """Write up to 1000 notes at once, all or none (a conversation's turns, say: give each
+        its speaker and said_at, and a window to find a reply by the turn before it)."""
+        body = [n.model_dump(mode="json", exclude_none=True) for n in notes]
+        answer = await tools.post(ctx, "/v1/memory/notes", body, params={"window": window})
+        written = NoteList(notes=[Note.model_validate(n) for n in answer["data"]])
+        await log(ctx, "info", f"note_write_batch: {len(written.notes)} notes written")
+        return written
 
     @mcp.tool(annotations=_hints(read_only=True, title="Search notes"))
     async def note_search(
