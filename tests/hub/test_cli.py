@@ -167,6 +167,6 @@ def test_jobs_run_l1_purge_runs_here_and_is_recorded(
 
 
 def test_jobs_run_refuses_an_unknown_job(env: dict[str, str]) -> None:
-    result = runner.invoke(app, ["jobs", "run", "federation_sync"], env=env)
+    result = runner.invoke(app, ["jobs", "run", "no_such_job"], env=env)
     assert result.exit_code == 2
-    assert "no job 'federation_sync'" in result.output
+    assert "no job 'no_such_job'" in result.output

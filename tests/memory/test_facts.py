@@ -21,7 +21,7 @@ from memory.facts import (
     overlap,
     same_frame,
 )
-from memory.recall import RECALL_SQL, RecallQuery, recall
+from memory.recall import FUSION, RECALL_SQL, RecallQuery, recall
 from memory.settings import MemorySettings
 from tests.memory.conftest import NOW, Member, key_of, new_member
 
@@ -205,7 +205,17 @@ async def test_a_user_filtered_search_on_the_hnsw_index_still_returns_k_facts(
     await vconn.execute("SET enable_sort = off")
     query_vector = _unit_vectors(rng, 1)[0]
     args: tuple[object, ...] = (alice.user_id, query_vector, 10, [], False, None, None, 0, 0, 0)
-    args += (None, None)
+    args += (
+        None,
+        None,
+        "",
+        "",
+        FUSION.vector,
+        FUSION.keyword,
+        FUSION.k,
+        FUSION.boost,
+        FUSION.names,
+    )
     plan = "\n".join(r[0] for r in await vconn.fetch("EXPLAIN " + RECALL_SQL, *args))
     assert "facts_embedding_idx" in plan
     async with vconn.transaction():
