@@ -188,7 +188,7 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             if settings.bus.nats_url is not None:
                 bus = await NatsBus.connect(settings.bus, f"hub:{settings.server.port}")
                 stack.push_async_callback(bus.close)
-                events = PoolEvents(bus, resolver, registry)
+                events = PoolEvents(bus, resolver, registry, db.pool)
                 events.attach()
             canaries = build_canaries(state)
             state.scheduler = Scheduler(

@@ -8,8 +8,14 @@ purpose, and applies what the others announce:
 - ``token``: a token revoked (or its worker blacklisted) — dropped from the cache, its worker
   links and MCP streams ended (``TokenResolver.forget``);
 - ``user``: a user disabled — every token of theirs dropped (``TokenResolver.forget_user``);
-- ``pool_config``: a new pool configuration — applied to the router (the configuration travels
-  in the event, already saved in the database by the replica that changed it).
+- ``pool_config``: a new pool configuration — each replica reads it from the database (where
+  the replica that changed it saved it first) and applies it to the router.
+
+The bus is trusted as far as it goes, and no further: an event only makes a replica drop what it
+caches or re-read the database. A forged ``token`` or ``user`` event can close links and streams
+that then reconnect (the token is checked again against the database); a forged
+``pool_config`` makes replicas re-read the configuration they already have. Still, run NATS on
+a private network with credentials (docs/scale-out.md).
 
 Announcing never blocks the request that made the change: events go through a bounded queue to
 one sender task. An event lost (the NATS server away, the queue full) is not a hole: the token
@@ -24,12 +30,13 @@ import uuid
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import structlog
 from pydantic import ValidationError
 
 from hub.auth import TokenResolver
 from hub.bus import NatsBus
-from inference.pool_config import PoolConfig
+from inference.pool_config import load_pool_config
 from inference.registry import WorkerRegistry
 
 log = structlog.get_logger()
@@ -41,8 +48,11 @@ QUEUE_SIZE = 10_000
 class PoolEvents:
     """This replica's side of the pool-wide events."""
 
-    def __init__(self, bus: NatsBus, tokens: TokenResolver, workers: WorkerRegistry) -> None:
+    def __init__(
+        self, bus: NatsBus, tokens: TokenResolver, workers: WorkerRegistry, pool: asyncpg.Pool
+    ) -> None:
         self.bus = bus
+        self._pool = pool
         self.replica = uuid.uuid4().hex
         self._tokens = tokens
         self._workers = workers
@@ -56,9 +66,7 @@ class PoolEvents:
         self._tokens.on_user_disabled = lambda user_id: self._announce(
             {"kind": "user", "user_id": str(user_id)}
         )
-        self._workers.on_config = lambda config: self._announce(
-            {"kind": "pool_config", "config": config.model_dump(mode="json")}
-        )
+        self._workers.on_config = lambda _config: self._announce({"kind": "pool_config"})
 
     def _announce(self, event: dict[str, Any]) -> None:
         try:
@@ -78,18 +86,26 @@ class PoolEvents:
         if event.get("replica") == self.replica:
             return
         try:
-            self._apply(event)
-        except (KeyError, ValueError, TypeError, ValidationError) as exc:
+            await self._apply(event)
+        except (
+            KeyError,
+            ValueError,
+            TypeError,
+            ValidationError,
+            asyncpg.PostgresError,
+            OSError,
+        ) as exc:
             log.warning("pool_event_unreadable", kind=event.get("kind"), error=str(exc)[:200])
 
-    def _apply(self, event: dict[str, Any]) -> None:
+    async def _apply(self, event: dict[str, Any]) -> None:
         kind = event["kind"]
         if kind == "token":
             self._tokens.forget(UUID(event["token_id"]), str(event["reason"]), announce=False)
         elif kind == "user":
             self._tokens.forget_user(UUID(event["user_id"]), announce=False)
         elif kind == "pool_config":
-            config = PoolConfig.model_validate(event["config"])
+            async with self._pool.acquire() as conn:
+                config = await load_pool_config(conn)
             self._workers.set_config(config, announce=False)
         else:
             raise ValueError(f"unknown event kind {kind!r}")
