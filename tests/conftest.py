@@ -34,6 +34,19 @@ from memory.settings import MemorySettings
 TEMPLATE_DB = "iamine_test_template"
 
 
+def query_rows(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows of one query on a database, from synchronous test code (a fresh connection)."""
+
+    async def fetch() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 def database_uri(uri: str, name: str) -> str:
     """The same server URI with another database name."""
     parts = urlsplit(uri)

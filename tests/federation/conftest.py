@@ -29,7 +29,7 @@ from federation.signatures import SignedRequest, sign_request
 from hub.config import JobsSettings, Settings
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
-from tests.conftest import TEMPLATE_DB, database_uri
+from tests.conftest import TEMPLATE_DB, database_uri, query_rows
 from tests.federation.proxy import LinkProxy
 from tests.hub.conftest import free_port, serve_in_thread
 
@@ -77,15 +77,15 @@ class FedHub:
 
     def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """:meth:`fetch` from synchronous code."""
-        return asyncio.run(self.fetch(sql, *args))
+        return query_rows(self.database_url, sql, *args)
 
 
-def admit_identity(hub: FedHub, identity: PoolIdentity) -> None:
-    """Record ``identity`` as an admitted peer of ``hub`` (at a URL that answers nothing), so
-    the test can sign requests as that peer."""
+def admit_identity(database_url: str, identity: PoolIdentity) -> None:
+    """Record ``identity`` as an admitted peer of the hub on ``database_url`` (at a URL that
+    answers nothing), so the test can sign requests as that peer."""
 
     async def admit() -> None:
-        conn = await asyncpg.connect(hub.database_url)
+        conn = await asyncpg.connect(database_url)
         try:
             await peers.admit_peer(
                 conn,

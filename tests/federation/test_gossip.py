@@ -134,7 +134,7 @@ def test_gossip_from_a_stranger_a_replay_or_a_malformed_body_is_refused(
 ) -> None:
     a = fed_hubs[0]
     known, stranger = new_identity(), new_identity()
-    admit_identity(a, known)
+    admit_identity(a.database_url, known)
     url = a.url + "/v1/federation/gossip"
 
     body = _gossip_body(known)
@@ -175,7 +175,7 @@ def test_a_listed_pool_under_someone_else_s_key_never_becomes_a_candidate(
 ) -> None:
     a = fed_hubs[0]
     known, victim, impostor = new_identity(), new_identity(), new_identity()
-    admit_identity(a, known)
+    admit_identity(a.database_url, known)
     listed = {
         "pool_id": victim.pool_id,
         "url": "http://127.0.0.1:7",

@@ -258,7 +258,7 @@ def test_tombstones_are_collected_once_every_peer_acknowledged_them(mesh: list[P
 def known(mesh: list[Pool]) -> Iterator[PoolIdentity]:
     """A key admitted by hub A (to send crafted messages), removed afterwards."""
     identity = new_identity()
-    admit_identity(mesh[0].hub, identity)
+    admit_identity(mesh[0].hub.database_url, identity)
     yield identity
     mesh[0].hub.admin("DELETE", f"/admin/api/federation/peers/{identity.pool_id}")
 

@@ -34,7 +34,6 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from economy.verify import verify
-from federation import peers
 from federation.identity import PoolIdentity, key_file, load_identity
 from federation.settings import FederationSettings
 from hub import accounts
@@ -44,8 +43,8 @@ from hub.state import HubState
 from inference.pool_config import PoolConfig, save_pool_config
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
-from tests.conftest import TEMPLATE_DB, database_uri
-from tests.federation.conftest import new_identity, send, signed_request
+from tests.conftest import TEMPLATE_DB, database_uri, query_rows
+from tests.federation.conftest import admit_identity, new_identity, send, signed_request
 from tests.hub.conftest import free_port, register_test_worker, wait_until
 
 MODEL = "peer-model"
@@ -101,15 +100,7 @@ class Pool:
 
     def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """Rows of a query on this hub's database."""
-
-        async def fetch() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.database_url)
-            try:
-                return list(await conn.fetch(sql, *args))
-            finally:
-                await conn.close()
-
-        return asyncio.run(fetch())
+        return query_rows(self.database_url, sql, *args)
 
 
 async def _prepare(admin_uri: str, name: str) -> tuple[str, str]:
@@ -339,22 +330,7 @@ def test_an_unreachable_peer_is_skipped_for_the_next_best_and_then_backed_off(
     pools: Pools,
 ) -> None:
     ghost = new_identity()
-
-    async def admit() -> None:
-        conn = await asyncpg.connect(pools.a.database_url)
-        try:
-            await peers.admit_peer(
-                conn,
-                pool_id=ghost.pool_id,
-                public_key=ghost.public_key,
-                url="http://127.0.0.1:9",
-                admitted_by="test",
-                now=datetime.now(UTC),
-            )
-        finally:
-            await conn.close()
-
-    asyncio.run(admit())
+    admit_identity(pools.a.database_url, ghost)
     federation = pools.a.state.federation
     assert federation is not None
     cheap = {"models": [{"model": MODEL, "free_slots": 9, "price_per_1k": 1}]}

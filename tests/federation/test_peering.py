@@ -66,7 +66,7 @@ def _refused(response: httpx.Response, status: int, code: str) -> None:
 def known(fed_hubs: list[FedHub]) -> PoolIdentity:
     """A key admitted as a peer of hub A by the test itself (to send crafted requests)."""
     identity = new_identity()
-    admit_identity(fed_hubs[0], identity)
+    admit_identity(fed_hubs[0].database_url, identity)
     return identity
 
 
@@ -339,7 +339,7 @@ def test_a_failing_peer_backs_off_without_being_down_after_one_failure(
 ) -> None:
     a = fed_hubs[0]
     silent = new_identity()
-    admit_identity(a, silent)  # its URL (port 9) answers nothing
+    admit_identity(a.database_url, silent)  # its URL (port 9) answers nothing
     response = a.admin("POST", f"/admin/api/federation/peers/{silent.pool_id}/ping")
     _refused(response, 502, "peer_unreachable")
     listed = a.admin("GET", "/admin/api/federation/peers").json()["data"]

@@ -29,7 +29,7 @@ from hub.config import AuthSettings, JobsSettings, Settings
 from hub.errors import HubError
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
-from tests.conftest import TEMPLATE_DB, database_uri
+from tests.conftest import TEMPLATE_DB, database_uri, query_rows
 from tests.hub.conftest import free_port, serve_in_thread, wait_until
 
 REPLICAS = 3
@@ -90,14 +90,7 @@ class Pool:
         )
 
     def rows(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async def fetch() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.database_url)
-            try:
-                return list(await conn.fetch(sql, *args))
-            finally:
-                await conn.close()
-
-        return asyncio.run(fetch())
+        return query_rows(self.database_url, sql, *args)
 
 
 async def _admin_sql(uri: str, sql: str) -> None:
