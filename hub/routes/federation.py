@@ -105,7 +105,8 @@ async def running_federation(state: State) -> Federation:
 PeerFacing = Annotated[Federation, Depends(running_federation)]
 
 
-def _admin_federation(state: HubState) -> Federation:
+def admin_federation(state: HubState) -> Federation:
+    """This hub's federation for an admin route, or 409 ``federation_disabled``."""
     if state.federation is None:
         raise ConflictError(
             "Federation is off: set IAMINE_FEDERATION__ENABLED=true and "
@@ -116,7 +117,7 @@ def _admin_federation(state: HubState) -> Federation:
 
 
 @contextmanager
-def _federation_errors() -> Iterator[None]:
+def federation_errors() -> Iterator[None]:
     """Map the federation package's errors to the hub's HTTP errors."""
     try:
         yield
@@ -136,7 +137,8 @@ def _federation_errors() -> Iterator[None]:
         raise UpstreamFailedError(exc.message, code=exc.code) from exc
 
 
-async def _inbound(request: Request) -> Inbound:
+async def inbound_request(request: Request) -> Inbound:
+    """A federation request exactly as it arrived: the bytes its signature covers."""
     target = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")
     return Inbound(
@@ -147,7 +149,9 @@ async def _inbound(request: Request) -> Inbound:
     )
 
 
-def _signed(federation: Federation, request: SignedRequest, answer: dict[str, Any]) -> Response:
+def signed_answer(
+    federation: Federation, request: SignedRequest, answer: dict[str, Any]
+) -> Response:
     body = orjson.dumps(answer)
     return Response(body, 200, headers=federation.sign_answer(request, 200, body))
 
@@ -167,26 +171,26 @@ async def hello(request: Request, federation: PeerFacing) -> Response:
     Signed with the key the body carries; the invite must be unused, unexpired and minted by
     this pool, and ``to`` must be this pool's id. The joining pool is admitted as a peer.
     """
-    inbound = await _inbound(request)
+    inbound = await inbound_request(request)
     try:
         body = HelloBody.model_validate_json(inbound.body)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first.get("loc", ())) or None
         raise InvalidRequestError(f"Invalid hello: {first['msg']}", param=param) from None
-    with _federation_errors():
+    with federation_errors():
         answer, signed = await federation.receive_hello(
             inbound, Hello(body.pool_id.lower(), body.public_key, body.url, body.invite, body.to)
         )
-    return _signed(federation, signed, answer)
+    return signed_answer(federation, signed, answer)
 
 
 @router.get("/ping")
 async def ping(request: Request, federation: PeerFacing) -> Response:
     """Liveness between peers: this pool's id and clock, and the caller's id as seen here."""
-    with _federation_errors():
-        answer, signed = await federation.receive_ping(await _inbound(request))
-    return _signed(federation, signed, answer)
+    with federation_errors():
+        answer, signed = await federation.receive_ping(await inbound_request(request))
+    return signed_answer(federation, signed, answer)
 
 
 def _gossip(state: HubState) -> Gossip:
@@ -207,9 +211,9 @@ def _gossip(state: HubState) -> Gossip:
 async def gossip(request: Request, state: State, federation: PeerFacing) -> Response:
     """Push-pull gossip: learn the peer's heartbeats, suspicions, peers and capabilities;
     answer with this pool's own (docs/federation.md, "Gossip")."""
-    with _federation_errors():
-        answer, signed = await _gossip(state).receive(await _inbound(request))
-    return _signed(federation, signed, answer)
+    with federation_errors():
+        answer, signed = await _gossip(state).receive(await inbound_request(request))
+    return signed_answer(federation, signed, answer)
 
 
 @admin_router.get("")
@@ -232,8 +236,8 @@ async def list_peers(state: State, _: AdminPrincipal) -> dict[str, Any]:
 @admin_router.post("/peers", status_code=201)
 async def add_peer(body: PeerAdd, state: State, _: AdminPrincipal) -> dict[str, Any]:
     """Peer with another pool using its admin's invite; its answer must match the fingerprint."""
-    federation = _admin_federation(state)
-    with _federation_errors():
+    federation = admin_federation(state)
+    with federation_errors():
         peer = await federation.join(body.url, body.fingerprint, body.invite)
     return peer.as_dict(state.settings.federation.down_after_failures)
 
@@ -242,7 +246,7 @@ async def add_peer(body: PeerAdd, state: State, _: AdminPrincipal) -> dict[str, 
 async def remove_peer(pool_id: PoolIdPath, state: State, _: AdminPrincipal) -> dict[str, Any]:
     """Forget a peer: its requests are refused from now on (it may be invited again)."""
     down_after = state.settings.federation.down_after_failures
-    with _federation_errors():
+    with federation_errors():
         async with state.db.pool.acquire() as conn:
             removed = await peers.remove_peer(conn, parse_pool_id(pool_id))
     if state.federation is not None:
@@ -253,17 +257,17 @@ async def remove_peer(pool_id: PoolIdPath, state: State, _: AdminPrincipal) -> d
 @admin_router.post("/peers/{pool_id}/ping")
 async def ping_peer(pool_id: PoolIdPath, state: State, _: AdminPrincipal) -> dict[str, Any]:
     """Ping a peer now, whatever its backoff; the outcome updates its backoff."""
-    federation = _admin_federation(state)
-    with _federation_errors():
+    federation = admin_federation(state)
+    with federation_errors():
         return await federation.ping(pool_id)
 
 
 @admin_router.post("/invites", status_code=201)
 async def create_invite(body: InviteRequest, state: State, _: AdminPrincipal) -> dict[str, Any]:
     """Mint a one-time invite (shown once) with this pool's id and URL to hand over with it."""
-    federation = _admin_federation(state)
+    federation = admin_federation(state)
     ttl = timedelta(seconds=body.expires_s) if body.expires_s is not None else None
-    with _federation_errors():
+    with federation_errors():
         return await federation.invite(ttl, body.for_pool_id)
 
 
@@ -305,7 +309,7 @@ async def list_candidates(state: State, _: AdminPrincipal) -> dict[str, Any]:
 @admin_router.post("/candidates/{pool_id}/admit", status_code=201)
 async def admit_candidate(pool_id: PoolIdPath, state: State, _: AdminPrincipal) -> dict[str, Any]:
     """Admit a candidate as a peer, with the key and URL its vouchers listed."""
-    with _federation_errors():
+    with federation_errors():
         async with state.db.pool.acquire() as conn:
             peer = await candidates.admit_candidate(conn, parse_pool_id(pool_id), utc_now())
     return peer.as_dict(state.settings.federation.down_after_failures)

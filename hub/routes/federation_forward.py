@@ -39,10 +39,10 @@ from hub.routes.federation import (
     POOL_ID_PATTERN,
     PeerFacing,
     PoolIdPath,
-    _admin_federation,
-    _federation_errors,
-    _inbound,
-    _signed,
+    admin_federation,
+    federation_errors,
+    inbound_request,
+    signed_answer,
 )
 from inference.dispatch import Degraded, JobEvent, JobFailed, run_job
 from inference.link import JobHandle
@@ -168,8 +168,8 @@ async def _receipted(
 @router.post("/forward", response_model=None)
 async def forward(request: Request, state: State, federation: PeerFacing) -> Response:
     """Serve a chat a peer pool forwarded: on local workers, billed to the peer, streamed back."""
-    inbound = await _inbound(request)
-    with _federation_errors():
+    inbound = await inbound_request(request)
+    with federation_errors():
         async with state.db.pool.acquire() as conn, conn.transaction():
             # No disk flush on the chat's path: a crash may lose the last nonces, so a request
             # captured just before it could be replayed within its age window: it is served and
@@ -218,7 +218,7 @@ async def forward(request: Request, state: State, federation: PeerFacing) -> Res
     answer, done = await collect(ChatRun({}, watched, None))
     completion = completion_body(completion_id(), chat.model, answer, done)
     completion["iamine_receipt"] = _receipt(federation, origin, job, ticket, tally, None)
-    return _signed(federation, signed, completion)
+    return signed_answer(federation, signed, completion)
 
 
 @router.get("/statement")
@@ -229,8 +229,8 @@ async def statement(
     since: Annotated[datetime, Query(description="Chats posted at or after this time.")] = EPOCH,
 ) -> Response:
     """The chats this pool served for the calling peer, and those it forwarded to it."""
-    inbound = await _inbound(request)
-    with _federation_errors():
+    inbound = await inbound_request(request)
+    with federation_errors():
         async with state.db.pool.acquire() as conn, conn.transaction():
             caller, signed = await federation.authenticate(conn, inbound)
             served = await peering.served_for(conn, caller, since)
@@ -242,7 +242,7 @@ async def statement(
         "served": [line.as_dict() for line in served],
         "forwarded": [line.as_dict() for line in forwarded],
     }
-    return _signed(federation, signed, answer)
+    return signed_answer(federation, signed, answer)
 
 
 @admin_router.get("/peers/{pool_id}/reconcile")
@@ -257,9 +257,9 @@ async def reconcile(
     ``payable``: chats this pool forwarded to the peer (our payable) against the peer's charges;
     ``receivable``: chats this pool served for the peer against what the peer says it owes.
     """
-    federation = _admin_federation(state)
+    federation = admin_federation(state)
     peer_id = parse_pool_id(pool_id)
-    with _federation_errors():
+    with federation_errors():
         async with state.db.pool.acquire() as conn:
             peer = await peers.get_peer(conn, peer_id)
             ours_out = await peering.forwarded_to(conn, peer_id, since)

@@ -27,9 +27,9 @@ from hub.errors import ConflictError, NotFoundError
 from hub.routes.federation import (
     POOL_ID_PATTERN,
     PeerFacing,
-    _federation_errors,
-    _inbound,
-    _signed,
+    federation_errors,
+    inbound_request,
+    signed_answer,
 )
 from hub.schemas import StrictBody
 from hub.state import HubState
@@ -66,11 +66,11 @@ async def _serve(
 ) -> Response:
     if state.note_sync is None:
         raise NotFoundError("Federation is off in this pool.", code="federation_disabled")
-    inbound = await _inbound(request)
-    with _federation_errors():
+    inbound = await inbound_request(request)
+    with federation_errors():
         sender, signed = await state.note_sync.authenticate(inbound)
         answer = await run(state.note_sync, sender, _message(inbound.body))
-    return _signed(federation, signed, answer)
+    return signed_answer(federation, signed, answer)
 
 
 async def _changes(sync: NoteSync, sender: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +115,7 @@ async def sync(body: SyncRequest, state: State, _: AdminPrincipal) -> dict[str, 
             "IAMINE_FEDERATION__PUBLIC_URL, then restart the hub.",
             code="federation_disabled",
         )
-    with _federation_errors():
+    with federation_errors():
         async with state.db.pool.acquire() as conn:
             peer = await peers.get_peer(conn, parse_pool_id(body.peer))
         if body.merkle:
