@@ -36,7 +36,7 @@ from federation import candidates, membership, peers
 from federation.capabilities import parse_capabilities
 from federation.client import Clock, utc_now
 from federation.errors import FederationError, InvalidFederationInput
-from federation.identity import decode_public_key, encode_public_key
+from federation.identity import POOL_ID_PATTERN, decode_public_key, encode_public_key
 from federation.service import Federation, Inbound
 from federation.settings import normalise_origin
 from federation.signatures import SignedRequest
@@ -95,7 +95,8 @@ def parse_message(data: Any) -> GossipMessage:
         pool_id=pool_id,
         heartbeat=beat,
         members=[m for m in map(_member_entry, raw_members) if m is not None],
-        suspects=[s for s in raw_suspects if isinstance(s, str)],
+        # Only well-formed pool ids: anything else could name no peer anyway.
+        suspects=[s for s in raw_suspects if isinstance(s, str) and POOL_ID_PATTERN.match(s)],
         capabilities=capabilities,
     )
 

@@ -12,6 +12,7 @@ import pytest
 from memory.settings import MemorySettings
 from tests.federation.conftest import FedHub, running_hubs
 from tests.federation.proxy import partition
+from tests.hub.conftest import wait_until
 
 SUSPECT_AFTER_S = 2.0
 
@@ -100,8 +101,9 @@ def test_liveness_by_quorum(pools: list[FedHub]) -> None:
         assert set(_status(x).values()) == {"suspect"}
 
     # Healed: x's next round reaches everyone, and one heartbeat clears every suspicion.
-    time.sleep(0.6)  # past every backoff (capped at 0.5 s here)
-    _rounds([x], 0.1)
+    others = sorted(_id(hub) for hub in (a, b, c))
+    # x's calls back off (capped at 0.5 s here): its rounds reach everyone once that has passed.
+    wait_until(lambda: sorted(_round(x)["ok"]) == others, 10, "x to reach every peer again")
     for hub in pools:
         assert set(_status(hub).values()) == {"alive"}, hub.url
     # x's first message still voted against those it had not heard yet; its next ones do not.

@@ -191,7 +191,7 @@ def _message(**overrides: object) -> dict[str, object]:
             "junk",
             {"pool_id": "x", "url": "ftp://nope", "public_key": "AAAA"},
         ],
-        "suspects": ["a", 3],
+        "suspects": [known.pool_id, "a", 3, known.pool_id.upper()],
         "capabilities": {"models": [{"model": "m", "free_slots": 2, "price_per_1k": 5}]},
     }
     return {**message, **overrides}
@@ -201,7 +201,7 @@ def test_a_gossip_message_keeps_good_entries_and_refuses_a_malformed_whole() -> 
     parsed = parse_message(_message())
     assert parsed.heartbeat == (1, 2)
     assert [(m.url, beat) for m, beat in parsed.members] == [("http://127.0.0.1:1", (3, 4))]
-    assert parsed.suspects == ["a"]
+    assert parsed.suspects == [parsed.pool_id]  # only well-formed pool ids are read
     cases: list[tuple[dict[str, object], str]] = [
         ({"heartbeat": [1]}, "heartbeat"),
         ({"heartbeat": [-1, 2]}, "heartbeat"),

@@ -200,11 +200,18 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
     The live hub runs in its own thread and workers in their own processes, so there is no
     event to await from the test: a bounded poll is the honest wait.
     """
+    if not eventually(condition, timeout_s):
+        raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``condition`` becomes true within ``timeout_s`` (polled every 50 ms)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+            return False
         time.sleep(0.05)
+    return True
 
 
 def wait_for_model(hub: LiveHub, model: str, present: bool = True, timeout_s: float = 60) -> None:

@@ -7,7 +7,6 @@ serving SmolLM2-135M; the extractor's answer is constrained by the JSON schema
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
-from tests.hub.conftest import BUNDLED_MODEL, LiveHub
+from tests.hub.conftest import BUNDLED_MODEL, LiveHub, wait_until
 
 EXTRACTION_WAIT_S = 240  # a deadline for the background job on 2 shared cores, not a timing claim
 
@@ -54,12 +53,13 @@ def test_a_chat_with_memory_on_stores_a_fact_from_an_obvious_statement(
             },
         )
         assert chat.status_code == 200, chat.text
-        deadline = time.monotonic() + EXTRACTION_WAIT_S
         facts: list[dict[str, Any]] = []
-        while not facts and time.monotonic() < deadline:
-            time.sleep(1)
+
+        def extracted() -> bool:
             listed = client.get("/v1/memory/facts")
             assert listed.status_code == 200, listed.text
-            facts = listed.json()["data"]
-    assert facts, "no fact was extracted from the exchange"
+            facts[:] = listed.json()["data"]
+            return bool(facts)
+
+        wait_until(extracted, EXTRACTION_WAIT_S, "a fact extracted from the exchange")
     assert all(f["source"] == "extracted" and f["text"] for f in facts)
