@@ -18,6 +18,13 @@ Writes keep the set of *current* facts clean, serialised per user:
   called Rex" → "my cat is called Rex", is not a new value). The heuristic cannot tell a value
   that replaces ("favourite colour") from one that adds ("I like cats" → "I like dogs"); keys or
   ``supersedes`` say it exactly.
+
+Searches scope the HNSW scan by user. One shared graph over every user's facts makes a large
+user's search wade through everyone else's (at 1M facts over 10 users, p95 96 ms), so a user
+with :data:`OWNER_INDEX_MIN` facts gets an HNSW index of their own, partial on their user id
+(:func:`index_large_owners`); :func:`search_settings` makes each search plan for the user it
+names, so the planner takes that index, the shared one, or the user id B-tree and an exact sort,
+whichever its statistics say is cheapest for that user.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ KEY_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 MAX_FACT_CHARS = 1000
 NEIGHBOURS = 8  # current facts compared with a new one
 MAX_CHANGED_WORDS = 2  # the "same wording, another value" span
+MAX_SEARCH_K = 1000  # pgvector's largest hnsw.ef_search
+MIN_EF_SEARCH = 40  # pgvector's default hnsw.ef_search
+OWNER_INDEX_MIN = 10_000  # a user's facts that pay for an HNSW index of their own
+OWNER_INDEX_PREFIX = "facts_owner_"
+OWNER_INDEX_LOCK = 0x6661637473  # advisory lock: one index_large_owners at a time
 
 _WORD = re.compile(r"\w+")
 
@@ -235,8 +247,7 @@ def _is_duplicate(fact: Fact, similarity: float, new: NewFact, settings: MemoryS
 async def _neighbours(
     conn: asyncpg.Connection, key: UserKey, user_id: UUID, vector: Vector, now: datetime
 ) -> list[tuple[Fact, float]]:
-    # Inside add_fact's transaction: the iterative scan keeps a user filter from starving k.
-    await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    await conn.execute(search_settings(NEIGHBOURS))  # inside add_fact's transaction
     rows = await conn.fetch(
         _NEAREST_SQL,
         user_id,
@@ -314,6 +325,106 @@ async def _close(
         at,
     )
     return sorted(r["id"] for r in rows)
+
+
+def search_settings(k: int) -> str:
+    """The ``SET LOCAL`` statements a transaction runs before searching facts, ``k`` at a time.
+
+    - ``hnsw.iterative_scan = relaxed_order``: the scan keeps walking the graph until k rows pass
+      the user filter (the statement re-sorts them), so a user filter cannot starve k;
+    - ``hnsw.ef_search`` of twice k, at least pgvector's default of 40: one pass of the graph
+      holds enough candidates for k;
+    - ``plan_cache_mode = force_custom_plan``: the statement is planned for the user id it is
+      given, not as a generic plan, so an owner's partial index (:func:`index_large_owners`)
+      matches and the row estimate is that user's.
+
+    Raises ``ValueError`` unless ``0 <= k <= MAX_SEARCH_K``.
+    """
+    if not 0 <= k <= MAX_SEARCH_K:
+        raise ValueError(f"k must be between 0 and {MAX_SEARCH_K}, not {k}")
+    ef_search = min(MAX_SEARCH_K, max(MIN_EF_SEARCH, 2 * k))
+    return (
+        "SET LOCAL hnsw.iterative_scan = relaxed_order; "
+        f"SET LOCAL hnsw.ef_search = {ef_search}; "
+        "SET LOCAL plan_cache_mode = force_custom_plan"
+    )
+
+
+def owner_index_name(user_id: UUID) -> str:
+    """The name of the user's own HNSW index over their facts."""
+    return f"{OWNER_INDEX_PREFIX}{user_id.hex}"
+
+
+@dataclass(frozen=True)
+class OwnerIndexes:
+    """What :func:`index_large_owners` changed: users indexed, and users whose index it dropped."""
+
+    created: tuple[UUID, ...] = ()
+    dropped: tuple[UUID, ...] = ()
+    skipped: bool = False  # another session was already running it
+
+
+async def index_large_owners(
+    conn: asyncpg.Connection, *, min_facts: int = OWNER_INDEX_MIN
+) -> OwnerIndexes:
+    """Give each user with ``min_facts`` facts an HNSW index of their own; drop the index of a
+    user who fell under half of it (the half keeps a user at the edge from flapping).
+
+    Each index covers one user's rows (``WHERE user_id = ...``), so their searches walk a graph
+    of their facts only, with no other user's to skip. Indexes are built and dropped
+    ``CONCURRENTLY`` (writes go on; ``conn`` must not be in a transaction), one at a time; an
+    index left invalid by an interrupted build is dropped and built again. Every index is one
+    more for each insert to consider and for the planner to weigh, so ``min_facts`` should keep
+    them to tens or hundreds. One session runs this at a time; another returns ``skipped``.
+    """
+    if min_facts < 1:
+        raise ValueError(f"min_facts must be at least 1, not {min_facts}")
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", OWNER_INDEX_LOCK):
+        return OwnerIndexes(skipped=True)
+    try:
+        counts = {
+            r["user_id"]: r["facts"]
+            for r in await conn.fetch(
+                "SELECT user_id, count(*) AS facts FROM facts GROUP BY user_id "
+                "HAVING 2 * count(*) >= $1",
+                min_facts,
+            )
+        }
+        existing = await conn.fetch(
+            "SELECT c.relname AS name, i.indisvalid AS valid FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE i.indrelid = 'facts'::regclass AND starts_with(c.relname, $1)",
+            OWNER_INDEX_PREFIX,
+        )
+        valid: set[UUID] = set()
+        dropped: list[UUID] = []
+        for row in existing:
+            user_id = UUID(row["name"].removeprefix(OWNER_INDEX_PREFIX))
+            if row["valid"] and user_id in counts:
+                valid.add(user_id)
+                continue
+            await _drop_owner_index(conn, user_id)
+            if row["valid"]:
+                dropped.append(user_id)
+        created: list[UUID] = []
+        for user_id in sorted(u for u, n in counts.items() if n >= min_facts and u not in valid):
+            await _create_owner_index(conn, user_id)
+            created.append(user_id)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", OWNER_INDEX_LOCK)
+    return OwnerIndexes(tuple(created), tuple(sorted(dropped)))
+
+
+async def _create_owner_index(conn: asyncpg.Connection, user_id: UUID) -> None:
+    # DDL takes no parameters: the name is hex and the literal a UUID's own text.
+    await conn.execute(
+        f"CREATE INDEX CONCURRENTLY {owner_index_name(user_id)} ON facts "
+        f"USING hnsw (embedding vector_cosine_ops) WHERE user_id = '{user_id}'::uuid"
+    )
+
+
+async def _drop_owner_index(conn: asyncpg.Connection, user_id: UUID) -> None:
+    await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {owner_index_name(user_id)}")
 
 
 async def get_fact(

@@ -17,8 +17,10 @@ notes never reach a chat, a search or an agent, whatever filter is sent.
   (``tests/memory/data/recall_set.json``) supports.
 
 Filters are applied inside each index scan; pgvector's iterative scan (``hnsw.iterative_scan =
-relaxed_order``, set for the statement's transaction) keeps scanning the HNSW graph until k rows
-pass the user and namespace filters, and the ranked CTEs put the relaxed order right again.
+relaxed_order``, set for the statement's transaction with the rest of
+:func:`memory.facts.search_settings`) keeps scanning the HNSW graph until k rows pass the user and
+namespace filters, and the ranked CTEs put the relaxed order right again. The statement is
+planned for the user it names, so a large user's facts are searched on their own index.
 
 Every hit carries its cosine ``similarity`` (comparable across tiers: the chat's threshold uses
 it) and its tier's ``score``. :func:`context_message` turns a recall into the one system message
@@ -39,7 +41,7 @@ import asyncpg
 
 from memory.context import date_terms
 from memory.embeddings import Vector
-from memory.facts import FACT_COLUMNS, Fact, fact_from_row
+from memory.facts import FACT_COLUMNS, Fact, fact_from_row, search_settings
 from memory.keys import UserKey
 from memory.l2 import CHARS_PER_TOKEN
 from memory.namespaces import READABLE_NOTE
@@ -296,7 +298,11 @@ async def has_bm25(conn: asyncpg.Connection) -> bool:
 async def recall(
     conn: asyncpg.Connection, key: UserKey | None, user_id: UUID, query: RecallQuery
 ) -> Recall:
-    """Search the user's current facts and readable notes; ``key`` None skips facts."""
+    """Search the user's current facts and readable notes; ``key`` None skips facts.
+
+    Raises ``ValueError`` when ``query.facts`` is outside ``0..MAX_SEARCH_K``.
+    """
+    settings = search_settings(query.facts)
     vector_side = query.mode is not SearchMode.KEYWORD and query.vector is not None
     keyword_side = query.mode is not SearchMode.VECTOR
     words = keyword_terms(query.text) if keyword_side else None
@@ -308,7 +314,7 @@ async def recall(
     if fusion.dated_keyword is not None and _DATED.search(names):
         fusion = replace(fusion, keyword=fusion.dated_keyword)
     async with conn.transaction():
-        await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        await conn.execute(settings)
         if bm25:
             # pg_search plans its scan from the query's values (a generic plan is refused), and
             # its parallel scan crashes the worker (pg_search 0.21.14): one process, custom plans.

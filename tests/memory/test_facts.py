@@ -21,7 +21,7 @@ from memory.facts import (
     overlap,
     same_frame,
 )
-from memory.recall import FUSION, RECALL_SQL, RecallQuery, recall
+from memory.recall import RecallQuery, recall
 from memory.settings import MemorySettings
 from tests.memory.conftest import NOW, Member, key_of, new_member
 
@@ -185,6 +185,9 @@ async def test_crypto_shredding_the_memory_deletes_the_facts_with_the_key(
     assert await vconn.fetchval("SELECT count(*) FROM facts") == 0
 
 
+_NEAREST = "SELECT id FROM facts WHERE user_id = $1 ORDER BY embedding <=> $2 LIMIT 10"
+
+
 def _unit_vectors(rng: np.random.Generator, n: int) -> list[Vector]:
     raw = rng.normal(size=(n, MODEL_DIM)).astype(np.float32)
     return list(raw / np.linalg.norm(raw, axis=1, keepdims=True))
@@ -204,26 +207,16 @@ async def test_a_user_filtered_search_on_the_hnsw_index_still_returns_k_facts(
     await vconn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
     await vconn.execute("SET enable_sort = off")
     query_vector = _unit_vectors(rng, 1)[0]
-    args: tuple[object, ...] = (alice.user_id, query_vector, 10, [], False, None, None, 0, 0, 0)
-    args += (
-        None,
-        None,
-        "",
-        "",
-        FUSION.vector,
-        FUSION.keyword,
-        FUSION.k,
-        FUSION.boost,
-        FUSION.names,
-    )
-    plan = "\n".join(r[0] for r in await vconn.fetch("EXPLAIN " + RECALL_SQL, *args))
-    assert "facts_embedding_idx" in plan
     async with vconn.transaction():
         await vconn.execute("SET LOCAL hnsw.iterative_scan = off")
-        without = await vconn.fetch(RECALL_SQL, *args)
+        plan = await vconn.fetch("EXPLAIN " + _NEAREST, alice.user_id, query_vector)
+        without = await vconn.fetch(_NEAREST, alice.user_id, query_vector)
+    assert "facts_embedding_idx" in "\n".join(r[0] for r in plan)
     assert len(without) < 10  # ef_search's 40 candidates hold only ~1 of alice's 12 facts
     key = await key_of(vconn, alice)
-    found = await recall(vconn, key, alice.user_id, RecallQuery("", query_vector, 10, 0))
+    found = await recall(
+        vconn, key, alice.user_id, RecallQuery("", query_vector, facts=10, notes=0)
+    )
     assert len(found.facts) == 10
     similarities = [h.similarity for h in found.facts]
     assert similarities == sorted(similarities, reverse=True)
