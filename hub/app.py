@@ -35,6 +35,8 @@ from hub.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from hub.observability import Metrics
 from hub.pool_events import PoolEvents
 from hub.preferences import PreferenceCache
+from hub.replica_dispatch import ReplicaDispatch
+from hub.replicas import ReplicaRecord
 from hub.routes import (
     account,
     admin,
@@ -190,6 +192,18 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 stack.push_async_callback(bus.close)
                 events = PoolEvents(bus, resolver, registry, db.pool)
                 events.attach()
+                # Chats go to the other replicas' workers when none is free here.
+                dispatch = registry.remote = ReplicaDispatch(
+                    bus, registry, events.replica, settings.bus, settings.inference
+                )
+                record = ReplicaRecord(
+                    db.pool,
+                    events.replica,
+                    f"{settings.server.host}:{settings.server.port}",
+                    registry,
+                    settings.bus.heartbeat_s,
+                    settings.bus.replica_stale_s,
+                )
             canaries = build_canaries(state)
             state.scheduler = Scheduler(
                 build_jobs(state, canaries=canaries), db.pool, settings.jobs
@@ -211,6 +225,8 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                     loops.start_soon(state.federation.run)
                 if events is not None:
                     loops.start_soon(events.run)
+                    loops.start_soon(dispatch.run)
+                    loops.start_soon(record.run)
                 if semantic.miner is not None:
                     loops.start_soon(semantic.miner.run)
                 if local_worker.enabled:

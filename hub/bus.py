@@ -56,6 +56,31 @@ class BusSettings(BaseModel):
     reconnect_wait_s: float = Field(
         0.5, gt=0, description="Seconds between tries to reach the NATS server after it went away."
     )
+    heartbeat_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds between a replica's signs of life: its workers' free slots on the "
+        "bus, its row in `hub_replicas`, and the alive beats of each job it runs for another.",
+    )
+    replica_stale_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds without a sign of life after which a replica counts as dead: its "
+        "workers leave the placement view and its database rows are cleaned.",
+    )
+    handoff_silence_s: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds a chat handed to another replica may go without a word from it "
+        "before it is resumed elsewhere (mid-stream failover, the text so far kept).",
+    )
+    handoff_window: int = Field(
+        64,
+        ge=2,
+        le=4096,
+        description="Frames a replica may stream back for a handed-off job ahead of the "
+        "receiver's credit (flow control).",
+    )
 
 
 class NatsBus:
@@ -104,6 +129,17 @@ class NatsBus:
         )
         log.info("bus_connected", servers=settings.nats_url, name=name)
         return cls(client, settings.subject_prefix)
+
+    @property
+    def client(self) -> Client:
+        """The NATS connection, for JetStream and per-job subscriptions (replica dispatch)."""
+        return self._client
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection came back: pull subscriptions are re-created when it changes."""
+        reconnects: int = self._client.stats["reconnects"]
+        return reconnects
 
     def subject(self, name: str) -> str:
         """This pool's subject ``name``."""

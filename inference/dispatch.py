@@ -1,7 +1,9 @@
 """Running one job on the pool: placement, fallback, failover, and the always-answer rule.
 
 1. **Placement**: the router's choice among free workers of the model, or a wait in the fair queue
-   (``queue_wait_s`` from pool_config) → route ``direct`` or ``queued``.
+   (``queue_wait_s`` from pool_config) → route ``direct`` or ``queued``; with several hub
+   replicas, a free worker linked to another replica when none is free here → route ``replica``
+   (``hub/replica_dispatch.py``: its handle fails over like a local one).
 2. **Fallback**: the model's fallback chain (pool_config), tried in order → route ``fallback``.
 3. **Peer pools**: the peer step (federation fills it) → route ``peer``: taken before placement
    when no local worker can take the job soon (none capable, or the predicted wait above the
@@ -174,6 +176,11 @@ async def _place(
         await registry.start(handle)
         yield _Placed(handle, "direct", _ms(started))
         return
+    remote = partial(_on_replica, registry, job, needs_tools, user, avoid, needs_context, min_trust)
+    if only is None and (handle := remote()) is not None:
+        await registry.start(handle)
+        yield _Placed(handle, "replica", _ms(started))
+        return
     config = registry.config
     grace = config.queue_wait_s if wait_s is None else wait_s
     bound = max(config.max_queue_wait_s, grace) if wait_s is None else wait_s
@@ -209,11 +216,37 @@ async def _place(
                 await registry.start(handle)
                 yield _Placed(handle, "queued", _ms(started))
                 return
+            if only is None and (handle := remote()) is not None:
+                await registry.start(handle)
+                yield _Placed(handle, "replica", _ms(started))
+                return
             if time.monotonic() - started < limit:
                 yield Waiting(_ms(started), predicted)
     finally:
         registry.withdraw(ticket)
     yield _Unplaced(busy=predicted < math.inf, predicted_s=predicted)
+
+
+def _on_replica(
+    registry: WorkerRegistry,
+    job: Job,
+    needs_tools: bool,
+    user: str,
+    avoid: frozenset[str],
+    needs_context: int,
+    min_trust: int,
+) -> JobHandle | None:
+    """A free worker linked to another hub replica (never without a bus: ``remote`` is None)."""
+    if registry.remote is None:
+        return None
+    return registry.remote.try_place(
+        job,
+        needs_tools=needs_tools,
+        user=user,
+        avoid=avoid,
+        needs_context=needs_context,
+        min_trust=min_trust,
+    )
 
 
 async def _fallback(

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 
@@ -68,6 +69,23 @@ class Ticket:
 ExclusionSink = Callable[[WorkerLink, str, str], None]
 
 
+class RemotePlacement(Protocol):
+    """Free workers linked to the pool's other hub replicas (``hub/replica_dispatch.py``)."""
+
+    def try_place(
+        self,
+        job: Job,
+        *,
+        needs_tools: bool,
+        user: str,
+        avoid: frozenset[str],
+        needs_context: int,
+        min_trust: int,
+    ) -> JobHandle | None:
+        """A handle on another replica's free worker (not sent yet), or None."""
+        ...
+
+
 class WorkerRegistry:
     """Connected workers by id, placement through the router and queue, frame dispatch.
 
@@ -99,6 +117,8 @@ class WorkerRegistry:
         self.on_join: Callable[[WorkerLink], None] | None = None
         # Told when the pool config changes here (the hub tells its other replicas).
         self.on_config: Callable[[PoolConfig], None] | None = None
+        # The other replicas' free workers, tried when none is free here (None: one process).
+        self.remote: RemotePlacement | None = None
 
     def set_config(self, config: PoolConfig, *, announce: bool = True) -> None:
         """Apply a new routing policy to the next placements.

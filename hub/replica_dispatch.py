@@ -1,0 +1,516 @@
+"""Chats handed between hub replicas over NATS JetStream, and streamed back.
+
+A chat that reaches replica A when none of A's workers is free, while replica B has one
+(:class:`~hub.replica_view.CapacityView`), is placed on B's worker through the router's
+``registry.remote`` step (``inference/dispatch.py``: route ``replica``). A gets an ordinary
+:class:`~inference.link.JobHandle` on a stand-in :class:`~inference.link.WorkerLink` for that
+worker, so the relay, the billing and mid-stream failover treat it like a local job:
+
+1. **Hand-off** (A → B, durable): the job, with what placement needs, is published with
+   JetStream on ``<prefix>.jobs.<B>`` (stream ``<prefix>_jobs``, file storage, work-queue
+   retention). The server's acknowledgement is the hand-off: a job it acknowledged waits in the
+   stream for B even while B or the server restarts. A subscribed to the job's answer subject
+   first, so nothing B sends is missed.
+2. **Run** (on B): B's durable pull consumer fetches it, places it on a local worker (waiting
+   ``HANDOFF_QUEUE_S`` for a slot if the view was stale, else ``replica_busy``), and acks the
+   message when the job ends. While it runs, B sends ``in_progress`` every ``heartbeat_s`` so
+   the consumer's ``ack_wait`` never redelivers a live job; a redelivered job already running
+   here is acknowledged and skipped.
+3. **Answer** (B → A, core NATS, ``<prefix>.back.<job id>``): ``{"kind": "frame", "seq": n,
+   "frame": chunk|done|error}`` in order, and ``{"kind": "alive"}`` every ``heartbeat_s``.
+   **Flow control**: B sends frame ``n`` only once A has granted credit up to ``n``
+   (``{"kind": "credit", "upto": n}`` on ``<prefix>.control.<job id>``, a window of
+   ``handoff_window`` frames ahead); a receiver that stops granting for ``handoff_silence_s``
+   is gone, and B cancels the job. ``{"kind": "cancel"}`` there stops it at once (A's client
+   left).
+4. **Failure**: when B says nothing for ``handoff_silence_s`` (it died, or lost the bus), or a
+   frame is missing from the sequence, A ends the handle ``worker_lost``: the dispatcher's
+   failover resumes the job on another worker, here or on another replica, with the text
+   already streamed, exactly as when a local worker dies mid-answer.
+
+Bad input: a message on the job subject that is not a valid hand-off is refused (logged,
+terminated so it is never redelivered); an unreadable or foreign frame on an answer subject is
+logged and dropped. nats-py pull subscriptions do not survive a server restart: the consumer
+loop re-creates its subscription whenever the connection came back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import anyio
+import nats.errors
+import nats.js.errors
+import orjson
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType
+from nats.js.client import JetStreamContext
+from pydantic import BaseModel, Field, ValidationError
+
+from hub import replica_view
+from hub.bus import BusSettings, NatsBus
+from hub.replica_view import CapacityPublisher, CapacityView, Choice
+from inference.link import (
+    WORKER_LOST,
+    JobHandle,
+    OutputLimitExceeded,
+    WorkerLink,
+    output_allowance,
+)
+from inference.protocol import Cancel, Chunk, Done, Error, Frame, Job
+from inference.registry import WorkerRegistry
+from inference.settings import InferenceSettings
+
+log = structlog.get_logger()
+
+REPLICA_BUSY = "replica_busy"
+HANDOFF_QUEUE_S = 2.0  # how long a handed-off job may wait for a slot on the receiving replica
+PUBLISH_TIMEOUT_S = 2.0  # the JetStream acknowledgement of a hand-off
+STREAM_MAX_AGE_S = 600.0  # a job no replica fetched in this long is dropped (its sender moved on)
+ACK_WAIT_S = 30.0  # redelivery of a job whose replica stopped sending in_progress
+CONSUMER_IDLE_S = 600.0  # a dead replica's consumer is deleted after this long without pulls
+FETCH_S = 1.0
+TICK_S = 0.25  # how often a waiting side checks for silence and cancellation
+
+FrameOut = Annotated[Chunk | Done | Error, Field(discriminator="type")]
+
+
+class HandOff(BaseModel):
+    """A job for another replica's worker: what its placement there needs."""
+
+    origin: str = Field(pattern=r"^[0-9a-f]{32}$")
+    job: Job
+    worker: str = Field(min_length=1, max_length=200)
+    needs_tools: bool
+    user: str = Field(max_length=200)
+    needs_context: int = Field(ge=0)
+    min_trust: int
+
+
+class Back(BaseModel):
+    """What the running replica sends on the job's answer subject."""
+
+    kind: Literal["frame", "alive"]
+    seq: int = Field(0, ge=0)
+    frame: FrameOut | None = None
+
+
+class Control(BaseModel):
+    """What the replica that owns the client sends on the job's control subject."""
+
+    kind: Literal["credit", "cancel"]
+    upto: int = Field(0, ge=0)
+
+
+def stream_name(prefix: str) -> str:
+    """The JetStream stream of this pool's hand-offs."""
+    return f"{prefix}_jobs"
+
+
+@dataclass
+class _Running:
+    """A handed-off job running here: the credit granted and how to stop it."""
+
+    credit: int
+    granted: asyncio.Event = field(default_factory=asyncio.Event)
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    heard: float = field(default_factory=time.monotonic)
+
+
+class ReplicaDispatch:
+    """Both sides of cross-replica dispatch for one replica: sending jobs and running them."""
+
+    def __init__(
+        self,
+        bus: NatsBus,
+        registry: WorkerRegistry,
+        replica: str,
+        settings: BusSettings,
+        inference: InferenceSettings,
+    ) -> None:
+        self.bus = bus
+        self.registry = registry
+        self.replica = replica
+        self.settings = settings
+        self.inference = inference
+        self.view = CapacityView(replica, settings.replica_stale_s)
+        self._links: dict[str, WorkerLink] = {}
+        self._pending: dict[str, HandOff] = {}
+        self._serving: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- the sending side (the replica that holds the client's stream) ---------------------
+
+    def try_place(
+        self,
+        job: Job,
+        *,
+        needs_tools: bool,
+        user: str,
+        avoid: frozenset[str],
+        needs_context: int,
+        min_trust: int,
+    ) -> JobHandle | None:
+        """A handle on another replica's free worker (sent by ``registry.start``), or None."""
+        choice = self.view.pick(
+            job.model,
+            needs_tools=needs_tools,
+            needs_context=needs_context,
+            min_trust=min_trust,
+            avoid=avoid,
+        )
+        if choice is None:
+            return None
+        link = self._link(choice)
+        max_chunks, max_chars = output_allowance(
+            job.params.max_tokens or link.models[job.model].context_size
+        )
+        handle = JobHandle(
+            job=job,
+            worker=link,
+            user=user,
+            expected_tokens=self.registry.expected_tokens(job),
+            max_chunks=max_chunks,
+            max_chars=max_chars,
+            accounted=True,  # the router's shares describe this replica's workers only
+        )
+        link.jobs[job.job_id] = handle
+        self._pending[job.job_id] = HandOff(
+            origin=self.replica,
+            job=job,
+            worker=choice.worker.id,
+            needs_tools=needs_tools,
+            user=user,
+            needs_context=needs_context,
+            min_trust=min_trust,
+        )
+        return handle
+
+    def _link(self, choice: Choice) -> WorkerLink:
+        """The stand-in link of another replica's worker (its ``send`` hands jobs over)."""
+        worker, replica = choice.worker, choice.replica
+        key = f"{replica}/{worker.id}"
+        link = self._links.get(key)
+        if link is None:
+
+            async def send(frame: Frame) -> None:
+                await self._send(replica, frame)
+
+            link = WorkerLink(
+                id=worker.id,
+                name=worker.name,
+                owner_id=worker.owner_id,
+                models={},
+                hardware=worker.hardware,
+                slots=worker.slots,
+                send=send,
+            )
+            self._links[key] = link
+        link.models = {info.id: info for info in worker.models}
+        link.record_id, link.trust, link.tools_ok = worker.record_id, worker.trust, worker.tools_ok
+        return link
+
+    async def _send(self, replica: str, frame: Frame) -> None:
+        """Hand a job to ``replica`` (or cancel one there); ``OSError`` when it cannot go."""
+        if isinstance(frame, Cancel):
+            await self._control(frame.job_id, Control(kind="cancel"))
+            return
+        assert isinstance(frame, Job)
+        handoff = self._pending.pop(frame.job_id)
+        link = self._links[f"{replica}/{handoff.worker}"]
+        handle = link.jobs[frame.job_id]
+        client = self.bus.client
+        try:
+            answers = await client.subscribe(self.bus.subject(f"back.{frame.job_id}"))
+            try:
+                await client.jetstream().publish(
+                    self.bus.subject(f"jobs.{replica}"),
+                    handoff.model_dump_json().encode(),
+                    timeout=PUBLISH_TIMEOUT_S,
+                    stream=stream_name(self.bus.prefix),
+                )
+            except BaseException:
+                await answers.unsubscribe()
+                raise
+        except nats.errors.Error as exc:
+            raise OSError(f"the hand-off to replica {replica} failed: {exc!r}") from None
+        self._spawn(self._receive(handle, answers, replica))
+
+    def _spawn(self, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _control(self, job_id: str, message: Control) -> None:
+        try:
+            await self.bus.client.publish(
+                self.bus.subject(f"control.{job_id}"), message.model_dump_json().encode()
+            )
+        except nats.errors.Error as exc:
+            log.info("replica_control_not_sent", job=job_id, error=str(exc)[:200])
+
+    async def _receive(self, handle: JobHandle, answers: Subscription, replica: str) -> None:
+        """Feed the other replica's frames into the handle, granting credit as they come."""
+        job_id = handle.job.job_id
+        window = self.settings.handoff_window
+        seq, granted, heard = 0, window, time.monotonic()
+        ended = False
+        try:
+            while not handle.finished:
+                try:
+                    msg = await answers.next_msg(timeout=TICK_S)
+                except nats.errors.TimeoutError:
+                    if time.monotonic() - heard > self.settings.handoff_silence_s:
+                        self._lost(handle, f"replica {replica} went silent")
+                        return
+                    continue
+                heard = time.monotonic()
+                back = _read_back(msg, job_id)
+                if back is None or back.kind == "alive" or back.frame is None:
+                    continue
+                if back.seq != seq + 1:
+                    self._lost(handle, f"replica {replica}'s answer lost frames")
+                    return
+                seq = back.seq
+                ended = self._deliver(handle, back.frame)
+                if ended:
+                    return
+                if seq + window // 2 >= granted:
+                    granted = seq + window
+                    await self._control(job_id, Control(kind="credit", upto=granted))
+        except nats.errors.Error as exc:
+            self._lost(handle, f"the bus failed: {exc!r}")
+        finally:
+            if not ended:  # cancelled here, or lost: stop it there (it may still be running)
+                await self._control(job_id, Control(kind="cancel"))
+            with contextlib.suppress(nats.errors.Error):
+                await answers.unsubscribe()
+
+    def _deliver(self, handle: JobHandle, frame: Chunk | Done | Error) -> bool:
+        """Queue one frame for the relay; True when it ends the job."""
+        if isinstance(frame, Chunk):
+            try:
+                handle.count(frame)
+            except OutputLimitExceeded as exc:
+                self._lost(handle, exc.message, code=exc.code)
+                return False
+            if handle.first_chunk_at is None:
+                handle.first_chunk_at = time.monotonic()
+            handle.frames.put_nowait(frame)
+            return False
+        handle.frames.put_nowait(frame)
+        handle.finished = True
+        return True
+
+    def _lost(self, handle: JobHandle, why: str, code: str = WORKER_LOST) -> None:
+        log.warning("replica_job_lost", job=handle.job.job_id, worker=handle.worker.id, why=why)
+        handle.frames.put_nowait(Error(job_id=handle.job.job_id, code=code, message=why))
+        handle.finished = True
+
+    # --- the running side (the replica that holds the worker) ------------------------------
+
+    async def run(self) -> None:
+        """Until cancelled: publish this replica's capacity, follow the others', run hand-offs."""
+        await self.bus.subscribe(replica_view.SUBJECT, self._capacity)
+        publisher = CapacityPublisher(
+            self.bus, self.replica, self.registry, self.settings.heartbeat_s
+        )
+        try:
+            async with anyio.create_task_group() as loops:
+                loops.start_soon(publisher.run)
+                loops.start_soon(self._consume)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _capacity(self, data: dict[str, Any]) -> None:
+        self.view.apply(data)
+
+    async def _consume(self) -> None:
+        """Fetch this replica's hand-offs; re-create the pull subscription after a reconnect."""
+        while True:
+            try:
+                subscription = await self._subscribe()
+                reconnects = self.bus.reconnects
+                while self.bus.reconnects == reconnects:
+                    try:
+                        messages = await subscription.fetch(16, timeout=FETCH_S)
+                    except nats.errors.TimeoutError:
+                        continue
+                    for msg in messages:
+                        self._spawn(self._serve(msg))
+                log.info("replica_consumer_renewed", replica=self.replica)
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()
+            except (nats.errors.Error, OSError) as exc:
+                log.warning("replica_consumer_failed", error=str(exc)[:200])
+                await asyncio.sleep(self.settings.reconnect_wait_s)
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        js = self.bus.client.jetstream()
+        name = stream_name(self.bus.prefix)
+        config: dict[str, Any] = {
+            "name": name,
+            "subjects": [self.bus.subject("jobs.*")],
+            "retention": RetentionPolicy.WORK_QUEUE,
+            "storage": StorageType.FILE,
+            "max_age": STREAM_MAX_AGE_S,
+        }
+        try:
+            await js.add_stream(**config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(**config)
+        return await js.pull_subscribe(
+            self.bus.subject(f"jobs.{self.replica}"),
+            durable=f"replica-{self.replica}",
+            stream=name,
+            config=ConsumerConfig(ack_wait=ACK_WAIT_S, inactive_threshold=CONSUMER_IDLE_S),
+        )
+
+    async def _serve(self, msg: Msg) -> None:
+        """Run one handed-off job on a local worker, streaming its frames back."""
+        try:
+            handoff = HandOff.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.warning("replica_job_refused", subject=msg.subject, error=str(exc)[:300])
+            with contextlib.suppress(nats.errors.Error):
+                await msg.term()
+            return
+        job_id = handoff.job.job_id
+        if job_id in self._serving:  # redelivered while it runs here
+            with contextlib.suppress(nats.errors.Error):
+                await msg.ack()
+            return
+        self._serving.add(job_id)
+        running = _Running(credit=self.settings.handoff_window)
+        control = None
+        try:
+
+            async def on_control(message: Msg) -> None:
+                await self._on_control(message, running)
+
+            control = await self.bus.client.subscribe(
+                self.bus.subject(f"control.{job_id}"), cb=on_control
+            )
+            async with anyio.create_task_group() as beats:
+                beats.start_soon(self._beat, msg, job_id)
+                with running.scope:
+                    await self._run(handoff, running)
+                beats.cancel_scope.cancel()
+            await msg.ack()
+        except nats.errors.Error as exc:
+            log.warning("replica_job_bus_failed", job=job_id, error=str(exc)[:200])
+        finally:
+            self._serving.discard(job_id)
+            if control is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await control.unsubscribe()
+
+    async def _on_control(self, msg: Msg, running: _Running) -> None:
+        try:
+            message = Control.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("replica_control_unreadable", subject=msg.subject)
+            return
+        running.heard = time.monotonic()
+        if message.kind == "cancel":
+            running.scope.cancel()
+        elif message.upto > running.credit:
+            running.credit = message.upto
+            running.granted.set()
+
+    async def _beat(self, msg: Msg, job_id: str) -> None:
+        """Tell the sender this job lives, and JetStream not to redeliver it."""
+        back = self.bus.subject(f"back.{job_id}")
+        alive = orjson.dumps({"kind": "alive"})
+        while True:
+            await anyio.sleep(self.settings.heartbeat_s)
+            with contextlib.suppress(nats.errors.Error):
+                await self.bus.client.publish(back, alive)
+                await msg.in_progress()
+
+    async def _run(self, handoff: HandOff, running: _Running) -> None:
+        job = handoff.job
+        back = self.bus.subject(f"back.{job.job_id}")
+        handle = await self._place(handoff)
+        if handle is None:
+            busy = Error(job_id=job.job_id, code=REPLICA_BUSY, message="no free worker here")
+            await self._reply(back, 1, busy)
+            return
+        seq = 0
+        try:
+            await self.registry.start(handle)
+            settings = self.inference
+            async for frame in handle.stream(
+                settings.first_token_timeout_s, settings.stall_timeout_s
+            ):
+                seq += 1
+                if not await self._credit(running, seq):
+                    log.warning("replica_receiver_gone", job=job.job_id, origin=handoff.origin)
+                    return
+                await self._reply(back, seq, frame)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if handle.finished:
+                    await self.registry.finish(handle)
+                else:
+                    await self.registry.cancel(handle)
+
+    async def _place(self, handoff: HandOff) -> JobHandle | None:
+        """A local worker for the job, waiting ``HANDOFF_QUEUE_S`` at most for a slot."""
+        registry, job = self.registry, handoff.job
+        handle = registry.try_place(
+            job,
+            needs_tools=handoff.needs_tools,
+            user=handoff.user,
+            needs_context=handoff.needs_context,
+            min_trust=handoff.min_trust,
+        )
+        if handle is not None:
+            return handle
+        ticket = registry.enqueue(
+            job,
+            needs_tools=handoff.needs_tools,
+            user=handoff.user,
+            needs_context=handoff.needs_context,
+            min_trust=handoff.min_trust,
+        )
+        try:
+            return await registry.await_slot(ticket, HANDOFF_QUEUE_S)
+        finally:
+            registry.withdraw(ticket)
+
+    async def _credit(self, running: _Running, seq: int) -> bool:
+        """Wait until frame ``seq`` is within the receiver's credit; False if it went silent."""
+        since = time.monotonic()
+        while seq > running.credit:
+            running.granted.clear()
+            with anyio.move_on_after(TICK_S):
+                await running.granted.wait()
+            if time.monotonic() - max(running.heard, since) > self.settings.handoff_silence_s:
+                return False
+        return True
+
+    async def _reply(self, subject: str, seq: int, frame: Chunk | Done | Error) -> None:
+        await self.bus.client.publish(
+            subject, Back(kind="frame", seq=seq, frame=frame).model_dump_json().encode()
+        )
+
+
+def _read_back(msg: Msg, job_id: str) -> Back | None:
+    """An answer message for ``job_id``, or None (logged) when it is not one."""
+    try:
+        back = Back.model_validate_json(msg.data)
+    except ValidationError as exc:
+        log.warning("replica_frame_refused", subject=msg.subject, error=str(exc)[:200])
+        return None
+    if back.frame is not None and back.frame.job_id != job_id:
+        log.warning("replica_frame_refused", subject=msg.subject, error="another job's frame")
+        return None
+    return back

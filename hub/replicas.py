@@ -1,0 +1,186 @@
+"""The replica registry in PostgreSQL: which hub replicas live, and which holds which worker.
+
+Each replica of a pool (docs/scale-out.md) keeps a row in ``hub_replicas`` whose ``heartbeat``
+it renews every ``heartbeat_s``, and one ``worker_sessions`` row per worker whose WebSocket it
+holds (its models, slots and free slots). Sessions follow link and unlink within
+``CHANGE_CHECK_S`` (the set of linked workers is compared that often, in memory); free slots are
+refreshed with each heartbeat. A replica silent for ``replica_stale_s`` is dead: every reader
+ignores it (:func:`live_replicas`, :func:`sessions`) and each heartbeat of a live replica deletes
+dead rows, their sessions with them. A replica that stops cleanly deletes its own row.
+
+The live placement view is not read from here (that would be a query per chat): it travels on
+the bus (``hub/replica_view.py``). This is the durable record an operator reads, and what says
+which replica holds a worker when the bus view is not at hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import anyio
+import asyncpg
+import structlog
+
+from hub.replica_view import CHANGE_CHECK_S
+from inference.registry import WorkerRegistry
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Session:
+    """A worker's link, as the replica that holds it recorded it."""
+
+    worker_id: str
+    replica_id: str
+    name: str
+    models: list[str]
+    slots: int
+    free_slots: int
+
+
+async def beat(conn: asyncpg.Connection, replica: str, address: str) -> None:
+    """Record that ``replica`` (reachable at ``address``) is alive now."""
+    await conn.execute(
+        """
+        INSERT INTO hub_replicas (id, address) VALUES ($1, $2)
+        ON CONFLICT (id) DO UPDATE SET heartbeat = now(), address = EXCLUDED.address
+        """,
+        replica,
+        address,
+    )
+
+
+async def forget_dead(conn: asyncpg.Connection, stale_s: float) -> list[str]:
+    """Delete replicas silent for ``stale_s`` (their sessions go with them); their ids."""
+    rows = await conn.fetch(
+        "DELETE FROM hub_replicas WHERE heartbeat < now() - make_interval(secs => $1) RETURNING id",
+        stale_s,
+    )
+    return [row["id"] for row in rows]
+
+
+async def leave(conn: asyncpg.Connection, replica: str) -> None:
+    """A replica stopping: its row and its sessions go."""
+    await conn.execute("DELETE FROM hub_replicas WHERE id = $1", replica)
+
+
+async def live_replicas(conn: asyncpg.Connection, stale_s: float) -> list[str]:
+    """Replicas whose heartbeat is younger than ``stale_s``, oldest first."""
+    rows = await conn.fetch(
+        "SELECT id FROM hub_replicas WHERE heartbeat >= now() - make_interval(secs => $1) "
+        "ORDER BY started, id",
+        stale_s,
+    )
+    return [row["id"] for row in rows]
+
+
+async def sessions(conn: asyncpg.Connection, stale_s: float) -> list[Session]:
+    """Worker sessions held by live replicas (a dead replica's rows are ignored)."""
+    rows = await conn.fetch(
+        """
+        SELECT s.worker_id, s.replica_id, s.name, s.models, s.slots, s.free_slots
+        FROM worker_sessions s JOIN hub_replicas r ON r.id = s.replica_id
+        WHERE r.heartbeat >= now() - make_interval(secs => $1)
+        ORDER BY s.worker_id
+        """,
+        stale_s,
+    )
+    return [Session(**dict(row)) for row in rows]
+
+
+async def record_sessions(conn: asyncpg.Connection, replica: str, registry: WorkerRegistry) -> None:
+    """Make ``replica``'s session rows those of the registry's links now (one transaction).
+
+    A worker that moved here from a dead replica takes its row over.
+    """
+    links = list(registry.workers.values())
+    async with conn.transaction():
+        await conn.execute(
+            "DELETE FROM worker_sessions WHERE replica_id = $1 AND NOT worker_id = ANY($2)",
+            replica,
+            [link.id for link in links],
+        )
+        await conn.executemany(
+            """
+            INSERT INTO worker_sessions (worker_id, replica_id, name, models, slots, free_slots)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (worker_id) DO UPDATE SET
+                replica_id = EXCLUDED.replica_id, name = EXCLUDED.name,
+                models = EXCLUDED.models, slots = EXCLUDED.slots,
+                free_slots = EXCLUDED.free_slots, updated_at = now(),
+                linked_at = CASE WHEN worker_sessions.replica_id = EXCLUDED.replica_id
+                            THEN worker_sessions.linked_at ELSE now() END
+            """,
+            [
+                (
+                    link.id,
+                    replica,
+                    link.name,
+                    list(link.models),
+                    link.slots,
+                    max(link.free_slots, 0),
+                )
+                for link in links
+            ],
+        )
+
+
+class ReplicaRecord:
+    """Keeps this replica's rows current until cancelled, then deletes them."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        replica: str,
+        address: str,
+        registry: WorkerRegistry,
+        heartbeat_s: float,
+        stale_s: float,
+    ) -> None:
+        self._pool = pool
+        self.replica = replica
+        self._address = address
+        self._registry = registry
+        self._heartbeat_s = heartbeat_s
+        self._stale_s = stale_s
+
+    async def run(self) -> None:
+        """Beat every ``heartbeat_s``; record sessions on link and unlink and with each beat."""
+        linked: set[str] | None = None
+        beaten = 0.0
+        try:
+            while True:
+                now, current = time.monotonic(), set(self._registry.workers)
+                beating = now - beaten >= self._heartbeat_s
+                if beating or current != linked:
+                    try:
+                        await self._record(beating=beating)
+                    except (asyncpg.PostgresError, OSError) as exc:
+                        log.warning("replica_record_failed", error=str(exc)[:200])
+                        await asyncio.sleep(self._heartbeat_s)  # the database is away: no storm
+                    else:
+                        linked = current
+                        beaten = now if beating else beaten
+                await asyncio.sleep(CHANGE_CHECK_S)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._leave()
+
+    async def _record(self, *, beating: bool) -> None:
+        async with self._pool.acquire() as conn:
+            await beat(conn, self.replica, self._address)
+            await record_sessions(conn, self.replica, self._registry)
+            if beating:
+                dead = await forget_dead(conn, self._stale_s)
+                if dead:
+                    log.warning("replicas_forgotten", replicas=dead)
+
+    async def _leave(self) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await leave(conn, self.replica)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.info("replica_leave_failed", error=str(exc)[:200])
