@@ -215,7 +215,7 @@ class Billing:
         try:
             async for event in events:
                 if isinstance(event, Chunk):
-                    chunks += 1
+                    chunks += event.pieces
                 elif isinstance(event, Done):
                     done = event
                 yield event

@@ -168,7 +168,11 @@ async def sse_events(
     try:
         async for event in events:
             if isinstance(event, Chunk):
-                yield {"data": chunks.delta(delta_body(event.delta))}
+                if event.parts:  # one SSE event per piece, as if each came in its own frame
+                    for part in event.parts:
+                        yield {"data": chunks.delta({"content": part})}
+                else:
+                    yield {"data": chunks.delta(delta_body(event.delta))}
             elif isinstance(event, Waiting):
                 yield waiting_comment(event)
             elif isinstance(event, Done):

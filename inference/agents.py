@@ -199,7 +199,7 @@ async def within_wall_budget(
             if isinstance(event, Started):
                 served = event.served_model
             elif isinstance(event, Chunk):
-                chunks += 1
+                chunks += event.pieces
             yield event
             if isinstance(event, Done | Degraded):
                 return

@@ -226,7 +226,7 @@ async def run_pinned(
                     raise WorkerBusy(event.reason)
                 elif isinstance(event, Chunk):
                     run.first_at = run.first_at or now
-                    run.chunks += 1
+                    run.chunks += event.pieces
                     run.text += event.delta.content or ""
                     run.output_bytes += len((event.delta.content or "").encode())
                     for piece in event.delta.tool_calls or []:

@@ -425,7 +425,7 @@ async def _relay(
                     failure = frame
                     break
                 if isinstance(frame, Chunk):
-                    progress.chunks += 1
+                    progress.chunks += frame.pieces
                     progress.text.append(frame.delta.content or "")
                     progress.tool_calls |= bool(frame.delta.tool_calls)
                     yield frame

@@ -121,7 +121,7 @@ class JobHandle:
 
     def count(self, chunk: Chunk) -> None:
         """Add a chunk to the output; raise :class:`OutputLimitExceeded` past the allowance."""
-        self.chunks += 1
+        self.chunks += chunk.pieces
         delta = chunk.delta
         self.chars += len(delta.content or "")
         for call in delta.tool_calls or []:

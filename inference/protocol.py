@@ -7,6 +7,9 @@ invalid fields are errors. ``docs/worker-protocol.md`` is the prose contract for
 ``chunk`` frames come one per token, so the hot path is lean: frames are read with orjson (the
 standard parser only for what orjson refuses) and a text-only chunk is written by orjson without
 building a model, byte for byte what pydantic writes (``tests/inference/test_protocol.py``).
+Tokens that are ready together travel as one ``chunks`` frame (feature ``chunks``, agreed in
+``hello``/``welcome``): the hub reads it as one :class:`Chunk` of the joined text that still
+counts as one token per piece, as separate frames would have.
 """
 
 from __future__ import annotations
@@ -16,9 +19,23 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 PROTOCOL_VERSION = 1
+FEATURE_CHUNKS = "chunks"
+"""Optional feature: the worker may send ``chunks`` frames (several text pieces in one)."""
+FEATURES: frozenset[str] = frozenset({FEATURE_CHUNKS})
+"""The optional features this side of the protocol implements."""
+MAX_PIECES = 256
+"""Most text pieces one ``chunks`` frame carries."""
 # Bound of every token count on the wire: far above any context, far below float overflow.
 MAX_TOKENS = 1 << 24
 
@@ -136,15 +153,22 @@ class Hello(_Model):
     hardware: Hardware
     slots: int = Field(ge=1, le=1024)
     version: str
+    features: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=32)
+    """Optional features the worker implements (unknown ones are ignored)."""
 
 
 class Welcome(_Model):
-    """Hub → worker, answer to ``hello``: the worker's id and the heartbeat interval."""
+    """Hub → worker, answer to ``hello``: the worker's id and the heartbeat interval.
+
+    ``features``: the optional features of the worker's ``hello`` this hub implements too;
+    either side uses a feature only once it is agreed here.
+    """
 
     type: Literal["welcome"] = "welcome"
     worker_id: str = Field(min_length=1)
     heartbeat_interval_s: float = Field(gt=0)
     protocol: int = Field(ge=1)
+    features: list[str] | None = None
 
 
 class Heartbeat(_Model):
@@ -181,11 +205,46 @@ class Job(_Model):
 
 
 class Chunk(_Model):
-    """Worker → hub: one streamed piece of a job's answer."""
+    """Worker → hub: one streamed piece of a job's answer.
+
+    A chunk read from a ``chunks`` frame joins that frame's pieces and keeps them
+    (:attr:`parts`, set by the hub from the frame, never read from the wire): every count of
+    "chunks relayed" stays one per piece the worker streamed (:attr:`pieces`), and a client's
+    SSE stream still gets one event per piece.
+    """
 
     type: Literal["chunk"] = "chunk"
     job_id: str = Field(min_length=1)
     delta: Delta
+    _parts: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def pieces(self) -> int:
+        """How many streamed pieces (one token at least each) this chunk holds."""
+        return len(self._parts) or 1
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The text pieces of a chunk read from a ``chunks`` frame (empty for any other)."""
+        return self._parts
+
+
+class Chunks(_Model):
+    """Worker → hub (feature ``chunks``): text pieces of a job's answer that were ready together.
+
+    Read as one :class:`Chunk` of the joined text (:meth:`as_chunk`) that counts as one chunk
+    per piece: the same bound on the usage as one ``chunk`` frame per piece, one message instead.
+    """
+
+    type: Literal["chunks"] = "chunks"
+    job_id: str = Field(min_length=1)
+    pieces: list[str] = Field(min_length=1, max_length=MAX_PIECES)
+
+    def as_chunk(self) -> Chunk:
+        """The one chunk these pieces make, counting as ``len(pieces)`` chunks."""
+        chunk = Chunk(job_id=self.job_id, delta=Delta(content="".join(self.pieces)))
+        chunk._parts = tuple(self.pieces)
+        return chunk
 
 
 class Done(_Model):
@@ -222,11 +281,11 @@ class Leave(_Model):
 
 
 Frame = Annotated[
-    Hello | Welcome | Heartbeat | Job | Chunk | Done | Error | Cancel | Leave,
+    Hello | Welcome | Heartbeat | Job | Chunk | Chunks | Done | Error | Cancel | Leave,
     Field(discriminator="type"),
 ]
 FRAME_TYPES: frozenset[str] = frozenset(
-    {"hello", "welcome", "heartbeat", "job", "chunk", "done", "error", "cancel", "leave"}
+    {"hello", "welcome", "heartbeat", "job", "chunk", "chunks", "done", "error", "cancel", "leave"}
 )
 _FRAME_ADAPTER: TypeAdapter[Frame] = TypeAdapter(Frame)
 
@@ -277,6 +336,11 @@ def encode_chunk(job_id: str, content: str | None) -> bytes:
     """The wire bytes of a text-only ``chunk`` frame, without building the frame first."""
     delta = {} if content is None else {"content": content}
     return orjson.dumps({"type": "chunk", "job_id": job_id, "delta": delta})
+
+
+def encode_pieces(job_id: str, pieces: list[str]) -> bytes:
+    """The wire bytes of a ``chunks`` frame (at most :data:`MAX_PIECES` pieces)."""
+    return orjson.dumps({"type": "chunks", "job_id": job_id, "pieces": pieces})
 
 
 def _describe(frame_type: str, exc: ValidationError) -> str:

@@ -23,8 +23,10 @@ import structlog
 from inference.identity import WorkerRecord, narrow
 from inference.link import OutputLimitExceeded, WorkerLink
 from inference.protocol import (
+    FEATURES,
     PROTOCOL_VERSION,
     Chunk,
+    Chunks,
     Done,
     Error,
     ErrorCode,
@@ -168,6 +170,7 @@ async def serve_worker_link(
             worker_id=link.id,
             heartbeat_interval_s=settings.heartbeat_interval_s,
             protocol=PROTOCOL_VERSION,
+            features=sorted(FEATURES.intersection(hello.features or ())) or None,
         )
     )
     try:
@@ -225,6 +228,8 @@ async def _read_frames(
             return ErrorCode.FRAME_TOO_LARGE
         try:
             frame = parse_frame(text)
+            if isinstance(frame, Chunks):
+                frame = frame.as_chunk()
             # A token of a running job, nearly every frame: delivered without a detour.
             if isinstance(frame, Chunk) and await registry.deliver(link, frame):
                 continue

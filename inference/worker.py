@@ -7,6 +7,7 @@ retried with exponential backoff and full jitter; a refused token is fatal.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.metadata
 import os
@@ -14,8 +15,10 @@ import platform
 import random
 import sys
 import time
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -26,6 +29,9 @@ from websockets.exceptions import WebSocketException
 
 from inference.engine import Engine, EngineError, Finish
 from inference.protocol import (
+    FEATURE_CHUNKS,
+    FEATURES,
+    MAX_PIECES,
     PROTOCOL_VERSION,
     Cancel,
     Chunk,
@@ -43,6 +49,7 @@ from inference.protocol import (
     Welcome,
     encode_bytes,
     encode_chunk,
+    encode_pieces,
     parse_frame,
 )
 
@@ -53,6 +60,7 @@ FATAL_CODES: frozenset[str] = frozenset(
     {ErrorCode.INVALID_TOKEN, ErrorCode.UNSUPPORTED_PROTOCOL, ErrorCode.NOT_ALLOWED}
 )
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+_READ_AHEAD = 256  # engine events read ahead of the socket, at most (backpressure beyond)
 
 
 class WorkerError(InferenceError):
@@ -176,6 +184,7 @@ async def run_worker(
                     hardware=hardware,
                     slots=slots,
                     version=version or worker_version(),
+                    features=sorted(FEATURES),
                 )
                 session = _Session(websocket, engine, options)
                 await session.run(hello)
@@ -206,12 +215,14 @@ class _Session:
         self._task_group: TaskGroup | None = None
         self._failure: BaseException | None = None
         self.welcomed = False
+        self._pieces_agreed = False
 
     async def run(self, hello: Hello) -> None:
         try:
             await self._send(hello)
             welcome = await self._handshake()
             self.welcomed = True
+            self._pieces_agreed = FEATURE_CHUNKS in (welcome.features or ())
             log.info("worker_welcomed", worker_id=welcome.worker_id, slots=self._options.slots)
             silence_s = welcome.heartbeat_interval_s * self._options.missed_heartbeats
             async with anyio.create_task_group() as task_group:
@@ -284,7 +295,7 @@ class _Session:
             return
         running = _RunningJob(job=job, scope=anyio.CancelScope())
         self._jobs[job.job_id] = running
-        log.info("job_started", job_id=job.job_id, model=job.model, running=len(self._jobs))
+        log.debug("job_started", job_id=job.job_id, model=job.model, running=len(self._jobs))
         assert self._task_group is not None
         self._task_group.start_soon(self._run_job, running)
 
@@ -314,23 +325,33 @@ class _Session:
             return
 
     async def _stream(self, running: _RunningJob) -> Done | Error:
-        """Relay the engine's events as chunks; return the job's final frame."""
+        """Relay the engine's events as chunks; return the job's final frame.
+
+        Text pieces the engine made ready together (several tokens in one upstream read, or
+        produced while the socket was busy) leave as one ``chunks`` frame once the hub agreed
+        to the feature: one message, one write and one read on the hub instead of one per token.
+        """
         job = running.job
         done: Done | None = None
         with running.scope, anyio.fail_after(job.deadline_s):
-            async with aclosing(self._engine.generate(job)) as events:
-                async for event in events:
-                    if isinstance(event, Finish):
-                        done = Done(
-                            job_id=job.job_id,
-                            finish_reason=event.finish_reason,
-                            usage=event.usage,
-                            model=event.model,
-                        )
-                    elif event.tool_calls is None:
-                        await self._send_bytes(encode_chunk(job.job_id, event.content), "chunk")
-                    else:
-                        await self._send(Chunk(job_id=job.job_id, delta=event))
+            async with aclosing(ready_together(self._engine.generate(job))) as batches:
+                async for batch in batches:
+                    texts: list[str | None] = []
+                    for event in batch:
+                        if isinstance(event, Finish):
+                            done = Done(
+                                job_id=job.job_id,
+                                finish_reason=event.finish_reason,
+                                usage=event.usage,
+                                model=event.model,
+                            )
+                        elif event.tool_calls is None:
+                            texts.append(event.content)
+                        else:
+                            await self._send_texts(job.job_id, texts)
+                            texts = []
+                            await self._send(Chunk(job_id=job.job_id, delta=event))
+                    await self._send_texts(job.job_id, texts)
         if running.scope.cancelled_caught:
             return Error(job_id=job.job_id, code=ErrorCode.CANCELLED, message="cancelled")
         if done is None:
@@ -345,6 +366,16 @@ class _Session:
                 await self._send(Heartbeat(ts=time.time()))
             except _LinkLost:
                 return
+
+    async def _send_texts(self, job_id: str, texts: list[str | None]) -> None:
+        """Send text pieces: one ``chunks`` frame per :data:`MAX_PIECES` if agreed, else each."""
+        if len(texts) > 1 and self._pieces_agreed:
+            for start in range(0, len(texts), MAX_PIECES):
+                pieces = [text or "" for text in texts[start : start + MAX_PIECES]]
+                await self._send_bytes(encode_pieces(job_id, pieces), "chunks")
+            return
+        for text in texts:
+            await self._send_bytes(encode_chunk(job_id, text), "chunk")
 
     async def _send(self, frame: Frame) -> None:
         """Send one frame; a failure to send ends the session."""
@@ -382,6 +413,64 @@ class _Session:
                 await self._websocket.close(code=1001, reason="worker leaving")
             except (WebSocketException, OSError) as exc:
                 log.info("leave_not_sent", error=repr(exc))
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """An exception of the engine, carried to the task that relays its events."""
+
+    error: Exception
+
+
+_END = object()
+"""Put after the last event of the engine."""
+
+
+async def ready_together[T](events: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
+    """Yield ``events`` in lists of those that were ready together, in order.
+
+    A child task reads ahead (at most :data:`_READ_AHEAD` events) while the caller sends the
+    previous list; whatever accumulated meanwhile comes as the next list. The child owns the
+    iterator and closes it, on cancellation too; the engine's exceptions are raised to the
+    caller as they are, after the events that came before them. A plain asyncio task rather
+    than a task group: a task group cannot be held across the ``yield`` of a generator that
+    its consumer may close or cancel (the closing would come out as an exception group).
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue(_READ_AHEAD)
+
+    async def pump() -> None:
+        async with aclosing(events) as source:
+            try:
+                async for event in source:
+                    await queue.put(event)  # returns at once while there is room
+            # Handed over, not handled: the caller raises it in its own task.
+            except Exception as exc:
+                await queue.put(_Raised(exc))
+                return
+        await queue.put(_END)
+
+    reader = asyncio.ensure_future(pump())
+    try:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            ready: list[T] = []
+            for item in batch:
+                if item is _END:
+                    if ready:
+                        yield ready
+                    return
+                if isinstance(item, _Raised):
+                    if ready:
+                        yield ready
+                    raise item.error
+                ready.append(cast("T", item))
+            yield ready
+    finally:
+        reader.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait([reader])  # the engine's iterator closed before going on
 
 
 def _raise_if_fatal(frame: Error) -> None:

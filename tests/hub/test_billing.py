@@ -245,6 +245,26 @@ async def test_a_worker_claiming_more_tokens_than_it_sent_is_charged_what_the_hu
     assert sent < 200
 
 
+async def test_each_piece_of_a_chunks_frame_counts_as_one_chunk_and_no_more(
+    live_hub: LiveHub,
+) -> None:
+    payer, volunteer = await new_payer(live_hub), await new_volunteer(live_hub)
+    responses: list[httpx.Response] = []
+    async with (
+        raw_worker(live_hub, "batched-model", name="batched", token=volunteer.token) as ws,
+        anyio.create_task_group() as tasks,
+    ):
+        tasks.start_soon(ask_later, live_hub, payer, "batched-model", responses)
+        job = await receive(ws, "job")
+        pieces = {"type": "chunks", "job_id": job["job_id"], "pieces": ["a", "b", "c", "d"]}
+        await ws.send(json.dumps(pieces))
+        await finish(ws, job, [], (1_000_000, 1_000_000))
+    assert responses[0].status_code == 200
+    assert responses[0].json()["choices"][0]["message"]["content"] == "abcd"
+    rows = await settled(live_hub, payer)
+    assert json.loads(rows[-1]["request"])["usage"]["completion_tokens"] == 4
+
+
 async def test_a_worker_that_leaves_before_any_output_gets_its_chat_voided(
     live_hub: LiveHub, policy: None
 ) -> None:

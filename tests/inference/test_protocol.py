@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from inference.protocol import (
+    MAX_PIECES,
     PROTOCOL_VERSION,
     Cancel,
     Chunk,
+    Chunks,
     Delta,
     Done,
     Error,
@@ -31,6 +33,7 @@ from inference.protocol import (
     encode,
     encode_bytes,
     encode_chunk,
+    encode_pieces,
     parse_frame,
 )
 
@@ -59,6 +62,7 @@ FRAMES: list[Frame] = [
         deadline_s=30,
     ),
     Chunk(job_id="j-1", delta=Delta(content="Hel")),
+    Chunks(job_id="j-1", pieces=["Hel", "lo", ""]),
     Chunk(
         job_id="j-1",
         delta=Delta(
@@ -82,6 +86,17 @@ FRAMES: list[Frame] = [
     Error(code=ErrorCode.INVALID_TOKEN, message="unknown token"),
     Cancel(job_id="j-1"),
     Leave(reason="shutdown"),
+    Hello(
+        protocol=PROTOCOL_VERSION,
+        token="iam_secret",
+        worker_name="desk",
+        models=[],
+        hardware="gpu",
+        slots=1,
+        version="0.2.0",
+        features=["chunks"],
+    ),
+    Welcome(worker_id="w-1", heartbeat_interval_s=10, protocol=PROTOCOL_VERSION, features=[]),
 ]
 
 
@@ -211,6 +226,22 @@ MALFORMED: list[tuple[str, Any, str]] = [
         ErrorCode.INVALID_FRAME,
     ),
     ("error without code", '{"type": "error", "message": "x"}', ErrorCode.INVALID_FRAME),
+    ("chunks without pieces", '{"type": "chunks", "job_id": "j", "pieces": []}', "invalid_frame"),
+    (
+        "chunks with a piece that is not text",
+        '{"type": "chunks", "job_id": "j", "pieces": ["a", null]}',
+        ErrorCode.INVALID_FRAME,
+    ),
+    (
+        "chunks with too many pieces",
+        json.dumps({"type": "chunks", "job_id": "j", "pieces": ["a"] * (MAX_PIECES + 1)}),
+        ErrorCode.INVALID_FRAME,
+    ),
+    (
+        "hello with too many features",
+        json.dumps({"type": "hello", "features": ["f"] * 33}),
+        ErrorCode.INVALID_FRAME,
+    ),
     (
         "welcome with zero interval",
         '{"type": "welcome", "worker_id": "w", "heartbeat_interval_s": 0, "protocol": 1}',
@@ -234,3 +265,22 @@ def test_invalid_field_errors_name_the_field() -> None:
         parse_frame('{"type": "heartbeat", "ts": "noon"}')
     assert "ts" in caught.value.message
     assert "heartbeat" in caught.value.message
+
+
+def test_a_chunks_frame_reads_as_one_chunk_that_counts_each_piece() -> None:
+    frame = parse_frame(encode_pieces("j-1", ["Once", " upon", ""]))
+    assert isinstance(frame, Chunks)
+    chunk = frame.as_chunk()
+    assert (chunk.job_id, chunk.delta.content) == ("j-1", "Once upon")
+    assert chunk.pieces == 3
+    assert chunk.parts == ("Once", " upon", "")
+    assert encode_pieces("j-1", ["a"]) == encode(Chunks(job_id="j-1", pieces=["a"])).encode()
+
+
+def test_a_chunk_from_the_wire_counts_as_one_whatever_it_claims() -> None:
+    frame = parse_frame(
+        '{"type": "chunk", "job_id": "j", "delta": {"content": "abc"}, "_parts": ["a", "b"],'
+        ' "parts": ["a", "b"], "pieces": 9}'
+    )
+    assert isinstance(frame, Chunk)
+    assert (frame.pieces, frame.parts) == (1, ())

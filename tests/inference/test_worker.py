@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -13,11 +14,13 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from inference.engine import EngineEvent, LlamaEngine, bundled_model_path
+from inference.engine import EngineError, EngineEvent, LlamaEngine, bundled_model_path
 from inference.protocol import (
+    FEATURE_CHUNKS,
     PROTOCOL_VERSION,
     Cancel,
     Chunk,
+    Chunks,
     Done,
     Error,
     ErrorCode,
@@ -37,6 +40,7 @@ from inference.worker import (
     WorkerError,
     backoff_delay,
     detect_hardware,
+    ready_together,
     run_worker,
     workers_ws_url,
 )
@@ -69,7 +73,9 @@ class Link:
     async def send(self, frame: Frame) -> None:
         await self.websocket.send(encode(frame))
 
-    async def welcome(self, heartbeat_interval_s: float = 30.0) -> Hello:
+    async def welcome(
+        self, heartbeat_interval_s: float = 30.0, features: list[str] | None = None
+    ) -> Hello:
         hello = await self.receive()
         assert isinstance(hello, Hello)
         await self.send(
@@ -77,6 +83,7 @@ class Link:
                 worker_id="w-1",
                 heartbeat_interval_s=heartbeat_interval_s,
                 protocol=PROTOCOL_VERSION,
+                features=features,
             )
         )
         return hello
@@ -177,6 +184,108 @@ async def test_worker_says_hello_and_streams_a_job_as_chunks_then_done(
         assert frame.usage.completion_tokens > 0
         assert text
         tasks.cancel_scope.cancel()
+
+
+class AllAtOnceEngine:
+    """The bundled model, its answer held back and then released in one go (like a fast upstream
+    whose tokens arrive in one read)."""
+
+    def __init__(self, engine: LlamaEngine) -> None:
+        self._engine = engine
+
+    def models(self) -> list[ModelInfo]:
+        return self._engine.models()
+
+    async def generate(self, job: Job) -> AsyncGenerator[EngineEvent, None]:
+        events = [event async for event in self._engine.generate(job)]
+        for event in events:
+            yield event
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("agreed", [True, False])
+async def test_tokens_ready_together_go_in_one_chunks_frame_once_the_hub_agreed(
+    hub: FakeHub, engine: LlamaEngine, agreed: bool
+) -> None:
+    async with anyio.create_task_group() as tasks:
+        start_worker(tasks, hub, AllAtOnceEngine(engine))
+        link = await hub.next_link()
+        hello = await link.welcome(features=[FEATURE_CHUNKS] if agreed else None)
+        assert hello.features == [FEATURE_CHUNKS]
+        await link.send(make_job("Say hello in five words."))
+        frames = []
+        while not isinstance(frame := await link.receive(), Done):
+            frames.append(frame)
+        done = frame
+        tasks.cancel_scope.cancel()
+    pieces: list[str] = []
+    for streamed in frames:
+        if isinstance(streamed, Chunks):
+            pieces += streamed.pieces
+        else:
+            assert isinstance(streamed, Chunk)
+            pieces.append(streamed.delta.content or "")
+    assert len(pieces) == done.usage.completion_tokens > 1
+    assert "".join(pieces)
+    if agreed:
+        assert [type(f) for f in frames] == [Chunks]
+    else:
+        assert {type(f) for f in frames} == {Chunk}
+
+
+async def _items(
+    ready: list[int], gate: anyio.Event, later: list[int], closed: list[bool]
+) -> AsyncGenerator[int, None]:
+    try:
+        for item in ready:
+            yield item
+        await gate.wait()
+        for item in later:
+            yield item
+        if not later:
+            raise EngineError(ErrorCode.UPSTREAM_ERROR, "upstream failed")
+    finally:
+        closed.append(True)
+
+
+@pytest.mark.anyio
+async def test_ready_together_yields_what_was_ready_as_one_list_in_order() -> None:
+    gate, closed = anyio.Event(), list[bool]()
+    batches: list[list[int]] = []
+    async with aclosing(ready_together(_items([1, 2, 3], gate, [4, 5], closed))) as lists:
+        async for batch in lists:
+            batches.append(batch)
+            gate.set()
+    assert batches == [[1, 2, 3], [4, 5]]
+    assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_ready_together_raises_the_engines_error_after_what_came_before_it() -> None:
+    gate, closed = anyio.Event(), list[bool]()
+    gate.set()
+    batches: list[list[int]] = []
+
+    async def relay() -> None:
+        async with aclosing(ready_together(_items([1, 2], gate, [], closed))) as lists:
+            async for batch in lists:
+                batches.append(batch)
+
+    with pytest.raises(EngineError) as caught:
+        await relay()
+    assert caught.value.code == ErrorCode.UPSTREAM_ERROR
+    assert batches == [[1, 2]]
+    assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_leaving_ready_together_early_closes_the_source() -> None:
+    gate, closed = anyio.Event(), list[bool]()
+    async with aclosing(ready_together(_items([1], gate, [2], closed))) as lists:
+        async for batch in lists:
+            assert batch == [1]
+            break
+    assert closed == [True]
 
 
 @pytest.mark.anyio
