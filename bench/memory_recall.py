@@ -42,17 +42,20 @@ from hub.observability import configure_logging
 from memory.context import Turn, window_contexts
 from memory.embeddings import Embedder, Vector, install_model
 from memory.notes import NewNote, add_notes
-from memory.recall import FUSION, Fusion, RecallQuery, SearchMode, has_bm25, recall
+from memory.recall import (
+    FUSION,
+    Fusion,
+    RecallQuery,
+    SearchMode,
+    has_bm25,
+    query_vectors,
+    recall,
+)
 
 DEFAULT_SET = Path(__file__).resolve().parent.parent / "tests/memory/data/recall_set.json"
 CUTOFFS = (1, 5, 10)
 BATCH = 256  # notes embedded and stored per statement
 BASELINE = Fusion(vector=1.0, keyword=1.0, k=60)  # plain reciprocal-rank fusion
-
-
-def turn_body(turn: dict[str, Any]) -> str:
-    """A turn as a note's body: ``Speaker: text`` when the set names speakers."""
-    return f"{turn['speaker']}: {turn['text']}" if "speaker" in turn else str(turn["text"])
 
 
 def contexts(turns: list[dict[str, Any]], window: int) -> list[str]:
@@ -74,11 +77,16 @@ async def ingest(
     turns: list[dict[str, Any]],
     window: int,
 ) -> dict[UUID, str]:
-    """Store every turn as a private note, in batches; return note id → turn id."""
+    """Store every turn as a private note, in batches, as ``POST /v1/memory/notes`` does (the
+    text as its body, its speaker and date beside it); return note id → turn id."""
     notes = [
-        NewNote(f"user:{user_id}", turn_body(t), tags=(t["conversation"],), context=c)
+        NewNote(
+            f"user:{user_id}", t["text"], tags=(t["conversation"],), context=c,
+            speaker=t.get("speaker", ""),
+            said_at=datetime.fromisoformat(t["date"]).replace(tzinfo=UTC) if "date" in t else None,
+        )
         for t, c in zip(turns, contexts(turns, window), strict=True)
-    ]
+    ]  # fmt: skip
     ids: dict[UUID, str] = {}
     for start in range(0, len(notes), BATCH):
         batch = notes[start : start + BATCH]
@@ -93,7 +101,7 @@ async def evaluate(
     user_id: UUID,
     ids: dict[UUID, str],
     questions: list[dict[str, Any]],
-    vectors: list[Vector],
+    vectors: list[tuple[Vector, Vector]],
     mode: SearchMode,
     fusion: Fusion = FUSION,
 ) -> dict[str, Any]:
@@ -102,11 +110,13 @@ async def evaluate(
     hits = dict.fromkeys(CUTOFFS, 0)
     reciprocal = 0.0
     kinds: dict[str, list[bool]] = {}
-    for item, vector in zip(questions, vectors, strict=True):
+    for item, (vector, note_vector) in zip(questions, vectors, strict=True):
         scope = (item["conversation"],) if "conversation" in item else ()
+        keyword = mode is SearchMode.KEYWORD
         query = RecallQuery(
             item["question"],
-            None if mode is SearchMode.KEYWORD else vector,
+            None if keyword else vector,
+            note_vector=None if keyword else note_vector,
             facts=0,
             notes=max(CUTOFFS),
             mode=mode,
@@ -136,12 +146,13 @@ async def tune(
     user_id: UUID,
     ids: dict[UUID, str],
     questions: list[dict[str, Any]],
-    vectors: list[Vector],
+    vectors: list[tuple[Vector, Vector]],
 ) -> Fusion:
     """The fusion with the best recall@10 (then MRR) on ``questions``, over a small grid."""
     best: tuple[float, float, Fusion] | None = None
-    for weight, k, names in itertools.product((1.0, 2.0, 3.0), (10,), (0.0, 0.05, 0.2)):
-        fusion = Fusion(vector=weight, keyword=1.0, k=k, boost=3.0, names=names)
+    grid = itertools.product((2.0, 3.0), (0.05, 0.2), (None, 2.0), (0.0, 0.1))
+    for weight, names, dated, said in grid:
+        fusion = Fusion(weight, 1.0, 10, 3.0, names=names, dated_keyword=dated, said=said)
         got = await evaluate(conn, user_id, ids, questions, vectors, SearchMode.HYBRID, fusion)
         score = (got["recall@10"], got["mrr"], fusion)
         if best is None or score[:2] > best[:2]:
@@ -169,10 +180,10 @@ async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) ->
         questions = labelled["questions"]
         if args.split != "all":
             questions = [q for q in questions if q["split"] == args.split]
-        vectors = list(await embedder.embed([q["question"] for q in labelled["questions"]]))
-        by_question = dict(
-            zip((q["question"] for q in labelled["questions"]), vectors, strict=True)
-        )
+        by_question = {
+            q["question"]: await query_vectors(embedder, q["question"])
+            for q in labelled["questions"]
+        }
         fusion = BASELINE if args.baseline else FUSION
         if args.tune:
             tuning = [q for q in labelled["questions"] if q["split"] == "tune"]

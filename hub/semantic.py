@@ -2,11 +2,13 @@
 
 The chat path stays lean: a user's memory opt-in is cached for ``recall_cache_ttl_s`` (a change
 through this hub's API clears it at once), so a user with memory off costs a dictionary lookup;
-with memory on, the last user message is embedded (about 5 ms), then on one connection the data
-key is unwrapped (one primary-key lookup) and one search statement (:func:`memory.recall.recall`)
-finds facts and notes: the user's own, and those of the shared namespaces they are subscribed to
-(checked in that statement). The injected message quotes them as reference data, each labelled
-in words (never a user, token or namespace id: the worker reads it).
+with memory on, the last user message is embedded (about 5 ms; twice, in one batch, when it
+names someone: notes are searched without the names, :func:`memory.recall.note_query_text`),
+then on one connection the data key is unwrapped (one primary-key lookup) and one search
+statement (:func:`memory.recall.recall`) finds facts and notes: the user's own, and those of
+the shared namespaces they are subscribed to (checked in that statement). The injected message
+quotes them as reference data, each labelled in words (never a user, token or namespace id: the
+worker reads it).
 A recall that cannot run (model not installed, a database error) never fails the chat: it
 injects nothing, and says so in the log.
 """
@@ -39,7 +41,7 @@ from memory.extraction import (
 )
 from memory.keys import UserKey, open_key
 from memory.l2 import load_preferences
-from memory.recall import Injection, RecallQuery, context_message, recall
+from memory.recall import Injection, RecallQuery, context_message, query_vectors, recall
 from memory.settings import MemorySettings
 
 log = structlog.get_logger()
@@ -145,13 +147,13 @@ class SemanticMemory:
         if not query:
             return ChatMemory(Injection(None, 0), enabled=True)
         try:
-            vector = await self.embedder.embed_one(query)  # before a connection is taken
+            # before a connection is taken: the query as asked (facts) and without names (notes)
+            vector, note_vector = await query_vectors(self.embedder, query)
             n = self.settings.recall_candidates
+            search = RecallQuery(query, vector, note_vector=note_vector, facts=n, notes=n)
             async with self.pool.acquire() as conn:
                 key = await _key(conn, principal, user_id, token)
-                found = await recall(
-                    conn, key, user_id, RecallQuery(query, vector, facts=n, notes=n)
-                )
+                found = await recall(conn, key, user_id, search)
         except EmbeddingModelMissing as exc:
             if not self._warned_missing:  # once, not on every chat
                 log.warning("chat_recall_skipped", code=exc.code, error=exc.message)

@@ -50,6 +50,8 @@ class NewNote:
     tags: tuple[str, ...] = ()
     author_agent: str = ""
     context: str = ""
+    speaker: str = ""
+    said_at: datetime | None = None
 
     @property
     def index_text(self) -> str:
@@ -57,7 +59,9 @@ class NewNote:
 
         Not its context: on the multi-session set, embedding a turn with its date or its
         neighbours made the vector side worse (recall@10 0.58 to 0.45 and 0.54); the context
-        is searched by the keyword side only (memory/context.py).
+        is searched by the keyword side only (memory/context.py). Nor its speaker: a name
+        is a rare token that pulls a short turn's vector toward every question naming that
+        person (migration 020); recall matches the speaker by name instead.
         """
         return f"{self.title}\n{self.body}".strip()
 
@@ -67,7 +71,8 @@ class Note:
     """A stored note (a tombstone has ``deleted_at`` and no content).
 
     ``mine``: the reader wrote it; ``author``: the writer's user name (None once deleted);
-    ``context``: the text it is also indexed by (memory/context.py), never part of its body.
+    ``context``: the text it is also indexed by (memory/context.py), never part of its body;
+    ``speaker`` and ``said_at``: who said it and when, for a conversation turn (else empty).
     """
 
     id: UUID
@@ -85,11 +90,13 @@ class Note:
     mine: bool
     author: str | None = None
     context: str = ""
+    speaker: str = ""
+    said_at: datetime | None = None
 
 
 NOTE_COLUMNS = (
     "id, namespace, author_id, author_agent, title, body, tags, content_hash, clock, "
-    "origin_pool, created_at, updated_at, deleted_at, context"
+    "origin_pool, created_at, updated_at, deleted_at, context, speaker, said_at"
 )
 
 
@@ -100,8 +107,8 @@ _AUTHOR = "LEFT JOIN users u ON u.id = n.author_id"
 _INSERT_SQL = (
     "WITH n AS (INSERT INTO notes (id, namespace, owner_id, author_id, author_agent, title, "  # noqa: S608
     "body, tags, embedding, embedding_model, embedding_dim, content_hash, created_at, "
-    "updated_at, context) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, "
-    "$14) "
+    "updated_at, context, speaker, said_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, "
+    "$11, $12, $13, $13, $14, $15, $16) "
     f"RETURNING *) SELECT {_NOTE_FIELDS}, u.name AS author_name FROM n {_AUTHOR}"
 )
 _GET_SQL = (
@@ -140,6 +147,8 @@ def note_from_row(row: asyncpg.Record, user_id: UUID) -> Note:
         mine=row["author_id"] == user_id,
         author=row.get("author_name"),
         context=row["context"],
+        speaker=row["speaker"],
+        said_at=row["said_at"],
     )
 
 
@@ -216,6 +225,8 @@ async def add_note(
             content_hash(note),
             now,
             note.context,
+            note.speaker,
+            note.said_at,
         )
     return note_from_row(row, user_id)
 
@@ -223,12 +234,13 @@ async def add_note(
 _INSERT_MANY_SQL = (
     "WITH n AS (INSERT INTO notes (id, namespace, owner_id, author_id, author_agent, title, "  # noqa: S608
     "body, tags, embedding, embedding_model, embedding_dim, content_hash, created_at, "
-    "updated_at, context) SELECT r.id, r.namespace, r.owner_id, $1, r.author_agent, r.title, "
-    "r.body, ARRAY(SELECT jsonb_array_elements_text(r.tags)), r.embedding::vector, $2, $3, "
-    "r.content_hash, $4, $4, r.context FROM unnest($5::uuid[], $6::text[], $7::uuid[], "
-    "$8::text[], $9::text[], $10::text[], $11::jsonb[], $12::text[], $13::bytea[], $14::text[]) "
+    "updated_at, context, speaker, said_at) SELECT r.id, r.namespace, r.owner_id, $1, "
+    "r.author_agent, r.title, r.body, ARRAY(SELECT jsonb_array_elements_text(r.tags)), "
+    "r.embedding::vector, $2, $3, r.content_hash, $4, $4, r.context, r.speaker, r.said_at "
+    "FROM unnest($5::uuid[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::text[], "
+    "$11::jsonb[], $12::text[], $13::bytea[], $14::text[], $15::text[], $16::timestamptz[]) "
     "WITH ORDINALITY AS r (id, namespace, owner_id, author_agent, title, body, tags, embedding, "
-    "content_hash, context, i) ORDER BY r.i RETURNING *) "
+    "content_hash, context, speaker, said_at, i) ORDER BY r.i RETURNING *) "
     f"SELECT {_NOTE_FIELDS}, u.name AS author_name FROM n {_AUTHOR} ORDER BY n.id"
 )
 
@@ -267,6 +279,8 @@ async def add_notes(
             [_vector_text(v) for v in vectors],
             [content_hash(n) for n in batch],
             [n.context for n in batch],
+            [n.speaker for n in batch],
+            [n.said_at for n in batch],
         )
     return [note_from_row(r, user_id) for r in rows]
 

@@ -40,7 +40,7 @@ from uuid import UUID
 import asyncpg
 
 from memory.context import date_terms
-from memory.embeddings import Vector
+from memory.embeddings import Embedder, Vector
 from memory.facts import FACT_COLUMNS, Fact, fact_from_row, search_settings
 from memory.keys import UserKey
 from memory.l2 import CHARS_PER_TOKEN
@@ -114,10 +114,11 @@ class Fusion:
     Plain reciprocal-rank fusion is ``(1, 1, 60)``; :data:`FUSION` is what the tune half of
     ``tests/memory/data/recall_multisession.json`` chose (``bench/memory_recall.py --tune``).
     ``boost`` weighs the query's names and dates again on the BM25 side; ``names`` is added to
-    the fused score of a note whose title or body holds one of them (a question about Ingrid
-    prefers what Ingrid said over what her friend said on the same topic). ``dated_keyword``,
+    the fused score of a note whose speaker, title or body holds one of them (a question about
+    Ingrid prefers what Ingrid said over what her friend said on the same topic). ``dated_keyword``,
     when set, replaces ``keyword`` for a query naming a month or a year ("in May 2023", "last
-    month"): embeddings hardly tell one month from another, words do.
+    month"): embeddings hardly tell one month from another, words do. ``said`` is added to the
+    fused score of a note said (``said_at``) in a month or year the query names.
     """
 
     vector: float = 1.0
@@ -126,11 +127,16 @@ class Fusion:
     boost: float = 2.0
     names: float = 0.0
     dated_keyword: float | None = None  # the keyword weight for a query that names a date
+    said: float = 0.0
 
 
-FUSION = Fusion(vector=2.0, keyword=1.0, k=10, boost=3.0, names=0.05, dated_keyword=2.0)
+FUSION = Fusion(vector=2.0, keyword=1.0, k=10, boost=3.0, names=0.2, dated_keyword=2.0, said=0.1)
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _DATED = re.compile(rf"\b(?:{_MONTHS}|(?:19|20)\d\d)\b", re.IGNORECASE)
+_MONTH_YEAR = re.compile(
+    rf"\b(?:(?P<month>{_MONTHS})\b(?:\s+(?P<year>(?:19|20)\d\d))?|(?P<only>(?:19|20)\d\d))\b",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -138,11 +144,14 @@ class RecallQuery:
     """What to search and where.
 
     ``vector`` is the query's embedding (None only with ``mode=keyword``); ``text`` feeds full
-    text. ``facts`` / ``notes`` are how many of each to return (0 skips the tier).
+    text. ``note_vector``, when set, is the one notes are searched by: the embedding of
+    :func:`note_query_text` (:func:`query_vectors` makes both). ``facts`` / ``notes`` are how
+    many of each to return (0 skips the tier).
     """
 
     text: str
     vector: Vector | None
+    note_vector: Vector | None = None
     facts: int = 10
     notes: int = 10
     mode: SearchMode = SearchMode.HYBRID
@@ -175,9 +184,9 @@ fact_nearest AS MATERIALIZED (
 ),
 note_nearest AS MATERIALIZED (
     SELECT n.id, row_number() OVER (ORDER BY n.distance, n.id) AS r FROM (
-        SELECT n.id, n.embedding <=> $2 AS distance FROM notes n
+        SELECT n.id, n.embedding <=> $20 AS distance FROM notes n
         WHERE {_SHARED_NOTE_FILTER}
-        ORDER BY n.embedding <=> $2 LIMIT $8
+        ORDER BY n.embedding <=> $20 LIMIT $8
     ) n
 ),
 terms AS MATERIALIZED (
@@ -196,8 +205,13 @@ names AS (
 note_fused AS MATERIALIZED (
     SELECT f.id, f.vector_rank, f.keyword_rank,
         f.score + CASE WHEN names.query IS NOT NULL AND $19::float8 > 0
-            AND to_tsvector('simple', n.title || ' ' || n.body) @@ names.query
-            THEN $19 ELSE 0 END AS score
+            AND to_tsvector('simple', n.title || ' ' || n.body || ' ' || n.speaker) @@ names.query
+            THEN $19 ELSE 0 END
+        + CASE WHEN $23::float8 > 0 AND n.said_at IS NOT NULL AND EXISTS (
+            SELECT 1 FROM unnest($21::int[], $22::int[]) AS d (y, m)
+            WHERE (d.y = 0 OR extract(year FROM n.said_at) = d.y)
+              AND (d.m = 0 OR extract(month FROM n.said_at) = d.m)
+            ) THEN $23 ELSE 0 END AS score
     FROM (
         SELECT coalesce(v.id, k.id) AS id, v.r AS vector_rank, k.r AS keyword_rank,
             coalesce($15::float8 / ($17::int + v.r), 0)
@@ -211,13 +225,14 @@ SELECT 'fact' AS tier, {_FACT_FIELDS}, 1 - x.distance AS similarity, 1 - x.dista
     NULL::text AS namespace, NULL::uuid AS author_id, NULL::text AS author_agent,
     NULL::text AS title, NULL::text AS body, NULL::bytea AS content_hash, NULL::bigint AS clock,
     NULL::text AS origin_pool, NULL::timestamptz AS updated_at, NULL::timestamptz AS deleted_at,
-    NULL::text AS context, NULL::text AS snippet, NULL::text AS author_name
+    NULL::text AS context, NULL::text AS speaker, NULL::timestamptz AS said_at,
+    NULL::text AS snippet, NULL::text AS author_name
 FROM fact_nearest x JOIN facts f ON f.id = x.id AND f.user_id = $1
 UNION ALL
 SELECT 'note', n.id, NULL, NULL, NULL, n.tags, NULL, NULL, NULL, NULL, NULL, NULL, n.created_at,
-    n.embedding_model, 1 - (n.embedding <=> $2), x.score, x.vector_rank, x.keyword_rank,
+    n.embedding_model, 1 - (n.embedding <=> $20), x.score, x.vector_rank, x.keyword_rank,
     n.namespace, n.author_id, n.author_agent, n.title, n.body, n.content_hash, n.clock,
-    n.origin_pool, n.updated_at, n.deleted_at, n.context,
+    n.origin_pool, n.updated_at, n.deleted_at, n.context, n.speaker, n.said_at,
     coalesce(ts_headline('english', n.body, words.query, '{SNIPPET_OPTIONS}'), left(n.body, 240)),
     u.name
 FROM note_fused x JOIN notes n ON n.id = x.id AND {READABLE_NOTE}
@@ -290,6 +305,51 @@ def salient_terms(text: str, now: datetime) -> str:
     return " ".join(dict.fromkeys(found))
 
 
+def named_months(terms: str) -> list[tuple[int, int]]:
+    """The (year, month) pairs that ``terms`` (:func:`salient_terms`) name; 0 is any: ``May
+    2023`` is (2023, 5), ``2023`` (2023, 0), ``July`` (0, 7)."""
+    months = _MONTHS.split("|")
+    found = [
+        (int(m["year"] or 0), months.index(m["month"].lower()) + 1)
+        if m["month"]
+        else (int(m["only"]), 0)
+        for m in _MONTH_YEAR.finditer(terms)
+    ]
+    return list(dict.fromkeys(found))
+
+
+def note_query_text(text: str) -> str:
+    """The query as notes are searched by embedding: each name replaced by ``someone``.
+
+    A name (a capitalised word that does not start a sentence, not a month) is a rare token
+    that a small embedding model weighs heavily: "What did Fatima call her new pet?" drew
+    Fatima's small talk above her turn about the beagle. The name still counts where it is
+    matched exactly: on the BM25 side and in the fused score of the notes it is the speaker of
+    (:class:`Fusion`). Dates, numbers and identifiers stay.
+    """
+    words: list[str] = []
+    start = True
+    for raw in text.split():
+        word = raw.strip(_PUNCTUATION).removesuffix("'s").removesuffix("’s")
+        named = not start and word[:1].isupper() and word.isalpha() and len(word) > 1
+        if named and word.lower() not in _MONTHS.split("|"):
+            raw = raw.replace(word, "someone", 1)
+        words.append(raw)
+        start = raw.endswith((".", "?", "!", ":"))
+    return " ".join(words)
+
+
+async def query_vectors(embedder: Embedder, text: str) -> tuple[Vector, Vector]:
+    """The query's embedding as asked (facts are searched by it) and that of
+    :func:`note_query_text` (notes are), in one batch; one vector twice when they are equal."""
+    note_text = note_query_text(text)
+    if note_text == text:
+        vector = await embedder.embed_one(text)
+        return vector, vector
+    asked, for_notes = await embedder.embed([text, note_text])
+    return asked, for_notes
+
+
 async def has_bm25(conn: asyncpg.Connection) -> bool:
     """Whether the database has the notes' BM25 index (pg_search; migration 018)."""
     return bool(await conn.fetchval("SELECT to_regclass('notes_bm25_idx') IS NOT NULL"))
@@ -311,6 +371,7 @@ async def recall(
     bm25 = keyword_side and await has_bm25(conn)
     names = salient_terms(query.text, query.now or datetime.now(UTC)) if keyword_side else ""
     fusion = query.fusion
+    months = named_months(names)
     if fusion.dated_keyword is not None and _DATED.search(names):
         fusion = replace(fusion, keyword=fusion.dated_keyword)
     async with conn.transaction():
@@ -343,6 +404,10 @@ async def recall(
             fusion.k,
             fusion.boost,
             fusion.names,
+            query.vector if query.note_vector is None else query.note_vector,
+            [year for year, _ in months],
+            [month for _, month in months],
+            fusion.said,
         )
     fact_hits = [
         FactHit(fact_from_row(r, key), float(r["similarity"]))

@@ -36,7 +36,7 @@ from memory.notes import (
     NoteEdit,
     resolve_namespace,
 )
-from memory.recall import NoteHit, RecallQuery, SearchMode, recall
+from memory.recall import NoteHit, RecallQuery, SearchMode, note_query_text, recall
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 
@@ -129,6 +129,8 @@ def note_body(note: Note, **extra: Any) -> dict[str, Any]:
         "updated_at": note.updated_at.isoformat(),
         "deleted_at": note.deleted_at.isoformat() if note.deleted_at else None,
         "context": note.context,
+        "speaker": note.speaker,
+        "said_at": note.said_at.isoformat() if note.said_at else None,
     } | extra
 
 
@@ -197,7 +199,7 @@ async def create_note(
     sync = None if body.write_quorum is None else _quorum_sync(state, namespace)
     new = NewNote(
         namespace, body.body, body.title, tuple(body.tags), body.author_agent,
-        index_contexts([body], 0)[0],
+        index_contexts([body], 0)[0], body.speaker, body.said_at,
     )  # fmt: skip
     vector = await semantic.embedder.embed_one(new.index_text)
     async with semantic.pool.acquire() as conn:
@@ -236,7 +238,7 @@ async def _create_notes(
     batch = [
         NewNote(
             resolve_namespace(b.namespace, user_id), b.body, b.title, tuple(b.tags),
-            b.author_agent, context,
+            b.author_agent, context, b.speaker, b.said_at,
         )
         for b, context in zip(bodies, index_contexts(bodies, window), strict=True)
     ]  # fmt: skip
@@ -286,7 +288,7 @@ async def search_notes(
     if query is not None and query.strip():
         vector = None
         if mode is not SearchMode.KEYWORD:
-            vector = await semantic.embedder.embed_one(query)
+            vector = await semantic.embedder.embed_one(note_query_text(query))
         search = RecallQuery(
             query, vector, facts=0, notes=k, mode=mode, tags=wanted, namespaces=spaces,
             since=since, until=until,

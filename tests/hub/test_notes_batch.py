@@ -47,6 +47,7 @@ def test_a_list_is_stored_in_order_and_each_turn_is_found_by_its_neighbours(
     assert stored["object"] == "list"
     assert [n["body"] for n in stored["data"]] == [t["body"] for t in CONVERSATION]
     reply = stored["data"][1]
+    assert reply["speaker"] == "Ingrid" and reply["said_at"] == "2023-05-08T13:56:00+00:00"
     assert reply["context"].splitlines() == [
         "Said by Ingrid on Monday 8 May 2023.",
         f"Before, Kwame: {CONVERSATION[0]['body']}",
@@ -93,6 +94,11 @@ def test_bad_batches_are_refused_whole_with_the_field_named(
     assert_openai_error(error, "invalid_request", "write_quorum")
     window = post(client, alice, [{"body": "x"}], status=400, window=6)
     assert_openai_error(window, "invalid_value")
+    bad_date = [{"body": "x", "said_at": "last Tuesday"}]
+    assert_openai_error(post(client, alice, bad_date, status=400), "invalid_value", "[0].said_at")
+    long_speaker = [{"body": "x", "speaker": "s" * 65}]
+    error = post(client, alice, long_speaker, status=400)
+    assert_openai_error(error, "invalid_value", "[0].speaker")
     long_context = [{"body": "x", "context": "c" * 4001}]
     assert_openai_error(post(client, alice, long_context, status=400), "invalid_value")
     unknown = [{"body": "kept?"}, {"body": "lost", "namespace": "pool:nowhere"}]

@@ -29,6 +29,9 @@ from memory.recall import (
     context_message,
     has_bm25,
     keyword_terms,
+    named_months,
+    note_query_text,
+    query_vectors,
     recall,
     salient_terms,
 )
@@ -55,6 +58,36 @@ def test_keyword_terms_keep_identifiers_whole_and_drop_outer_punctuation() -> No
         "her-1187",
     ]
     assert keyword_terms("  ?! ") is None
+
+
+def test_notes_are_searched_by_a_query_whose_names_are_left_out() -> None:
+    assert note_query_text("What did Fatima call their new pet?") == (
+        "What did someone call their new pet?"
+    )
+    assert note_query_text("Which series did Noor tell Mateo's sister to watch?") == (
+        "Which series did someone tell someone's sister to watch?"
+    )
+    kept = "Where did Ingrid travel in May 2023? Rotate HER-1187 now."
+    assert note_query_text(kept) == "Where did someone travel in May 2023? Rotate HER-1187 now."
+    assert note_query_text("how do I rotate the signing key?") == (
+        "how do I rotate the signing key?"
+    )
+
+
+def test_named_months_are_year_month_pairs_with_zero_for_any() -> None:
+    assert named_months("Fatima October 2023") == [(2023, 10)]
+    assert named_months("2022 July Saturday 6 May 2023 May 2023") == [(2022, 0), (0, 7), (2023, 5)]
+    assert named_months("Ingrid HER-1187") == []
+
+
+async def test_query_vectors_embed_the_query_twice_only_when_it_names_someone(
+    embedder: Embedder,
+) -> None:
+    plain, same = await query_vectors(embedder, "how do I rotate the signing key?")
+    assert plain is same
+    asked, for_notes = await query_vectors(embedder, "What did Fatima call her new pet?")
+    assert asked.shape == for_notes.shape == (384,)
+    assert float(asked @ for_notes) < 0.99
 
 
 def test_salient_terms_are_names_identifiers_and_resolved_dates() -> None:
@@ -240,13 +273,14 @@ def test_the_context_message_quotes_memory_as_data_and_says_whose_it_is() -> Non
 
 
 MULTISESSION = Path(__file__).parent / "data" / "recall_multisession.json"
-SAID = datetime(2023, 5, 8, 13, 56)
+SAID = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
 
 
 async def _search(
     conn: asyncpg.Connection, embedder: Embedder, member: Member, text: str, **fields: Any
 ) -> list[Note]:
-    query = RecallQuery(text, await embedder.embed_one(text), facts=0, notes=10, **fields)
+    vector, note_vector = await query_vectors(embedder, text)
+    query = RecallQuery(text, vector, note_vector=note_vector, facts=0, notes=10, **fields)
     return [h.note for h in (await recall(conn, None, member.user_id, query)).notes]
 
 
@@ -257,12 +291,16 @@ async def _store(
     turns: list[Turn],
     window: int | None,
 ) -> list[Note]:
-    """Store turns as notes, each with ``window`` turns either side (None: no context)."""
-    contexts = [""] * len(turns) if window is None else window_contexts(turns, window)
-    batch = [
-        NewNote(f"user:{member.user_id}", f"{t.speaker}: {t.text}", context=c)
-        for t, c in zip(turns, contexts, strict=True)
-    ]
+    """Store turns as notes as the API does: the text as the body, its speaker and date beside
+    it, ``window`` turns either side in its context; ``window`` None stores them as before
+    issue 17: ``Speaker: text`` and nothing else."""
+    if window is None:
+        batch = [NewNote(f"user:{member.user_id}", f"{t.speaker}: {t.text}") for t in turns]
+    else:
+        batch = [
+            NewNote(f"user:{member.user_id}", t.text, context=c, speaker=t.speaker, said_at=t.at)
+            for t, c in zip(turns, window_contexts(turns, window), strict=True)
+        ]
     vectors = await embedder.embed([n.index_text for n in batch])
     return await add_notes(conn, member.user_id, batch, list(vectors), now=NOW)
 
@@ -299,7 +337,8 @@ async def test_a_reply_is_found_by_the_turn_before_it_and_returned_as_itself(
     found = await _search(vconn, embedder, alice, question, mode=SearchMode.KEYWORD)
     assert stored[1].id in [n.id for n in found[:2]]
     reply = next(n for n in found if n.id == stored[1].id)
-    assert reply.body == "Ingrid: Better than I hoped, they offered me the position on the spot!"
+    assert reply.body == "Better than I hoped, they offered me the position on the spot!"
+    assert (reply.speaker, reply.said_at) == ("Ingrid", SAID)
     assert reply.context.splitlines()[1].startswith("Before, Kwame: Wasn't your interview")
     plain = await _search(vconn, embedder, bob, question, mode=SearchMode.KEYWORD)
     assert [n.body for n in plain] == [f"Kwame: {turns[0].text}"]
@@ -309,8 +348,14 @@ async def test_a_month_in_the_question_finds_the_turn_said_that_month(
     vconn: asyncpg.Connection, embedder: Embedder, alice: Member
 ) -> None:
     turns = [
-        Turn("I tried my first pottery lesson last weekend", "Ingrid", datetime(2023, 5, 8)),
-        Turn("I tried my first judo lesson last weekend", "Ingrid", datetime(2023, 7, 10)),
+        Turn(
+            "I tried my first pottery lesson last weekend",
+            "Ingrid",
+            datetime(2023, 5, 8, tzinfo=UTC),
+        ),
+        Turn(
+            "I tried my first judo lesson last weekend", "Ingrid", datetime(2023, 7, 10, tzinfo=UTC)
+        ),
     ]
     may, july = await _store(vconn, embedder, alice, turns, window=0)
     assert "Saturday 6 May 2023" in may.context
@@ -323,6 +368,23 @@ async def test_a_month_in_the_question_finds_the_turn_said_that_month(
         vconn, embedder, alice, "What did Ingrid learn last month?", now=datetime(2023, 6, 2)
     )
     assert last_month[0].id == may.id
+
+
+async def test_a_question_naming_a_speaker_prefers_what_that_speaker_said(
+    vconn: asyncpg.Connection, embedder: Embedder, alice: Member
+) -> None:
+    turns = [
+        Turn("We finally brought home a little beagle from the shelter.", "Fatima", SAID),
+        Turn("Say hello to our new corgi, we picked him up from the rescue.", "Melanie", SAID),
+        Turn("Any good news on your side? The bus was late again.", "Melanie", SAID),
+    ]
+    fatima, melanie, _ = await _store(vconn, embedder, alice, turns, window=0)
+    for name, turn in (("Fatima", fatima), ("Melanie", melanie)):
+        for mode in (SearchMode.HYBRID, SearchMode.KEYWORD):
+            found = await _search(
+                vconn, embedder, alice, f"What animal did {name} adopt?", mode=mode
+            )
+            assert found[0].id == turn.id, (name, mode)
 
 
 async def test_a_batch_is_stored_in_order_all_or_nothing(
@@ -341,6 +403,10 @@ async def test_a_batch_is_stored_in_order_all_or_nothing(
     assert await vconn.fetchval("SELECT count(*) FROM notes") == 40
 
 
+def _said_at(date: str) -> datetime:
+    return datetime.fromisoformat(date).replace(tzinfo=UTC)
+
+
 async def test_context_and_bm25_find_more_answers_on_a_multisession_conversation(
     vconn: asyncpg.Connection, embedder: Embedder, alice: Member
 ) -> None:
@@ -354,7 +420,7 @@ async def test_context_and_bm25_find_more_answers_on_a_multisession_conversation
         ids: dict[UUID, str] = {}
         for session in sorted({t["session"] for t in turns}):
             group = [t for t in turns if t["session"] == session]
-            said = [Turn(t["text"], t["speaker"], datetime.fromisoformat(t["date"])) for t in group]
+            said = [Turn(t["text"], t["speaker"], _said_at(t["date"])) for t in group]
             stored = await _store(vconn, embedder, member, said, window)
             ids |= {n.id: t["id"] for n, t in zip(stored, group, strict=True)}
         ranks: list[int | None] = []
