@@ -20,6 +20,8 @@ or the user's next hold) records its expiry.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -68,6 +70,15 @@ from economy.transfers import (
     transfer_by_id,
     write_transfer,
 )
+
+_shared: ContextVar[asyncpg.Connection | None] = ContextVar("ledger_shared", default=None)
+"""The connection whose open transaction (:meth:`Ledger.hold_then`'s) the job's operations join."""
+
+
+def _transaction(conn: asyncpg.Connection) -> AbstractAsyncContextManager[object]:
+    """A job operation's own transaction, or none when it joins :meth:`Ledger.hold_then`'s."""
+    return nullcontext() if _shared.get() is conn else conn.transaction()
+
 
 Clock = Callable[[], datetime]
 Guard = Callable[[asyncpg.Connection], Awaitable[bool]]
@@ -158,6 +169,8 @@ class Ledger:
         request: dict[str, Any],
         attempt: Callable[[], Awaitable[T]],
     ) -> T | Transfer:
+        if _shared.get() is conn:  # inside hold_then's transaction: it recovers, not here
+            return await attempt()
         try:
             return await attempt()
         except asyncpg.UniqueViolationError:
@@ -193,7 +206,7 @@ class Ledger:
         request = {**named, "expected_cost": expected_cost}
 
         async def attempt() -> Transfer:
-            async with conn.transaction():
+            async with _transaction(conn):
                 now = self._clock()
                 accounts = await self._lock(conn, [user, CLEARING], create=True)
                 if (done := await self._recheck(conn, key, TransferKind.HOLD, request)) is not None:
@@ -220,6 +233,31 @@ class Ledger:
                 return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.HOLD, request, attempt)
+
+    async def hold_then[T](
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        user_id: UUID | AccountKey,
+        expected_cost: int,
+        then: Callable[[], Awaitable[T]],
+    ) -> tuple[Transfer, T]:
+        """A job's hold and what ends it (``then``: its post or void) in one transaction.
+
+        For a job that ended before its hold was written: one commit instead of two, the same
+        transfers as :meth:`hold` then ``then()``. Should either exist already (a retry after
+        a lost answer), each is applied again on its own, idempotently.
+        """
+        marked = _shared.set(conn)
+        try:
+            async with conn.transaction():
+                hold = await self.hold(conn, job_id, user_id, expected_cost)
+                return hold, await then()
+        except asyncpg.UniqueViolationError:
+            pass
+        finally:
+            _shared.reset(marked)
+        return await self.hold(conn, job_id, user_id, expected_cost), await then()
 
     async def _hold_of(self, conn: asyncpg.Connection, job_id: str) -> Transfer:
         hold = await find_transfer(conn, job_key(TransferKind.HOLD, job_id))
@@ -270,7 +308,7 @@ class Ledger:
         worker_share, fee = self.policy.split(cost)
 
         async def attempt() -> Transfer:
-            async with conn.transaction():
+            async with _transaction(conn):
                 now = self._clock()
                 accounts = await self._lock(conn, [user, CLEARING, owner, POOL_FEE], create=True)
                 expires_at, resolution = await self._take_open(conn, hold)
@@ -315,7 +353,7 @@ class Ledger:
         user = _user_of(hold)
 
         async def attempt() -> Transfer:
-            async with conn.transaction():
+            async with _transaction(conn):
                 now = self._clock()
                 accounts = await self._lock(conn, [user, CLEARING, payee], create=True)
                 expires_at, resolution = await self._take_open(conn, hold)
@@ -349,7 +387,7 @@ class Ledger:
         user = _user_of(hold)
 
         async def attempt() -> Transfer:
-            async with conn.transaction():
+            async with _transaction(conn):
                 now = self._clock()
                 accounts = await self._lock(conn, [user, CLEARING], create=True)
                 _, resolution = await self._take_open(conn, hold)

@@ -3,12 +3,15 @@
 Every user chat is a two-phase transfer on the ledger (``economy/``, docs/economy.md), keyed on
 the chat's job id, so it happens exactly once whatever the failover, retries or restarts:
 
-- :meth:`Billing.open`, before the job is placed, queues the **hold** of the expected cost (the
+- :meth:`Billing.open`, before the job is placed, arms the **hold** of the expected cost (the
   user's trial grant first, once) and returns at once: no database round trip before the job
-  starts. A background writer applies it beside placement.
+  starts. The hold is queued ``hold_delay_s`` later, or at once when that is 0 or the queue is
+  full; a background writer applies it.
 - :meth:`Billing.bill` relays the job's events and, when they end, queues the **post** of the
   usage the hub counted itself (``done`` seen) or the **void** (failure, degraded answer, client
-  gone). The post and the void wait for their hold.
+  gone). The post and the void wait for their hold; a chat that ended before its hold was queued
+  (most chats) is held and posted (or voided) in one transaction (:meth:`Ledger.hold_then`): the
+  same transfers, one commit instead of two, and no ledger work while the answer streams.
 
 The usage posted is bounded by what the hub saw: completion tokens are at most the chunks it
 relayed (a chunk is at least one token), prompt tokens at most the UTF-8 bytes of the prompt it
@@ -17,9 +20,9 @@ sent (a token is at least one byte). The earner is the worker that finished the 
 Nothing is dropped: the queue is bounded and a full queue makes new chats wait for room
 (backpressure); transient database errors are retried; an operation that still fails is logged
 with its job id and counted (``iamine_ledger_failures_total``). A crash (kill -9) loses at worst
-the queued operations: their holds stay open until their TTL, then read as voided (the user is
-not charged) and the periodic sweep records their expiry. The lifespan drains the queue on a
-clean shutdown.
+the queued and the armed operations: their chats are not charged (a hold written before the crash
+stays open until its TTL, then reads as voided, and the periodic sweep records its expiry). The
+lifespan writes the armed holds and drains the queue on a clean shutdown.
 
 "Always answer" holds for money: a user whose latest hold came back unfunded is served at
 :data:`UNFUNDED_PRIORITY`, never refused; a funded hold (after a grant or a mint) lifts it.
@@ -83,6 +86,8 @@ class Ticket:
     peer: str | None = None
     held: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the hold was applied (or failed for good): the post and the void wait for it."""
+    timer: asyncio.TimerHandle | None = None
+    """Queues the armed hold when it fires (the chat is still running)."""
     hold_written: bool = False
     usage: Usage | None = None
     charged: int | None = None
@@ -102,11 +107,14 @@ class Ticket:
         return self.job.job_id
 
 
+Write = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class _Op:
     name: str
     ticket: Ticket
-    run: Callable[[asyncpg.Connection], Awaitable[None]]
+    run: Write
 
 
 def prompt_bytes(job: Job) -> int:
@@ -155,6 +163,7 @@ class Billing:
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=settings.queue_size)
         self._ledger = Ledger(config().ledger, clock)
         self._granted: set[UUID] = set()
+        self._armed: dict[str, Ticket] = {}  # job id → ticket whose hold is not queued yet
         self._unfunded: set[UUID] = set()
         metrics.ledger_pending.set_function(lambda: self.pending)
 
@@ -175,15 +184,50 @@ class Billing:
         return self._ledger
 
     async def open(self, job: Job, user_id: UUID | None, *, peer: str | None = None) -> Ticket:
-        """Queue the hold of a chat about to be placed; waits only while the queue is full.
+        """Arm the hold of a chat about to be placed; waits only while the queue is full.
 
+        The hold is queued ``hold_delay_s`` from now unless the chat ends first (see the
+        module's docstring); at once when the delay is 0 or the queue is full (backpressure).
         ``peer`` names the peer pool that forwarded the chat here: it pays, like a user.
         """
         config = self._config()
         expected = job.params.max_tokens or config.default_expected_tokens
         ticket = Ticket(job, user_id, self.ledger(), expected, peer=peer)
-        await self._put(_Op("hold", ticket, lambda conn: self._hold(conn, ticket)))
+        delay = self._settings.hold_delay_s
+        if delay > 0 and not self._queue.full():
+            self._armed[ticket.job_id] = ticket
+            ticket.timer = asyncio.get_running_loop().call_later(delay, self._hold_now, ticket)
+        else:
+            await self._put(self._hold_op(ticket))
         return ticket
+
+    def _hold_op(self, ticket: Ticket) -> _Op:
+        return _Op("hold", ticket, lambda conn: self._hold(conn, ticket))
+
+    def _hold_now(self, ticket: Ticket) -> None:
+        """Queue an armed hold (its chat is still running); a full queue re-arms it."""
+        if ticket.job_id not in self._armed:
+            return
+        try:
+            self._queue.put_nowait(self._hold_op(ticket))
+        except asyncio.QueueFull:
+            loop = asyncio.get_running_loop()
+            ticket.timer = loop.call_later(self._settings.hold_delay_s, self._hold_now, ticket)
+            return
+        del self._armed[ticket.job_id]
+
+    async def _end(self, name: str, ticket: Ticket, run: Write) -> None:
+        """Queue a chat's post or void, with its hold in one transaction if still armed."""
+        if self._armed.pop(ticket.job_id, None) is None:
+            await self._put(_Op(name, ticket, run))
+            return
+        if ticket.timer is not None:
+            ticket.timer.cancel()
+
+        async def both(conn: asyncpg.Connection) -> None:
+            await self._hold(conn, ticket, then=lambda: run(conn))
+
+        await self._put(_Op(f"hold+{name}", ticket, both))
 
     def meter(self, user_id: UUID, charges: list[PeerCharge] | None = None) -> Meter:
         """Book a user's sub-agent runs like their chats: a hold, then a post or a void.
@@ -237,7 +281,7 @@ class Billing:
         owner = None if finisher is None else finisher.worker.owner_id
         if done is None or finisher is None or owner is None:
             memo = "not answered" if done is None else "no worker owner to credit"
-            await self._put(_Op("void", ticket, lambda conn: self._void(conn, ticket, memo)))
+            await self._end("void", ticket, lambda conn: self._void(conn, ticket, memo))
             return
         usage = hub_usage(finisher.job, done, chunks, finisher.job.model)
         worker_id = finisher.worker.record_id
@@ -246,13 +290,13 @@ class Billing:
         async def post(conn: asyncpg.Connection) -> None:
             await ticket.ledger.post(conn, ticket.job_id, usage, owner, worker_id=worker_id)
 
-        await self._put(_Op("post", ticket, post))
+        await self._end("post", ticket, post)
 
     async def _settle_peer(
         self, ticket: Ticket, done: Done | None, chunks: int, charge: PeerCharge
     ) -> None:
         if done is None:
-            await self._put(_Op("void", ticket, lambda c: self._void(c, ticket, "not answered")))
+            await self._end("void", ticket, lambda c: self._void(c, ticket, "not answered"))
             return
         usage = ticket.usage = hub_usage(ticket.job, done, chunks, ticket.job.model)
         amount = ticket.charged = peer_amount(charge, usage)
@@ -261,19 +305,28 @@ class Billing:
         async def post(conn: asyncpg.Connection) -> None:
             await ticket.ledger.post_to_peer(conn, ticket.job_id, usage, peer, amount)
 
-        await self._put(_Op("post", ticket, post))
+        await self._end("post", ticket, post)
 
     async def _put(self, op: _Op) -> None:
         await self._queue.put(op)
 
-    async def _hold(self, conn: asyncpg.Connection, ticket: Ticket) -> None:
+    async def _hold(
+        self,
+        conn: asyncpg.Connection,
+        ticket: Ticket,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Write the ticket's hold (and ``then``, its post or void, in the same transaction)."""
         user, ledger = ticket.user_id, ticket.ledger
         if user is not None and ticket.peer is None and user not in self._granted:
             await ledger.grant_trial(conn, user)
             self._granted.add(user)
         floor = prompt_tokens_floor(ticket.job.messages, ticket.job.tools)
         cost = ledger.policy.expected_cost(ticket.job.model, floor, ticket.expected_tokens)
-        hold = await ledger.hold(conn, ticket.job_id, ticket.payer, cost)
+        if then is None:
+            hold = await ledger.hold(conn, ticket.job_id, ticket.payer, cost)
+        else:
+            hold, _ = await ledger.hold_then(conn, ticket.job_id, ticket.payer, cost, then)
         ticket.hold_written = True
         if user is None or ticket.peer is not None:
             return
@@ -294,7 +347,15 @@ class Billing:
                 writers.start_soon(self._sweep_expired)
 
     async def drain(self) -> None:
-        """Apply everything still queued, in order (a hold before its post)."""
+        """Apply every armed hold, then everything still queued, in order (a hold before its post).
+
+        An armed hold has no queued post (that would have taken it along), so it goes first.
+        """
+        while self._armed:
+            _, ticket = self._armed.popitem()
+            if ticket.timer is not None:
+                ticket.timer.cancel()
+            await self._apply(self._hold_op(ticket))
         while not self._queue.empty():
             await self._apply(self._queue.get_nowait())
 
@@ -308,7 +369,8 @@ class Billing:
     async def _apply(self, op: _Op) -> None:
         """Apply one operation, retrying transient database errors; count it if it fails."""
         ticket = op.ticket
-        if op.name != "hold":
+        holds = op.name.startswith("hold")
+        if not holds:
             await ticket.held.wait()  # set once the hold was applied or failed
             if not ticket.hold_written:
                 self._fail(op, "its hold was never written")
@@ -319,7 +381,7 @@ class Billing:
         except Exception as exc:
             self._fail(op, repr(exc))
         finally:
-            if op.name == "hold":
+            if holds:
                 ticket.held.set()
 
     async def _attempts(self, op: _Op) -> None:

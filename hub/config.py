@@ -175,6 +175,14 @@ class EconomySettings(BaseModel):
         gt=0,
         description="Seconds before the first retry; each further retry waits twice as long.",
     )
+    hold_delay_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Seconds a chat's hold may wait before it is written: a chat that ends sooner "
+        "is held and posted (or voided) in one transaction, one commit instead of two and no "
+        "ledger work while it streams; 0 writes every hold at placement.",
+    )
     expire_interval_s: float = Field(
         60.0,
         ge=0,

@@ -418,3 +418,64 @@ async def test_a_peer_pool_has_an_account_like_any_other(
     await ledger.correct(conn, "peer-fee", peer, POOL_FEE, 1_000, memo="served their users")
     assert (await balance(conn, peer), await balance(conn, POOL_TREASURY)) == (2_000, -3_000)
     assert (await verify(conn)).ok
+
+
+async def xmins(conn: asyncpg.Connection, job_id: str) -> dict[str, int]:
+    """Each of the job's transfers → the id of the transaction that wrote it."""
+    rows = await conn.fetch(
+        "SELECT kind, xmin::text::bigint AS tx FROM ledger_transfers WHERE job_id = $1", job_id
+    )
+    return {row["kind"]: row["tx"] for row in rows}
+
+
+async def test_hold_then_writes_the_hold_and_its_post_in_one_transaction(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    await funded_alice(conn, ledger)
+    hold, posted = await ledger.hold_then(
+        conn, "job-1", ALICE, 5_000, lambda: ledger.post(conn, "job-1", USAGE, OWNER)
+    )
+    assert (hold.kind, posted.kind, posted.pending_id) == (
+        TransferKind.HOLD,
+        TransferKind.POST,
+        hold.id,
+    )
+    written = await xmins(conn, "job-1")
+    assert written.keys() == {"hold", "post"} and len(set(written.values())) == 1
+    assert await balance(conn, AccountKey.user(ALICE)) == 48_000
+    assert await ledger.hold_state(conn, "job-1") is HoldState.POSTED
+
+    again = await ledger.hold_then(
+        conn, "job-1", ALICE, 5_000, lambda: ledger.post(conn, "job-1", USAGE, OWNER)
+    )
+    assert again == (hold, posted)  # a retry returns the first transfers
+    assert await balance(conn, AccountKey.user(ALICE)) == 48_000
+    assert (await verify(conn)).ok
+
+
+async def test_hold_then_after_a_separate_hold_adds_only_the_void(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    first = await ledger.hold(conn, "job-2", ALICE, 5_000)
+    hold, voided = await ledger.hold_then(
+        conn, "job-2", ALICE, 5_000, lambda: ledger.void(conn, "job-2", memo="not answered")
+    )
+    assert hold == first
+    assert voided.kind is TransferKind.VOID
+    assert await ledger.hold_state(conn, "job-2") is HoldState.VOIDED
+    assert (await verify(conn)).ok
+
+
+async def test_hold_then_whose_ending_fails_writes_nothing(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    await ledger.hold(conn, "other", ALICE, 1_000)
+    await ledger.void(conn, "other")
+
+    async def refused() -> object:
+        return await ledger.post(conn, "other", USAGE, OWNER)  # voided already: HoldResolved
+
+    with pytest.raises(HoldResolved):
+        await ledger.hold_then(conn, "job-3", ALICE, 5_000, refused)
+    assert await xmins(conn, "job-3") == {}
+    assert (await verify(conn)).ok

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from economy.accounts import AccountKey
-from economy.ledger import Ledger
+from economy.ledger import HoldState, Ledger
 from economy.pricing import LedgerPolicy, Usage
 from economy.verify import verify
 from hub import accounts
@@ -571,3 +571,76 @@ async def test_an_unfunded_hold_lowers_priority_and_a_funded_one_restores_it(
     await _relay(billing, _job(), user, owner)
     await billing.drain()
     assert billing.priority(user) == 0
+
+
+async def transactions_of(pool: asyncpg.Pool, job_id: str) -> dict[str, int]:
+    """Each of the job's transfers → the id of the transaction that wrote it."""
+    rows = await pool.fetch(
+        "SELECT kind, xmin::text::bigint AS tx FROM ledger_transfers WHERE job_id = $1", job_id
+    )
+    return {row["kind"]: row["tx"] for row in rows}
+
+
+async def written_by(pool: asyncpg.Pool, job_id: str, kind: str) -> dict[str, int]:
+    """The job's transfers once one of ``kind`` is written by the writer task (bounded poll)."""
+    with anyio.fail_after(10):
+        while True:
+            written = await transactions_of(pool, job_id)
+            if kind in written:
+                return written
+            await anyio.sleep(0.02)
+
+
+async def test_a_chat_that_ends_before_its_hold_is_due_is_held_and_posted_in_one_commit(
+    pool: asyncpg.Pool,
+) -> None:
+    config = PoolConfig()
+    billing = Billing(pool, EconomySettings(hold_delay_s=60), lambda: config, Metrics())
+    job = _job()
+    await _relay(billing, job, uuid.uuid4(), uuid.uuid4())
+    assert billing.pending == 1  # the hold and its post, as one operation
+    await billing.drain()
+    written = await transactions_of(pool, job.job_id)
+    assert written.keys() == {"hold", "post"}
+    assert len(set(written.values())) == 1
+
+
+async def test_a_chat_still_running_when_its_hold_is_due_has_its_hold_written_first(
+    pool: asyncpg.Pool,
+) -> None:
+    config = PoolConfig()
+    settings = EconomySettings(hold_delay_s=0.05, expire_interval_s=0)
+    billing = Billing(pool, settings, lambda: config, Metrics())
+    job, owner = _job(), uuid.uuid4()
+    async with anyio.create_task_group() as writer:
+        writer.start_soon(billing.run)
+        ticket = await billing.open(job, uuid.uuid4())
+        assert (await written_by(pool, job.job_id, "hold")).keys() == {"hold"}
+        async for _ in billing.bill(ticket, _answered(job), [_handle(job, owner)]):
+            pass
+        written = await written_by(pool, job.job_id, "post")
+        writer.cancel_scope.cancel()
+    assert written["hold"] != written["post"]
+
+
+async def test_a_clean_shutdown_writes_the_holds_still_armed(pool: asyncpg.Pool) -> None:
+    config = PoolConfig()
+    billing = Billing(pool, EconomySettings(hold_delay_s=60), lambda: config, Metrics())
+    job = _job()
+    await billing.open(job, uuid.uuid4())
+    assert await transactions_of(pool, job.job_id) == {}
+    await billing.drain()
+    assert (await transactions_of(pool, job.job_id)).keys() == {"hold"}
+    async with pool.acquire() as conn:
+        assert await Ledger(config.ledger, Clock()).hold_state(conn, job.job_id) is HoldState.OPEN
+
+
+async def test_with_no_delay_every_hold_is_queued_at_placement(pool: asyncpg.Pool) -> None:
+    config = PoolConfig()
+    billing = Billing(pool, EconomySettings(hold_delay_s=0), lambda: config, Metrics())
+    job = _job()
+    await _relay(billing, job, uuid.uuid4(), uuid.uuid4())
+    assert billing.pending == 2
+    await billing.drain()
+    written = await transactions_of(pool, job.job_id)
+    assert written["hold"] != written["post"]
