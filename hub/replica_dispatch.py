@@ -335,6 +335,7 @@ class ReplicaDispatch:
     async def _consume(self) -> None:
         """Fetch this replica's hand-offs; re-create the pull subscription after a reconnect."""
         while True:
+            subscription = None
             try:
                 subscription = await self._subscribe()
                 reconnects = self.bus.reconnects
@@ -346,11 +347,14 @@ class ReplicaDispatch:
                     for msg in messages:
                         self._spawn(self._serve(msg))
                 log.info("replica_consumer_renewed", replica=self.replica)
-                with contextlib.suppress(nats.errors.Error):
-                    await subscription.unsubscribe()
             except (nats.errors.Error, OSError) as exc:
-                log.warning("replica_consumer_failed", error=str(exc)[:200])
+                log.warning("replica_consumer_failed", error=repr(exc)[:200])
                 await asyncio.sleep(self.settings.reconnect_wait_s)
+            finally:
+                # Also on the way out: a pull subscription left open stalls the bus's drain.
+                if subscription is not None:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(nats.errors.Error):
+                        await subscription.unsubscribe()
 
     async def _subscribe(self) -> JetStreamContext.PullSubscription:
         js = self.bus.client.jetstream()

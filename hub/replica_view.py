@@ -1,11 +1,13 @@
 """The pool-wide view of free worker slots: what each hub replica's workers can take right now.
 
-Each replica publishes a snapshot of its own workers on the bus (subject ``<prefix>.capacity``)
-when it changes — a worker linked or gone, a slot taken or freed — checked every
-``CHANGE_CHECK_S``, and at least every ``heartbeat_s`` as its sign of life. Every replica keeps
-the others' latest snapshots in memory, so placing a chat on another replica costs no query and
-no round trip: :meth:`CapacityView.pick` reads the dictionary. A replica silent for
-``replica_stale_s`` drops out of the view (it died, or lost the bus).
+Each replica publishes its own workers on the bus (subject ``<prefix>.capacity``): the workers
+whose free slots changed (a job started or ended, a worker linked) and those that left, looked
+for every ``CHANGE_CHECK_S``; a sign of life every ``heartbeat_s`` even when nothing changed;
+and every ``FULL_EVERY`` heartbeats the whole list, which repairs whatever a replica missed.
+Every replica keeps the others' workers in memory, indexed by model and free slot, so placing a
+chat on another replica costs no query and no round trip: :meth:`CapacityView.pick` looks at
+about one worker per replica. A replica silent for ``replica_stale_s`` drops out of the view
+(it died, or lost the bus).
 
 A snapshot is a claim, not a reservation: two replicas may both see the last free slot. The
 receiving replica then queues the job briefly and answers ``replica_busy`` if no slot frees,
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -27,6 +29,7 @@ import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from hub.bus import NatsBus
+from inference.link import WorkerLink
 from inference.protocol import Hardware, ModelInfo
 from inference.registry import WorkerRegistry
 
@@ -34,6 +37,7 @@ log = structlog.get_logger()
 
 SUBJECT = "capacity"
 CHANGE_CHECK_S = 0.1  # how soon a change of free slots reaches the bus
+FULL_EVERY = 10  # heartbeats between two full snapshots (changes go as they happen)
 
 
 class RemoteWorker(BaseModel):
@@ -52,32 +56,32 @@ class RemoteWorker(BaseModel):
 
 
 class Snapshot(BaseModel):
-    """A replica's workers with their free slots, published on ``<prefix>.capacity``."""
+    """A replica's workers on ``<prefix>.capacity``: all of them (``full``), or what changed.
+
+    A change carries the workers whose free slots (or trust, or exclusion) changed and the ids
+    of those that left; every ``FULL_EVERY`` heartbeats the whole list goes again, so a replica
+    that missed changes (it started later, or the bus was away) is right again soon.
+    """
 
     replica: str = Field(pattern=r"^[0-9a-f]{32}$")
+    full: bool = True
     workers: list[RemoteWorker]
+    gone: list[str] = Field(default_factory=list)
 
 
-def snapshot(replica: str, registry: WorkerRegistry) -> Snapshot:
-    """This replica's workers that may take jobs (excluded ones are left out)."""
-    return Snapshot(
-        replica=replica,
-        workers=[
-            RemoteWorker(
-                id=link.id,
-                name=link.name,
-                owner_id=link.owner_id,
-                record_id=link.record_id,
-                hardware=link.hardware,
-                slots=link.slots,
-                free=max(link.free_slots, 0),
-                trust=link.trust,
-                tools_ok=link.tools_ok,
-                models=list(link.models.values()),
-            )
-            for link in registry.workers.values()
-            if link.excluded is None
-        ],
+def remote_worker(link: WorkerLink) -> RemoteWorker:
+    """How a local worker link is described to the other replicas."""
+    return RemoteWorker(
+        id=link.id,
+        name=link.name,
+        owner_id=link.owner_id,
+        record_id=link.record_id,
+        hardware=link.hardware,
+        slots=link.slots,
+        free=max(link.free_slots, 0),
+        trust=link.trust,
+        tools_ok=link.tools_ok,
+        models=list(link.models.values()),
     )
 
 
@@ -85,6 +89,21 @@ def snapshot(replica: str, registry: WorkerRegistry) -> Snapshot:
 class _Replica:
     workers: dict[str, RemoteWorker]
     seen: float
+    # Per model, the workers with a free slot (insertion order): a placement looks at these only.
+    free: dict[str, dict[str, RemoteWorker]] = field(default_factory=dict)
+
+    def put(self, worker: RemoteWorker) -> None:
+        self.drop(worker.id)
+        self.workers[worker.id] = worker
+        if worker.free > 0:
+            for info in worker.models:
+                self.free.setdefault(info.id, {})[worker.id] = worker
+
+    def drop(self, worker_id: str) -> None:
+        old = self.workers.pop(worker_id, None)
+        if old is not None:
+            for info in old.models:
+                self.free.get(info.id, {}).pop(worker_id, None)
 
 
 @dataclass(frozen=True)
@@ -96,7 +115,7 @@ class Choice:
 
 
 class CapacityView:
-    """The other replicas' latest snapshots, by replica id; this replica's own are skipped."""
+    """The other replicas' workers, by replica id, from their snapshots (this one's skipped)."""
 
     def __init__(
         self, own: str, stale_s: float, clock: Callable[[], float] = time.monotonic
@@ -117,7 +136,14 @@ class CapacityView:
         if snap.replica == self.own:
             return
         self.updates += 1
-        self._replicas[snap.replica] = _Replica({w.id: w for w in snap.workers}, self._clock())
+        entry = self._replicas.get(snap.replica)
+        if entry is None or snap.full:
+            entry = self._replicas[snap.replica] = _Replica({}, self._clock())
+        entry.seen = self._clock()
+        for worker_id in snap.gone:
+            entry.drop(worker_id)
+        for worker in snap.workers:
+            entry.put(worker)
 
     def live(self) -> list[str]:
         """Replicas heard from within ``stale_s`` (the dead are forgotten here)."""
@@ -126,11 +152,6 @@ class CapacityView:
             del self._replicas[replica]
             log.warning("replica_silent", replica=replica)
         return list(self._replicas)
-
-    def alive(self, replica: str) -> bool:
-        """Whether the replica was heard from within ``stale_s``."""
-        entry = self._replicas.get(replica)
-        return entry is not None and entry.seen >= self._clock() - self.stale_s
 
     def pick(
         self,
@@ -141,31 +162,37 @@ class CapacityView:
         min_trust: int,
         avoid: frozenset[str],
     ) -> Choice | None:
-        """The free worker of a live replica with the most free slots; its slot is counted taken.
+        """A free worker of a live replica, its slot counted taken until the next snapshot.
 
-        Only models of workers that could ever serve the job count (trust, context, tools as
-        the hub's own placement checks them).
+        Each replica offers its first free worker that could serve the job (trust, context,
+        tools as the hub's own placement checks them); the offer with the most free slots wins.
+        Only workers with a free slot for the model are looked at, so a placement costs about
+        one look per replica, not one per worker.
         """
         best: Choice | None = None
         for replica in self.live():
-            for worker in self._replicas[replica].workers.values():
-                if worker.free <= 0 or worker.id in avoid or worker.trust < min_trust:
+            for worker in self._replicas[replica].free.get(model, {}).values():
+                if worker.id in avoid or worker.trust < min_trust:
                     continue
                 if not _serves(worker, model, needs_tools, needs_context):
                     continue
                 if best is None or worker.free > best.worker.free:
                     best = Choice(replica, worker)
+                break
         if best is not None:
             best.worker.free -= 1
+            if best.worker.free <= 0:
+                entry = self._replicas[best.replica]
+                for info in best.worker.models:
+                    entry.free.get(info.id, {}).pop(best.worker.id, None)
         return best
 
     def free_slots(self, model: str) -> int:
-        """Free slots for the model on the live replicas (what ``/admin`` and the bench show)."""
+        """Free slots for the model on the live replicas."""
         return sum(
             worker.free
             for replica in self.live()
-            for worker in self._replicas[replica].workers.values()
-            if any(info.id == model for info in worker.models)
+            for worker in self._replicas[replica].free.get(model, {}).values()
         )
 
 
@@ -179,7 +206,7 @@ def _serves(worker: RemoteWorker, model: str, needs_tools: bool, needs_context: 
 
 
 class CapacityPublisher:
-    """Publishes this replica's snapshot when it changes, and every ``heartbeat_s`` anyway."""
+    """Publishes this replica's changes as they happen, and a sign of life every heartbeat."""
 
     def __init__(self, bus: NatsBus, replica: str, registry: WorkerRegistry, heartbeat_s: float):
         self._bus = bus
@@ -187,26 +214,38 @@ class CapacityPublisher:
         self._registry = registry
         self._heartbeat_s = heartbeat_s
 
-    def _signature(self) -> list[tuple[str, int, int, str | None, bool | None]]:
-        # Cheap to compare every CHANGE_CHECK_S; the snapshot is built only when it changed.
-        return [
-            (link.id, link.free_slots, link.trust, link.excluded, link.tools_ok)
+    def _links(self) -> dict[str, tuple[WorkerLink, tuple[int, int, bool | None]]]:
+        # Compared every CHANGE_CHECK_S: cheap, and a worker is described only when it changed.
+        return {
+            link.id: (link, (link.free_slots, link.trust, link.tools_ok))
             for link in self._registry.workers.values()
-        ]
+            if link.excluded is None
+        }
 
     async def run(self) -> None:
-        """Until cancelled: look for a change every ``CHANGE_CHECK_S``, publish it."""
-        last: list[tuple[str, int, int, str | None, bool | None]] | None = None
-        sent = 0.0
+        """Until cancelled: look for changes every ``CHANGE_CHECK_S``, publish them."""
+        last: dict[str, tuple[int, int, bool | None]] = {}
+        sent, beats = 0.0, 0
         while True:
-            current = self._signature()
+            links = self._links()
             now = time.monotonic()
-            if current != last or now - sent >= self._heartbeat_s:
-                data = snapshot(self._replica, self._registry).model_dump(mode="json")
+            due = now - sent >= self._heartbeat_s
+            full = due and beats % FULL_EVERY == 0
+            changed = [link for link, state in links.values() if full or last.get(link.id) != state]
+            gone = [] if full else [worker_id for worker_id in last if worker_id not in links]
+            if changed or gone or due:
+                snap = Snapshot(
+                    replica=self._replica,
+                    full=full,
+                    workers=[remote_worker(link) for link in changed],
+                    gone=gone,
+                )
                 try:
-                    await self._bus.publish(SUBJECT, data)
+                    await self._bus.publish(SUBJECT, snap.model_dump(mode="json"))
                 except (OSError, nats.errors.Error) as exc:
                     log.info("replica_capacity_not_sent", error=str(exc)[:200])
                 else:
-                    last, sent = current, now
+                    last = {worker_id: state for worker_id, (_, state) in links.items()}
+                    if due:
+                        sent, beats = now, beats + 1
             await asyncio.sleep(CHANGE_CHECK_S)
