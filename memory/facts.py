@@ -127,6 +127,13 @@ _NEAREST_SQL = (
     "AND (valid_to IS NULL OR valid_to > $3) ORDER BY embedding <=> $2 LIMIT $4"
     ") nearest ORDER BY distance"
 )
+_SEARCH_SQL = (
+    f"SELECT {FACT_COLUMNS}, 1 - distance AS similarity FROM ("  # noqa: S608
+    "SELECT *, embedding <=> $2 AS distance FROM facts WHERE user_id = $1 "
+    "AND ($5 OR (valid_from <= now() AND (valid_to IS NULL OR valid_to > now()))) "
+    "AND tags @> $4::text[] ORDER BY embedding <=> $2 LIMIT $3"
+    ") nearest ORDER BY distance, id"
+)
 _MERGE_SQL = (
     "UPDATE facts SET confidence = greatest(confidence, $2), key = coalesce(key, $3), "  # noqa: S608
     "tags = ARRAY(SELECT DISTINCT t FROM unnest(tags || $4::text[]) t ORDER BY t) "
@@ -348,6 +355,31 @@ def search_settings(k: int) -> str:
         f"SET LOCAL hnsw.ef_search = {ef_search}; "
         "SET LOCAL plan_cache_mode = force_custom_plan"
     )
+
+
+async def search_facts(
+    conn: asyncpg.Connection,
+    key: UserKey,
+    user_id: UUID,
+    vector: Vector,
+    k: int,
+    *,
+    tags: Sequence[str] = (),
+    history: bool = False,
+) -> list[tuple[Fact, float]]:
+    """The user's ``k`` facts nearest to ``vector`` with their cosine similarity, best first:
+    current ones (every version with ``history``) carrying all of ``tags``.
+
+    A statement of its own, small to plan: :func:`memory.recall.recall` uses it when no note is
+    asked for, rather than planning the notes' hybrid search for nothing.
+    """
+    settings = search_settings(k)
+    if k == 0:
+        return []
+    async with conn.transaction():
+        await conn.execute(settings)
+        rows = await conn.fetch(_SEARCH_SQL, user_id, vector, k, list(tags), history)
+    return [(fact_from_row(r, key), float(r["similarity"])) for r in rows]
 
 
 def owner_index_name(user_id: UUID) -> str:

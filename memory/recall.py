@@ -41,7 +41,7 @@ import asyncpg
 
 from memory.context import date_terms
 from memory.embeddings import Embedder, Vector
-from memory.facts import FACT_COLUMNS, Fact, fact_from_row, search_settings
+from memory.facts import FACT_COLUMNS, Fact, fact_from_row, search_facts, search_settings
 from memory.keys import UserKey
 from memory.l2 import CHARS_PER_TOKEN
 from memory.namespaces import READABLE_NOTE
@@ -360,9 +360,17 @@ async def recall(
 ) -> Recall:
     """Search the user's current facts and readable notes; ``key`` None skips facts.
 
-    Raises ``ValueError`` when ``query.facts`` is outside ``0..MAX_SEARCH_K``.
+    Raises ``ValueError`` when ``query.facts`` is outside ``0..MAX_SEARCH_K``. Facts alone
+    (``notes=0``) are searched by a statement of their own (:func:`memory.facts.search_facts`).
     """
     settings = search_settings(query.facts)
+    if query.notes == 0:
+        if key is None or query.vector is None:
+            return Recall()
+        found = await search_facts(
+            conn, key, user_id, query.vector, query.facts, tags=query.tags, history=query.history
+        )
+        return Recall(facts=[FactHit(f, s) for f, s in found if f.text is not None])
     vector_side = query.mode is not SearchMode.KEYWORD and query.vector is not None
     keyword_side = query.mode is not SearchMode.VECTOR
     words = keyword_terms(query.text) if keyword_side else None
