@@ -67,6 +67,9 @@ class WorkerLink:
     # record's trust level, kept in step with the database by the hub.
     record_id: UUID | None = None
     trust: int = 0
+    # Jobs told to cancel and maybe not acknowledged yet (ids; ended ones are dropped when met),
+    # so that reaping looks at those only, not at every running job on every placement.
+    cancelling: set[str] = field(default_factory=set)
 
     @property
     def free_slots(self) -> int:
@@ -75,10 +78,16 @@ class WorkerLink:
 
     def reap_cancelled(self, older_than: float) -> list[JobHandle]:
         """Give up on cancelled jobs whose worker never acknowledged the cancel; return them."""
-        reaped = []
-        for job_id, handle in list(self.jobs.items()):
-            if handle.cancelled_at is not None and handle.cancelled_at < older_than:
+        reaped: list[JobHandle] = []
+        if not self.cancelling:
+            return reaped
+        for job_id in list(self.cancelling):
+            handle = self.jobs.get(job_id)
+            if handle is None or handle.cancelled_at is None:  # acknowledged, or another job
+                self.cancelling.discard(job_id)
+            elif handle.cancelled_at < older_than:
                 del self.jobs[job_id]
+                self.cancelling.discard(job_id)
                 handle.finished = True
                 reaped.append(handle)
         return reaped

@@ -548,6 +548,7 @@ class WorkerRegistry:
             await self.finish(handle)
             return
         handle.cancelled_at = self._clock()
+        handle.worker.cancelling.add(handle.job.job_id)
         try:
             await handle.worker.send(Cancel(job_id=handle.job.job_id))
         except (OSError, RuntimeError) as exc:
