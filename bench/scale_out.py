@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 import orjson
+import structlog
 from services import (
     HUB_COMMAND,
     Hub,
@@ -362,6 +363,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     """Run the benchmark and print one JSON line."""
     args = parse_args()
+    # The embedded database logs through structlog: to stderr, so stdout is the one JSON line.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     result: dict[str, Any] = {
         "benchmark": "scale_out",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

