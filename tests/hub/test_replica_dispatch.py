@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -481,6 +481,48 @@ def test_a_garbled_or_forged_hand_off_is_refused_and_logged_not_crashed_on(
         model=MODEL, messages=[{"role": "user", "content": "still there?"}], max_tokens=4
     )
     assert answer.choices[0].message.content == expected_text(4)
+
+
+async def _publish_core(nats_url: str, subject: str, payloads: list[bytes]) -> None:
+    client = await nats.connect(nats_url)
+    try:
+        for payload in payloads:
+            await client.publish(subject, payload)
+        await client.flush()
+    finally:
+        await client.close()
+
+
+def test_garbage_on_a_live_chats_answer_subject_is_dropped_and_the_answer_is_whole(
+    replicas: Replicas, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "count"}],
+        "max_tokens": 40,
+        "stream": True,
+    }
+    headers = {"Authorization": f"Bearer {replicas.user_token}"}
+    url = replicas.urls["A"] + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=60) as response:
+        assert response.headers["x-iamine-route"] == "replica"
+        job_id = response.headers["x-iamine-job-id"]
+        other = {"type": "chunk", "job_id": "another-job", "delta": {"content": " forged"}}
+        garbage = [
+            b"\xff not json",
+            json.dumps({"kind": "frame", "seq": 1, "frame": other}).encode(),
+            json.dumps({"kind": "shout"}).encode(),
+        ]
+        asyncio.run(_publish_core(replicas.nats.url, f"iamine.back.{job_id}", garbage))
+        text = "".join(
+            choice["delta"].get("content") or ""
+            for line in response.iter_lines()
+            if line.startswith("data:") and line != "data: [DONE]"
+            for choice in json.loads(line[5:])["choices"]
+        )
+    assert text == expected_text(40)
+    refused = [e for e in captured_logs if e["event"] == "replica_frame_refused"]
+    assert len(refused) == 3, refused
 
 
 def test_killing_the_replica_that_holds_the_workers_mid_stream_loses_no_client_stream(
