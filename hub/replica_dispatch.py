@@ -192,6 +192,10 @@ class ReplicaDispatch:
         )
         return handle
 
+    def free_slots(self, model: str) -> int:
+        """Free slots for the model on the other live replicas (the view, no query)."""
+        return self.view.free_slots(model)
+
     def _link(self, choice: Choice) -> WorkerLink:
         """The stand-in link of another replica's worker (its ``send`` hands jobs over)."""
         worker, replica = choice.worker, choice.replica

@@ -7,7 +7,8 @@
 2. **Fallback**: the model's fallback chain (pool_config), tried in order → route ``fallback``.
 3. **Peer pools**: the peer step (federation fills it) → route ``peer``: taken before placement
    when no local worker can take the job soon (none capable, or the predicted wait above the
-   step's threshold), and after an unsuccessful wait instead of ``pool_busy`` or degraded.
+   step's threshold) and no other hub replica has a free one, and after an unsuccessful wait
+   instead of ``pool_busy`` or degraded.
 4. **Degraded**: nothing could serve it → a :class:`Degraded` event; the API answers with a clearly
    marked message instead of a capacity error.
 
@@ -249,6 +250,11 @@ def _on_replica(
     )
 
 
+def _replica_free(registry: WorkerRegistry, model: str) -> bool:
+    """Whether another hub replica has a free worker of the model (never without a bus)."""
+    return registry.remote is not None and registry.remote.free_slots(model) > 0
+
+
 async def _fallback(
     registry: WorkerRegistry,
     job: Job,
@@ -298,7 +304,8 @@ async def run_job(
     ``peer`` is the router's peer step (none for a pinned job).
     """
     started = time.monotonic()
-    if peer is not None and only is None:
+    # A free worker on another replica of this pool goes before a peer pool.
+    if peer is not None and only is None and not _replica_free(registry, job.model):
         waited = partial(
             registry.predicted_wait_s, job.model, needs_tools, needs_context, min_trust=min_trust
         )

@@ -85,6 +85,10 @@ class RemotePlacement(Protocol):
         """A handle on another replica's free worker (not sent yet), or None."""
         ...
 
+    def free_slots(self, model: str) -> int:
+        """Free slots for the model on the other replicas, as last heard."""
+        ...
+
 
 class WorkerRegistry:
     """Connected workers by id, placement through the router and queue, frame dispatch.
