@@ -4,9 +4,10 @@ Starts ``iamine serve`` (embedded PostgreSQL in a temporary data directory, the 
 installed there) and posts the turns of ``tests/memory/data/recall_multisession.json`` to
 ``POST /v1/memory/notes`` as one user: the first ``--single`` turns one request each, then every
 turn again in lists of ``--batch`` (with ``?window=1``, each turn's speaker and date: the
-contexts of memory/context.py). Reports notes/s for both, and the load average of the machine
-(the embedding model, which bounds the rate, shares the CPU with whatever else runs). Prints one
-JSON line.
+contexts of memory/context.py). Reports notes/s for both, the load average of the machine
+(the embedding model, which bounds the rate, shares the CPU with whatever else runs), and the CPU
+seconds the hub and its PostgreSQL spent on the lists: a rate that other work on the machine
+does not change (``batch_notes_per_cpu_s``). Prints one JSON line.
 
 Run: ``python bench/memory_ingest.py [--single 200] [--batch 500]``
 """
@@ -29,7 +30,7 @@ import httpx
 from memory.embeddings import MODEL_DIR_NAME, install_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from services import Hub, Services, start_hub
+from services import Hub, Services, cpu_seconds, start_hub
 
 SET = Path(__file__).resolve().parent.parent / "tests/memory/data/recall_multisession.json"
 
@@ -53,6 +54,13 @@ async def post(client: httpx.AsyncClient, hub: Hub, body: Any, window: int = 0) 
         raise RuntimeError(f"POST /v1/memory/notes: {response.status_code} {response.text}")
 
 
+def hub_cpu(hub: Hub) -> tuple[float, float]:
+    """CPU seconds so far of the hub's processes and of its PostgreSQL's (each counted once)."""
+    server = {p.pid: p for p in hub.postgres()}
+    own = [p for p in hub.service.processes() if p.pid not in server]
+    return cpu_seconds(own), cpu_seconds(list(server.values()))
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start a hub, post the turns both ways, return the rates."""
     turns = json.loads(SET.read_text(encoding="utf-8"))["turns"]
@@ -66,10 +74,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for turn in turns[: args.single]:
                 await post(client, hub, note(turn))
             single_s = time.perf_counter() - started
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), hub_cpu(hub)
             for i in range(0, len(turns), args.batch):
                 await post(client, hub, [note(t) for t in turns[i : i + args.batch]], window=1)
             batch_s = time.perf_counter() - started
+            hub_s, database_s = (after - before for after, before in zip(hub_cpu(hub), cpu_before))
     shutil.rmtree(workdir, ignore_errors=True)
     return {
         "single_notes": args.single,
@@ -77,6 +86,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_notes": len(turns),
         "batch_size": args.batch,
         "batch_notes_per_s": round(len(turns) / batch_s, 1),
+        "batch_cpu_s": {"hub": round(hub_s, 2), "postgres": round(database_s, 2)},
+        "batch_notes_per_cpu_s": round(len(turns) / (hub_s + database_s), 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }

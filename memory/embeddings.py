@@ -6,10 +6,13 @@ files (``iamine models install`` runs :func:`install_model`): ``model.onnx`` (in
 with ``model_max_length`` set to 256 as in the original model. A missing folder is an
 :class:`~memory.errors.EmbeddingModelMissing` that names the fix.
 
-:class:`Embedder` loads the model on first use (about 0.3 s for the ONNX session, plus 0.5 s to
-import fastembed once per process) and runs every batch in a worker thread, one batch at a time,
-so the event loop never waits on the model. Every stored vector records :data:`MODEL_NAME` and
-:data:`MODEL_DIM` beside it, so the model can change later without mixing vector spaces.
+:class:`Embedder` loads the model on first use (about 0.3 s for each ONNX session, plus 0.5 s to
+import fastembed once per process) and runs every call in a worker thread, so the event loop
+never waits on the model. A call's batches run on ``threads`` single-threaded sessions at once:
+on conversation turns that costs about 30 % less CPU than one session spreading each small batch
+over the same threads (15 against 22 CPU seconds for 2,000 turns), with the same vectors.
+Every stored vector records :data:`MODEL_NAME` and :data:`MODEL_DIM` beside it, so the model can
+change later without mixing vector spaces.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,8 +166,9 @@ def check_model(folder: Path) -> None:
 class Embedder:
     """all-MiniLM-L6-v2 on ONNX Runtime, loaded on first use, run off the event loop.
 
-    One batch runs at a time (ONNX Runtime already uses ``threads`` cores for it); concurrent
-    callers queue on a capacity limiter instead of oversubscribing the CPU.
+    ``threads`` sessions of one CPU thread each embed a call's batches side by side; one call
+    runs at a time, so concurrent callers queue on a capacity limiter instead of
+    oversubscribing the CPU.
     """
 
     model = MODEL_NAME
@@ -174,7 +179,8 @@ class Embedder:
         self.threads = threads
         self.batch_size = batch_size
         self.load_seconds: float | None = None
-        self._model: TextEmbedding | None = None
+        self._models: list[TextEmbedding] = []
+        self._pool: ThreadPoolExecutor | None = None
         self._load_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
 
@@ -186,15 +192,18 @@ class Embedder:
     def load(self) -> None:
         """Load the model now (blocking); later calls do nothing."""
         with self._load_lock:
-            if self._model is not None:
+            if self._models:
                 return
             check_model(self.folder)
             started = time.perf_counter()
             from fastembed import TextEmbedding  # imported here: ~0.5 s, only when needed
 
-            self._model = TextEmbedding(
-                MODEL_NAME, specific_model_path=str(self.folder), threads=self.threads
-            )
+            self._models = [
+                TextEmbedding(MODEL_NAME, specific_model_path=str(self.folder), threads=1)
+                for _ in range(self.threads)
+            ]
+            if self.threads > 1:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embedder")
             self.load_seconds = time.perf_counter() - started
             log.info("embedding_model_loaded", model=MODEL_NAME, seconds=self.load_seconds)
 
@@ -203,18 +212,31 @@ class Embedder:
 
         The texts are embedded shortest first, so each batch pads to about its own length
         rather than to the longest of a random mix (about 16 % faster on conversation turns),
-        and the rows are put back in the callers' order.
+        the batches are shared out among the sessions, and the rows are put back in the
+        callers' order.
         """
         if not texts:
             return np.zeros((0, MODEL_DIM), dtype=np.float32)
         self.load()
-        assert self._model is not None
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        batch = [texts[i] for i in order]
-        rows: list[Any] = list(self._model.embed(batch, batch_size=self.batch_size))
+        ordered = [texts[i] for i in order]
+        batches = [
+            ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)
+        ]
+        if self._pool is None or len(batches) == 1:
+            rows = [self._run(0, batch) for batch in batches]
+        else:
+            sessions = len(self._models)
+            rows = list(
+                self._pool.map(self._run, [i % sessions for i in range(len(batches))], batches)
+            )
         vectors = np.empty((len(texts), MODEL_DIM), dtype=np.float32)
-        vectors[order] = np.asarray(rows, dtype=np.float32)
+        vectors[order] = np.concatenate(rows)
         return vectors
+
+    def _run(self, session: int, batch: list[str]) -> npt.NDArray[np.float32]:
+        rows: list[Any] = list(self._models[session].embed(batch, batch_size=len(batch)))
+        return np.asarray(rows, dtype=np.float32)
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Embed texts in a worker thread, in batches of ``batch_size``."""

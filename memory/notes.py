@@ -28,6 +28,7 @@ from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+from pgvector import Vector as PgVector
 
 from memory.embeddings import MODEL_DIM, MODEL_NAME, Vector
 from memory.errors import InvalidNamespace, NamespaceForbidden
@@ -236,9 +237,9 @@ _INSERT_MANY_SQL = (
     "body, tags, embedding, embedding_model, embedding_dim, content_hash, created_at, "
     "updated_at, context, speaker, said_at) SELECT r.id, r.namespace, r.owner_id, $1, "
     "r.author_agent, r.title, r.body, ARRAY(SELECT jsonb_array_elements_text(r.tags)), "
-    "r.embedding::vector, $2, $3, r.content_hash, $4, $4, r.context, r.speaker, r.said_at "
+    "r.embedding, $2, $3, r.content_hash, $4, $4, r.context, r.speaker, r.said_at "
     "FROM unnest($5::uuid[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::text[], "
-    "$11::jsonb[], $12::text[], $13::bytea[], $14::text[], $15::text[], $16::timestamptz[]) "
+    "$11::jsonb[], $12::vector[], $13::bytea[], $14::text[], $15::text[], $16::timestamptz[]) "
     "WITH ORDINALITY AS r (id, namespace, owner_id, author_agent, title, body, tags, embedding, "
     "content_hash, context, speaker, said_at, i) ORDER BY r.i RETURNING *) "
     f"SELECT {_NOTE_FIELDS}, u.name AS author_name FROM n {_AUTHOR} ORDER BY n.id"
@@ -276,17 +277,13 @@ async def add_notes(
             [n.title for n in batch],
             [n.body for n in batch],
             [json.dumps(sorted(set(n.tags))) for n in batch],
-            [_vector_text(v) for v in vectors],
+            [PgVector(v) for v in vectors],  # binary: the text form cost 0.3 ms a note
             [content_hash(n) for n in batch],
             [n.context for n in batch],
             [n.speaker for n in batch],
             [n.said_at for n in batch],
         )
     return [note_from_row(r, user_id) for r in rows]
-
-
-def _vector_text(vector: Vector) -> str:
-    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
 
 
 async def get_note(conn: asyncpg.Connection, user_id: UUID, note_id: UUID) -> Note | None:

@@ -116,3 +116,13 @@ async def test_embedding_runs_in_a_worker_thread(embedder: Embedder) -> None:
     finally:
         del embedder.embed_sync
     assert seen and seen[0] != threading.get_ident()
+
+
+def test_batches_shared_among_sessions_give_the_vectors_of_one_session(
+    embedding_model_dir: Path,
+) -> None:
+    texts = [f"turn {i}: we talked about {'the weather ' * (i % 5)}and work" for i in range(23)]
+    one = Embedder(embedding_model_dir, threads=1, batch_size=4)
+    three = Embedder(embedding_model_dir, threads=3, batch_size=4)
+    assert np.allclose(one.embed_sync(texts), three.embed_sync(texts), atol=1e-6)
+    assert three.load_seconds is not None and three.embed_sync(texts[:1]).shape == (1, MODEL_DIM)
