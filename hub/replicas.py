@@ -42,16 +42,22 @@ class Session:
     free_slots: int
 
 
-async def beat(conn: asyncpg.Connection, replica: str, address: str) -> None:
-    """Record that ``replica`` (reachable at ``address``) is alive now."""
-    await conn.execute(
+async def beat(conn: asyncpg.Connection, replica: str, address: str) -> bool:
+    """Record that ``replica`` (reachable at ``address``) is alive now; True if its row is new.
+
+    New means written for the first time, or again after another replica took it for dead and
+    deleted it with its sessions: they must then be written again in full.
+    """
+    inserted: bool = await conn.fetchval(
         """
         INSERT INTO hub_replicas (id, address) VALUES ($1, $2)
         ON CONFLICT (id) DO UPDATE SET heartbeat = now(), address = EXCLUDED.address
+        RETURNING xmax = 0
         """,
         replica,
         address,
     )
+    return inserted
 
 
 async def forget_dead(conn: asyncpg.Connection, stale_s: float) -> list[str]:
@@ -102,17 +108,29 @@ async def sessions(conn: asyncpg.Connection, stale_s: float) -> list[Session]:
     return [Session(**dict(row)) for row in rows]
 
 
-async def record_sessions(conn: asyncpg.Connection, replica: str, registry: WorkerRegistry) -> None:
-    """Make ``replica``'s session rows those of the registry's links now (one transaction).
+SessionRow = tuple[str, tuple[str, ...], int, int]  # name, models, slots, free slots
 
-    A worker that moved here from a dead replica takes its row over.
+
+def session_rows(registry: WorkerRegistry) -> dict[str, SessionRow]:
+    """The registry's links as session rows, by worker id."""
+    return {
+        link.id: (link.name, tuple(link.models), link.slots, max(link.free_slots, 0))
+        for link in registry.workers.values()
+    }
+
+
+async def record_sessions(
+    conn: asyncpg.Connection, replica: str, rows: dict[str, SessionRow], gone: list[str]
+) -> None:
+    """Write ``replica``'s sessions ``rows`` and delete those of ``gone`` (one transaction).
+
+    A worker that moved here from another replica takes its row over.
     """
-    links = list(registry.workers.values())
     async with conn.transaction():
         await conn.execute(
-            "DELETE FROM worker_sessions WHERE replica_id = $1 AND NOT worker_id = ANY($2)",
+            "DELETE FROM worker_sessions WHERE replica_id = $1 AND worker_id = ANY($2)",
             replica,
-            [link.id for link in links],
+            gone,
         )
         await conn.executemany(
             """
@@ -126,15 +144,8 @@ async def record_sessions(conn: asyncpg.Connection, replica: str, registry: Work
                             THEN worker_sessions.linked_at ELSE now() END
             """,
             [
-                (
-                    link.id,
-                    replica,
-                    link.name,
-                    list(link.models),
-                    link.slots,
-                    max(link.free_slots, 0),
-                )
-                for link in links
+                (worker_id, replica, name, list(models), slots, free)
+                for worker_id, (name, models, slots, free) in rows.items()
             ],
         )
 
@@ -159,31 +170,41 @@ class ReplicaRecord:
         self._stale_s = stale_s
 
     async def run(self) -> None:
-        """Beat every ``heartbeat_s``; record sessions on link and unlink and with each beat."""
-        linked: set[str] | None = None
+        """Beat every ``heartbeat_s``; record sessions on link and unlink and with each beat.
+
+        Only the sessions that changed since the last write are written (a worker's free slots
+        at most once per heartbeat): a replica of 500 workers does not rewrite 500 rows a second.
+        """
+        written: dict[str, SessionRow] = {}
         beaten = 0.0
         try:
             while True:
-                now, current = time.monotonic(), set(self._registry.workers)
+                now, rows = time.monotonic(), session_rows(self._registry)
                 beating = now - beaten >= self._heartbeat_s
-                if beating or current != linked:
+                if beating or rows.keys() != written.keys():
                     try:
-                        await self._record(beating=beating)
+                        await self._record(rows, written, beating=beating)
                     except (asyncpg.PostgresError, OSError) as exc:
                         log.warning("replica_record_failed", error=str(exc)[:200])
                         await asyncio.sleep(self._heartbeat_s)  # the database is away: no storm
                     else:
-                        linked = current
+                        written = rows
                         beaten = now if beating else beaten
                 await asyncio.sleep(CHANGE_CHECK_S)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._leave()
 
-    async def _record(self, *, beating: bool) -> None:
+    async def _record(
+        self, rows: dict[str, SessionRow], written: dict[str, SessionRow], *, beating: bool
+    ) -> None:
         async with self._pool.acquire() as conn:
-            await beat(conn, self.replica, self._address)
-            await record_sessions(conn, self.replica, self._registry)
+            if await beat(conn, self.replica, self._address):
+                written = {}  # a new row: no session of this replica is in the database
+            changed = {w: row for w, row in rows.items() if written.get(w) != row}
+            gone = [w for w in written if w not in rows]
+            if changed or gone:
+                await record_sessions(conn, self.replica, changed, gone)
             if beating:
                 dead = await forget_dead(conn, self._stale_s)
                 if dead:
