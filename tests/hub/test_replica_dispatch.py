@@ -41,6 +41,7 @@ from typer.testing import CliRunner
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from hub import replicas as replica_registry
 from hub.bus import BusSettings
 from hub.cli import app
 from hub.config import JobsSettings, ServerSettings, Settings
@@ -609,3 +610,31 @@ def test_the_capacity_view_picks_the_freest_live_worker_and_forgets_silent_repli
     assert pick(tools=True) is None and pick("other") is None
     now[0] = 10.0
     assert view.live() == [] and pick(trust=0) is None
+
+
+@pytest.mark.anyio
+async def test_a_stale_replica_is_ignored_then_cleaned_and_rewrites_its_sessions(
+    conn: asyncpg.Connection,
+) -> None:
+    live_id, stale_id = "1" * 32, "2" * 32
+    rows: dict[str, replica_registry.SessionRow] = {"w1": ("w1", (MODEL,), 4, 3)}
+    for replica in (live_id, stale_id):
+        assert await replica_registry.beat(conn, replica, f"host-{replica[0]}:8420")
+        await replica_registry.record_sessions(conn, replica, {}, [])
+    assert not await replica_registry.beat(conn, live_id, "host-1:8420")  # a renewal
+    await replica_registry.record_sessions(conn, stale_id, rows, [])
+    await conn.execute(
+        "UPDATE hub_replicas SET heartbeat = now() - interval '1 minute' WHERE id = $1", stale_id
+    )
+    live = await replica_registry.live_replicas(conn, stale_s=5)
+    assert [r.id for r in live] == [live_id]
+    assert await replica_registry.sessions(conn, stale_s=5) == []  # the stale one's are ignored
+    assert await replica_registry.forget_dead(conn, stale_s=5) == [stale_id]
+    assert await conn.fetchval("SELECT count(*) FROM worker_sessions") == 0  # cascaded
+    # The stale replica was only slow: its next beat finds its row gone and says so.
+    assert await replica_registry.beat(conn, stale_id, "host-2:8420")
+    await replica_registry.record_sessions(conn, stale_id, rows, [])
+    sessions = await replica_registry.sessions(conn, stale_s=5)
+    assert [(s.worker_id, s.replica_id, s.free_slots) for s in sessions] == [("w1", stale_id, 3)]
+    await replica_registry.record_sessions(conn, stale_id, {}, ["w1"])
+    assert await replica_registry.sessions(conn, stale_s=5) == []
