@@ -92,6 +92,7 @@ async def start_chat(
         registry.serves(body.model)
         or registry.recently_seen(body.model)
         or registry.config.knows(body.model)
+        or (registry.remote is not None and registry.remote.serves(body.model))
         or offered_by_peers(state, body.model)
     ):
         raise ModelNotFoundError(

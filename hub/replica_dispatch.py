@@ -196,6 +196,10 @@ class ReplicaDispatch:
         """Free slots for the model on the other live replicas (the view, no query)."""
         return self.view.free_slots(model)
 
+    def serves(self, model: str) -> bool:
+        """Whether a worker of another live replica offers the model (the view, no query)."""
+        return self.view.serves(model)
+
     def _link(self, choice: Choice) -> WorkerLink:
         """The stand-in link of another replica's worker (its ``send`` hands jobs over)."""
         worker, replica = choice.worker, choice.replica

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,10 +92,13 @@ class _Replica:
     seen: float
     # Per model, the workers with a free slot (insertion order): a placement looks at these only.
     free: dict[str, dict[str, RemoteWorker]] = field(default_factory=dict)
+    # Per model, how many workers offer it, free or busy: whether the replica serves it at all.
+    models: Counter[str] = field(default_factory=Counter)
 
     def put(self, worker: RemoteWorker) -> None:
         self.drop(worker.id)
         self.workers[worker.id] = worker
+        self.models.update(info.id for info in worker.models)
         if worker.free > 0:
             for info in worker.models:
                 self.free.setdefault(info.id, {})[worker.id] = worker
@@ -102,6 +106,7 @@ class _Replica:
     def drop(self, worker_id: str) -> None:
         old = self.workers.pop(worker_id, None)
         if old is not None:
+            self.models.subtract(info.id for info in old.models)
             for info in old.models:
                 self.free.get(info.id, {}).pop(worker_id, None)
 
@@ -186,6 +191,10 @@ class CapacityView:
                 for info in best.worker.models:
                     entry.free.get(info.id, {}).pop(best.worker.id, None)
         return best
+
+    def serves(self, model: str) -> bool:
+        """Whether a worker of a live replica offers the model, free or busy."""
+        return any(self._replicas[replica].models[model] > 0 for replica in self.live())
 
     def free_slots(self, model: str) -> int:
         """Free slots for the model on the live replicas."""

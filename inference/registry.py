@@ -89,6 +89,10 @@ class RemotePlacement(Protocol):
         """Free slots for the model on the other replicas, as last heard."""
         ...
 
+    def serves(self, model: str) -> bool:
+        """Whether a worker of another replica offers the model, free or busy."""
+        ...
+
 
 class WorkerRegistry:
     """Connected workers by id, placement through the router and queue, frame dispatch.

@@ -369,20 +369,11 @@ def replicas(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def _prepare(pool: Replicas) -> None:
-    """A user, and the model in the catalog: replicas without its workers know it by policy."""
+    """A user. No catalog: a replica without the model's workers knows it from the others'."""
     assert pool.admin("A", "POST", "/admin/api/users", json={"name": "uma"}).status_code == 201
     issued = pool.admin("A", "POST", "/admin/api/users/uma/tokens", json={"name": "t"})
     assert issued.status_code == 201, issued.text
     pool.user_token = issued.json()["token"]
-    config = pool.admin("A", "GET", "/admin/api/pool-config").json()
-    config["catalog"] = [MODEL]
-    assert pool.admin("A", "PUT", "/admin/api/pool-config", json=config).status_code == 200
-
-    def everywhere() -> bool:
-        catalogs = [pool.admin(r, "GET", "/admin/api/pool-config").json()["catalog"] for r in "ABC"]
-        return catalogs == [[MODEL]] * 3
-
-    wait_until(everywhere, 10, "the catalog on every replica")
 
 
 def _free_slots_seen(pool: Replicas, replica: str) -> bool:
@@ -608,8 +599,12 @@ def test_the_capacity_view_picks_the_freest_live_worker_and_forgets_silent_repli
     assert [pick(), pick(), pick(), pick(), pick()] == ["y", "y", "x", "y", None]
     assert pick(trust=0) == "z"  # the untrusted worker only for a job that takes it
     assert pick(tools=True) is None and pick("other") is None
+    assert view.serves(MODEL) and not view.serves("other")  # busy workers still serve it
+    view.apply({"replica": "b" * 32, "workers": [], "gone": ["x"]})
+    assert view.serves(MODEL)  # y and z on c
     now[0] = 10.0
     assert view.live() == [] and pick(trust=0) is None
+    assert not view.serves(MODEL)
 
 
 @pytest.mark.anyio
