@@ -321,7 +321,8 @@ def named_months(terms: str) -> list[tuple[int, int]]:
 def note_query_text(text: str) -> str:
     """The query as notes are searched by embedding: each name replaced by ``someone``.
 
-    A name (a capitalised word that does not start a sentence, not a month) is a rare token
+    A name (a capitalised word that does not start a sentence, not an acronym such as ``TV``,
+    not a month) is a rare token
     that a small embedding model weighs heavily: "What did Fatima call her new pet?" drew
     Fatima's small talk above her turn about the beagle. The name still counts where it is
     matched exactly: on the BM25 side and in the fused score of the notes it is the speaker of
@@ -331,7 +332,7 @@ def note_query_text(text: str) -> str:
     start = True
     for raw in text.split():
         word = raw.strip(_PUNCTUATION).removesuffix("'s").removesuffix("’s")
-        named = not start and word[:1].isupper() and word.isalpha() and len(word) > 1
+        named = not start and word.istitle() and word.isalpha() and len(word) > 1
         if named and word.lower() not in _MONTHS.split("|"):
             raw = raw.replace(word, "someone", 1)
         words.append(raw)

@@ -69,6 +69,7 @@ def test_notes_are_searched_by_a_query_whose_names_are_left_out() -> None:
     )
     kept = "Where did Ingrid travel in May 2023? Rotate HER-1187 now."
     assert note_query_text(kept) == "Where did someone travel in May 2023? Rotate HER-1187 now."
+    assert note_query_text("What TV did Ingrid suggest?") == "What TV did someone suggest?"
     assert note_query_text("how do I rotate the signing key?") == (
         "how do I rotate the signing key?"
     )
