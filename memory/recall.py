@@ -322,11 +322,10 @@ def note_query_text(text: str) -> str:
     """The query as notes are searched by embedding: each name replaced by ``someone``.
 
     A name (a capitalised word that does not start a sentence, not an acronym such as ``TV``,
-    not a month) is a rare token
-    that a small embedding model weighs heavily: "What did Fatima call her new pet?" drew
-    Fatima's small talk above her turn about the beagle. The name still counts where it is
-    matched exactly: on the BM25 side and in the fused score of the notes it is the speaker of
-    (:class:`Fusion`). Dates, numbers and identifiers stay.
+    not a month) is a rare token that a small embedding model weighs heavily: "What did Fatima
+    call her new pet?" drew Fatima's small talk above her turn about the beagle. The name still
+    counts where it is matched exactly: on the BM25 side and in the fused score of the notes it
+    is the speaker of (:class:`Fusion`). Dates, numbers and identifiers stay.
     """
     words: list[str] = []
     start = True
