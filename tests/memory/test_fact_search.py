@@ -113,6 +113,24 @@ async def test_an_index_is_dropped_when_its_user_falls_under_half_the_threshold(
     assert owner_index_name(alice.user_id) not in {r["indexname"] for r in names}
 
 
+async def test_an_index_left_invalid_by_an_interrupted_build_is_built_again(
+    vconn: asyncpg.Connection, alice: Member
+) -> None:
+    await store(vconn, alice, unit_vectors(np.random.default_rng(21), 3))
+    name = owner_index_name(alice.user_id)
+    assert (await index_large_owners(vconn, min_facts=3)).created == (alice.user_id,)
+    # What a CREATE INDEX CONCURRENTLY cut short leaves behind: the index, marked invalid.
+    await vconn.execute(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = $1::regclass", name
+    )
+    rebuilt = await index_large_owners(vconn, min_facts=3)
+    assert (rebuilt.created, rebuilt.dropped) == ((alice.user_id,), ())
+    valid = await vconn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = $1::regclass", name
+    )
+    assert valid
+
+
 async def test_a_second_session_skips_indexing_while_one_runs(
     vconn: asyncpg.Connection, database_url: str, alice: Member
 ) -> None:
