@@ -144,6 +144,11 @@ class JobsSettings(BaseModel):
     )
     red_interval_s: float = Field(10_800.0, ge=0, description="Seconds between RED runs.")
     settlement_interval_s: float = Field(3_600.0, ge=0, description="Seconds between settlements.")
+    fact_indexes_interval_s: float = Field(
+        3_600.0,
+        ge=0,
+        description="Seconds between runs of fact_indexes (an HNSW index per large user).",
+    )
     run_timeout_s: float = Field(
         900.0, gt=0, description="Most seconds one job run may take before it is cancelled."
     )

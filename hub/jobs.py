@@ -1,8 +1,10 @@
-"""The hub's scheduled jobs: L1 purge, the checker, the RED daemon, federation sync, settlement.
+"""The hub's scheduled jobs: L1 purge, the checker, the RED daemon, federation sync, settlement,
+and the large users' fact indexes.
 
 :data:`CATALOG` describes them (the CLI lists it without a running hub); :func:`build_jobs`
-binds them to a running hub's state for the scheduler. ``l1_purge`` needs only the database, so
-``iamine jobs run l1_purge`` runs it in the CLI's process (:func:`local_job`); the checker and RED
+binds them to a running hub's state for the scheduler. ``l1_purge`` and ``fact_indexes`` need
+only the database, so ``iamine jobs run`` runs them in the CLI's process (:func:`local_job`);
+the checker and RED
 need live workers, and settlement the live pool config, so the CLI asks the running hub to run
 them. The checker runs the canaries too (:func:`build_canaries`: the same object checks each
 new worker as it joins).
@@ -33,6 +35,7 @@ from inference import identity
 from inference.canaries import Canaries
 from inference.checker import run_checker
 from inference.red import Planner, pool_planner, run_red
+from memory.facts import index_large_owners
 from memory.l1 import purge_expired_l1
 from memory.settings import MemorySettings
 
@@ -40,6 +43,7 @@ L1_PURGE = "l1_purge"
 CHECKER = "checker"
 RED = "red"
 SETTLEMENT = "settlement"
+FACT_INDEXES = "fact_indexes"
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,12 @@ CATALOG: dict[str, JobInfo] = {
             needs_hub=True,
             interval=lambda s: s.jobs.settlement_interval_s,
         ),
+        JobInfo(
+            FACT_INDEXES,
+            "Give each user with many facts an HNSW index of their own; drop those no longer due.",
+            needs_hub=False,
+            interval=lambda s: s.jobs.fact_indexes_interval_s,
+        ),
     )
 }
 
@@ -94,12 +104,27 @@ async def purge_l1(conn: asyncpg.Connection, settings: MemorySettings) -> int:
     return await purge_expired_l1(conn, datetime.now(UTC), batch=settings.l1_purge_batch)
 
 
+async def fact_indexes(conn: asyncpg.Connection, settings: MemorySettings) -> JobResult:
+    """Index the large users' facts (``conn`` outside any transaction: builds are concurrent)."""
+    changed = await index_large_owners(conn, min_facts=settings.facts_owner_index_min)
+    if changed.skipped:
+        return JobResult("skipped", "another session is indexing")
+    detail = {
+        "created": [str(user) for user in changed.created],
+        "dropped": [str(user) for user in changed.dropped],
+    }
+    line = f"{len(changed.created)} index(es) created, {len(changed.dropped)} dropped"
+    return JobResult("ok", line, detail)
+
+
 def _spec(info: JobInfo, settings: Settings, run: Callable[[], Awaitable[JobResult]]) -> JobSpec:
     return JobSpec(info.name, info.description, info.interval(settings), info.needs_hub, run)
 
 
 def local_job(name: str, settings: Settings, conn: asyncpg.Connection) -> JobSpec | None:
     """The job bound to one connection, for jobs that need only the database (else None)."""
+    if name == FACT_INDEXES:
+        return _spec(CATALOG[name], settings, lambda: fact_indexes(conn, settings.memory))
     if name != L1_PURGE:
         return None
 
@@ -222,6 +247,10 @@ def build_jobs(
     async def settlement() -> JobResult:
         return await settle(state)
 
+    async def indexes() -> JobResult:
+        async with pool.acquire() as conn:
+            return await fact_indexes(conn, settings.memory)
+
     async def federation_sync() -> JobResult:
         if state.gossip is None:
             return JobResult("skipped", "federation is off")
@@ -233,6 +262,7 @@ def build_jobs(
         RED: red,
         FEDERATION_SYNC: federation_sync,
         SETTLEMENT: settlement,
+        FACT_INDEXES: indexes,
     }
     return [_spec(info, settings, runs[name]) for name, info in CATALOG.items()]
 

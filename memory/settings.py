@@ -26,6 +26,12 @@ class MemorySettings(BaseModel):
     l1_ttl_s: int = Field(
         86_400, ge=1, description="Seconds an L1 message is kept before it is purged."
     )
+    facts_owner_index_min: int = Field(
+        10_000,
+        ge=1,
+        description="Facts a user needs for an HNSW index of their own (job fact_indexes); "
+        "the index is dropped when the user falls under half of it.",
+    )
     l1_purge_batch: int = Field(
         5_000, ge=1, description="Rows deleted per statement when purging expired L1 messages."
     )
