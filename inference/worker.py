@@ -318,11 +318,12 @@ class _Session:
         finally:
             # Free the slot before the final frame: the hub may send the next job at once.
             self._jobs.pop(job.job_id, None)
-        log.info("job_ended", job_id=job.job_id, outcome=_describe(outcome))
         try:
             await self._send(outcome)
         except _LinkLost:
             return
+        finally:  # logged after the frame is on its way: the hub's answer does not wait for it
+            log.info("job_ended", job_id=job.job_id, outcome=_describe(outcome))
 
     async def _stream(self, running: _RunningJob) -> Done | Error:
         """Relay the engine's events as chunks; return the job's final frame.
