@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -71,13 +72,28 @@ from economy.transfers import (
     write_transfer,
 )
 
-_shared: ContextVar[asyncpg.Connection | None] = ContextVar("ledger_shared", default=None)
-"""The connection whose open transaction (:meth:`Ledger.hold_then`'s) the job's operations join."""
+
+@dataclass
+class _Shared:
+    """:meth:`Ledger.hold_then`'s open transaction, which the job's operations join."""
+
+    conn: asyncpg.Connection
+    holds: dict[str, Transfer] = field(default_factory=dict)
+    """Holds written in it, by job id: the post or void that follows needs not read them back."""
+
+
+_shared: ContextVar[_Shared | None] = ContextVar("ledger_shared", default=None)
+
+
+def _joined(conn: asyncpg.Connection) -> _Shared | None:
+    """The shared transaction this connection is in, if any."""
+    shared = _shared.get()
+    return shared if shared is not None and shared.conn is conn else None
 
 
 def _transaction(conn: asyncpg.Connection) -> AbstractAsyncContextManager[object]:
     """A job operation's own transaction, or none when it joins :meth:`Ledger.hold_then`'s."""
-    return nullcontext() if _shared.get() is conn else conn.transaction()
+    return nullcontext() if _joined(conn) is not None else conn.transaction()
 
 
 Clock = Callable[[], datetime]
@@ -169,7 +185,7 @@ class Ledger:
         request: dict[str, Any],
         attempt: Callable[[], Awaitable[T]],
     ) -> T | Transfer:
-        if _shared.get() is conn:  # inside hold_then's transaction: it recovers, not here
+        if _joined(conn) is not None:  # inside hold_then's transaction: it recovers, not here
             return await attempt()
         try:
             return await attempt()
@@ -209,8 +225,12 @@ class Ledger:
             async with _transaction(conn):
                 now = self._clock()
                 accounts = await self._lock(conn, [user, CLEARING], create=True)
-                if (done := await self._recheck(conn, key, TransferKind.HOLD, request)) is not None:
-                    return done
+                # Joined to hold_then, an existing hold is a unique violation it recovers from.
+                shared = _joined(conn)
+                if shared is None:
+                    done = await self._recheck(conn, key, TransferKind.HOLD, request)
+                    if done is not None:
+                        return done
                 if accounts[user].debits_pending:  # only a reserving hold needs releasing
                     await self._sweep(conn, accounts, user, now)
                 funded = accounts[user].available - expected_cost >= -self.policy.overdraft
@@ -230,7 +250,10 @@ class Ledger:
                     expires_at=expires_at,
                     holds=user,
                 )
-                return await write_transfer(conn, accounts, new, now)
+                written = await write_transfer(conn, accounts, new, now)
+                if shared is not None:
+                    shared.holds[job_id] = written
+                return written
 
         return await self._idempotent(conn, key, TransferKind.HOLD, request, attempt)
 
@@ -248,7 +271,7 @@ class Ledger:
         transfers as :meth:`hold` then ``then()``. Should either exist already (a retry after
         a lost answer), each is applied again on its own, idempotently.
         """
-        marked = _shared.set(conn)
+        marked = _shared.set(_Shared(conn))
         try:
             async with conn.transaction():
                 hold = await self.hold(conn, job_id, user_id, expected_cost)
@@ -260,6 +283,9 @@ class Ledger:
         return await self.hold(conn, job_id, user_id, expected_cost), await then()
 
     async def _hold_of(self, conn: asyncpg.Connection, job_id: str) -> Transfer:
+        shared = _joined(conn)
+        if shared is not None and job_id in shared.holds:
+            return shared.holds[job_id]
         hold = await find_transfer(conn, job_key(TransferKind.HOLD, job_id))
         if hold is None:
             raise HoldNotFound(f"Job {job_id} has no hold.", param="job_id")
