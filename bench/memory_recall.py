@@ -10,9 +10,11 @@ keyword only (BM25 where pg_search is there), vector only, and both fused (``FUS
 ``--baseline`` searches as before issue 17 (no context, full text, plain RRF); ``--tune`` first
 chooses the fusion on the ``tune`` split; ``--split`` picks the questions reported. Starts its
 own embedded PostgreSQL and model folder in a temporary directory. Prints one JSON line (with
-recall@10 per kind of question where the set names kinds).
+recall@10 per kind of question where the set names kinds, and each mode's search p50 / p95;
+``--pad N`` first stores N more notes of the same user outside every question's scope, to time
+searches over a large store).
 
-Run: ``python bench/memory_recall.py [--set PATH] [--split test] [--tune] [--baseline]``
+Run: ``python bench/memory_recall.py [--set PATH] [--split test] [--tune] [--baseline] [--pad N]``
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import numpy as np
 from pgvector.asyncpg import register_vector
 
 from hub import accounts
@@ -55,6 +58,7 @@ from memory.recall import (
 DEFAULT_SET = Path(__file__).resolve().parent.parent / "tests/memory/data/recall_set.json"
 CUTOFFS = (1, 5, 10)
 BATCH = 256  # notes embedded and stored per statement
+PAD_BATCH = 1000
 BASELINE = Fusion(vector=1.0, keyword=1.0, k=60)  # plain reciprocal-rank fusion
 
 
@@ -109,6 +113,7 @@ async def evaluate(
     recall@10 per kind of question where the set names kinds."""
     hits = dict.fromkeys(CUTOFFS, 0)
     reciprocal = 0.0
+    latencies: list[float] = []
     kinds: dict[str, list[bool]] = {}
     for item, (vector, note_vector) in zip(questions, vectors, strict=True):
         scope = (item["conversation"],) if "conversation" in item else ()
@@ -123,7 +128,9 @@ async def evaluate(
             tags=scope,
             fusion=fusion,
         )
+        started = time.perf_counter()
         found = await recall(conn, None, user_id, query)
+        latencies.append(time.perf_counter() - started)
         ranked = [ids[h.note.id] for h in found.notes]
         first = next((i for i, t in enumerate(ranked) if t in item["answers"]), None)
         if "kind" in item:
@@ -137,8 +144,32 @@ async def evaluate(
     return (
         {f"recall@{k}": round(hits[k] / n, 3) for k in CUTOFFS}
         | {"mrr": round(reciprocal / n, 3)}
+        | {f"{name}_ms": round(1000 * value, 1) for name, value in percentiles(latencies).items()}
         | ({"recall@10_by_kind": by_kind} if by_kind else {})
     )
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50 and p95 of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return {f"p{q}": ordered[min(len(ordered) - 1, q * len(ordered) // 100)] for q in (50, 95)}
+
+
+async def pad(
+    conn: asyncpg.Connection, user_id: UUID, turns: list[dict[str, Any]], count: int
+) -> None:
+    """Store ``count`` more notes of the same user (tagged ``pad``, so no question's scope
+    holds them), to time searches over a large store: the set's turns again, each vector a real
+    turn's moved by noise so that the index is not full of duplicates."""
+    rows = await conn.fetch("SELECT body, embedding FROM notes WHERE owner_id = $1", user_id)
+    rng = np.random.default_rng(17)
+    for start in range(0, count, PAD_BATCH):
+        picked = [rows[i] for i in rng.integers(0, len(rows), min(PAD_BATCH, count - start))]
+        vectors = np.stack([r["embedding"].to_numpy() for r in picked]).astype(np.float32)
+        vectors += rng.normal(0, 0.03, vectors.shape).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        batch = [NewNote(f"user:{user_id}", r["body"], tags=("pad",)) for r in picked]
+        await add_notes(conn, user_id, batch, list(vectors), now=datetime.now(UTC))
 
 
 async def tune(
@@ -177,6 +208,9 @@ async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) ->
         ids = await ingest(conn, embedder, user.id, labelled["turns"], args.window)
         ingest_s = time.perf_counter() - started
         print(f"ingested {len(ids)} notes in {ingest_s:.1f} s", file=sys.stderr)
+        if args.pad:
+            await pad(conn, user.id, labelled["turns"], args.pad)
+            await conn.execute("ANALYZE notes")
         questions = labelled["questions"]
         if args.split != "all":
             questions = [q for q in questions if q["split"] == args.split]
@@ -206,6 +240,7 @@ async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) ->
         "fusion": asdict(fusion),
         "ingest_s": round(ingest_s, 3),
         "ingest_notes_per_s": round(len(labelled["turns"]) / ingest_s, 1),
+        "padding_notes": args.pad,
         **results,
     }
 
@@ -219,6 +254,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--window", type=int, default=1, help="Context: turns either side (-1: no context)."
+    )
+    parser.add_argument(
+        "--pad", type=int, default=0, help="Store this many more notes first (search times)."
     )
     parser.add_argument(
         "--tune", action="store_true", help="Choose the fusion on the tune split first."
