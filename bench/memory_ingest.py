@@ -78,7 +78,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(0, len(turns), args.batch):
                 await post(client, hub, [note(t) for t in turns[i : i + args.batch]], window=1)
             batch_s = time.perf_counter() - started
-            hub_s, database_s = (after - before for after, before in zip(hub_cpu(hub), cpu_before))
+            cpu_after = hub_cpu(hub)
+            hub_s, database_s = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     shutil.rmtree(workdir, ignore_errors=True)
     return {
         "single_notes": args.single,
