@@ -78,7 +78,12 @@ class MemorySettings(BaseModel):
             "`<data_dir>/models/all-minilm-l6-v2`)."
         ),
     )
-    embedding_threads: int = Field(2, ge=1, description="CPU threads of one embedding batch.")
+    embedding_threads: int = Field(
+        2,
+        ge=1,
+        description="Embedding sessions run side by side, one CPU thread each (a call's batches "
+        "are spread over them).",
+    )
     embedding_batch_size: int = Field(32, ge=1, le=1024, description="Texts per embedding batch.")
     recall_min_score: float = Field(
         0.25,

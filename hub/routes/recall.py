@@ -20,7 +20,7 @@ from hub.routes.notes import NamespaceQuery, hit_body, note_body, readable_filte
 from hub.schemas import DbText
 from memory import facts, notes
 from memory.keys import UserKey, open_key
-from memory.recall import RecallQuery, recall
+from memory.recall import RecallQuery, query_vectors, recall
 
 router = APIRouter(prefix="/v1/memory", tags=["memory"])
 
@@ -37,8 +37,10 @@ async def recall_memory(
     """Up to `k` facts and `k` notes relevant to `query`, best first."""
     wanted = parse_tags(tags)
     spaces = await readable_filter(semantic, caller.user_id, namespace)
-    vector = await semantic.embedder.embed_one(query)
-    search = RecallQuery(query, vector, facts=k, notes=k, tags=wanted, namespaces=spaces)
+    vector, note_vector = await query_vectors(semantic.embedder, query)
+    search = RecallQuery(
+        query, vector, note_vector=note_vector, facts=k, notes=k, tags=wanted, namespaces=spaces
+    )
     async with semantic.pool.acquire() as conn:
         key = await open_key(conn, caller.user_id, caller.token_id, caller.token)
         found = await recall(conn, key, caller.user_id, search)

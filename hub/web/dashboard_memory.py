@@ -29,7 +29,7 @@ from memory.conversations import (
     shred_memory,
 )
 from memory.errors import NamespaceForbidden
-from memory.recall import RecallQuery, SearchMode, recall
+from memory.recall import RecallQuery, SearchMode, note_query_text, recall
 
 router = APIRouter()
 
@@ -158,7 +158,8 @@ async def note_list(request: Request, user: WebUserDep, q: str = "") -> HTMLResp
     query = q.strip()[:2000]
     async with state.db.pool.acquire() as conn:
         if query:
-            vector = await state.semantic.embedder.embed_one(query) if state.semantic else None
+            semantic = state.semantic
+            vector = await semantic.embedder.embed_one(note_query_text(query)) if semantic else None
             mode = SearchMode.HYBRID if vector is not None else SearchMode.KEYWORD
             search = RecallQuery(query, vector, facts=0, notes=20, mode=mode)
             found = [hit.note for hit in (await recall(conn, None, user_id, search)).notes]
