@@ -61,6 +61,7 @@ FATAL_CODES: frozenset[str] = frozenset(
 )
 _SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _READ_AHEAD = 256  # engine events read ahead of the socket, at most (backpressure beyond)
+_CLOSE_WAIT_S = 5.0  # how long a job's end waits for its engine iterator to close
 
 
 class WorkerError(InferenceError):
@@ -470,8 +471,12 @@ async def ready_together[T](events: AsyncGenerator[T, None]) -> AsyncGenerator[l
             yield ready
     finally:
         reader.cancel()
+        # The engine's iterator is closed before the job's last frame goes, within a bound: an
+        # engine stuck in one long step (a prompt being read) finishes closing on its own.
         with anyio.CancelScope(shield=True):
-            await asyncio.wait([reader])  # the engine's iterator closed before going on
+            await asyncio.wait([reader], timeout=_CLOSE_WAIT_S)
+        if not reader.done():
+            log.warning("engine_slow_to_stop", waited_s=_CLOSE_WAIT_S)
 
 
 def _raise_if_fatal(frame: Error) -> None:

@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+import inference.worker as worker_module
 from inference.engine import EngineError, EngineEvent, LlamaEngine, bundled_model_path
 from inference.protocol import (
     FEATURE_CHUNKS,
@@ -524,3 +525,34 @@ def test_detect_hardware_follows_llama_cpp_gpu_offload_support() -> None:
 
     expected = "gpu" if llama_cpp.llama_supports_gpu_offload() else "cpu"
     assert detect_hardware() == expected
+
+
+@pytest.mark.anyio
+async def test_an_engine_slow_to_stop_delays_the_job_end_by_a_bound_only(
+    monkeypatch: pytest.MonkeyPatch, captured_logs: list[Any]
+) -> None:
+    monkeypatch.setattr(worker_module, "_CLOSE_WAIT_S", 0.1)
+    release, stopped = anyio.Event(), list[bool]()
+
+    async def stubborn() -> AsyncGenerator[int, None]:
+        try:
+            yield 1
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):  # one long step that cannot be interrupted
+                await release.wait()
+            stopped.append(True)
+
+    async with aclosing(ready_together(stubborn())) as lists:
+        async for batch in lists:
+            assert batch == [1]
+            break
+    assert [e["event"] for e in captured_logs if e["event"] == "engine_slow_to_stop"] == [
+        "engine_slow_to_stop"
+    ]
+    release.set()
+    with anyio.fail_after(5):
+        while True:
+            if stopped:
+                break
+            await anyio.sleep(0.01)
