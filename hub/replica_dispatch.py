@@ -64,7 +64,7 @@ from inference.link import (
     output_allowance,
 )
 from inference.protocol import Cancel, Chunk, Done, Error, Frame, Job
-from inference.registry import WorkerRegistry
+from inference.registry import ModelSummary, WorkerRegistry
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()
@@ -199,6 +199,10 @@ class ReplicaDispatch:
     def serves(self, model: str) -> bool:
         """Whether a worker of another live replica offers the model (the view, no query)."""
         return self.view.serves(model)
+
+    def models(self) -> list[ModelSummary]:
+        """The models the other live replicas' workers serve (the view, no query)."""
+        return self.view.models()
 
     def _link(self, choice: Choice) -> WorkerLink:
         """The stand-in link of another replica's worker (its ``send`` hands jobs over)."""

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 from hub.bus import NatsBus
 from inference.link import WorkerLink
 from inference.protocol import Hardware, ModelInfo
-from inference.registry import WorkerRegistry
+from inference.registry import ModelSummary, WorkerRegistry
 
 log = structlog.get_logger()
 
@@ -195,6 +195,27 @@ class CapacityView:
     def serves(self, model: str) -> bool:
         """Whether a worker of a live replica offers the model, free or busy."""
         return any(self._replicas[replica].models[model] > 0 for replica in self.live())
+
+    def models(self) -> list[ModelSummary]:
+        """The models of the live replicas' workers, counted as ``/v1/models`` counts them.
+
+        One look at every worker: for listings, not for placement.
+        """
+        by_model: dict[str, list[tuple[RemoteWorker, ModelInfo]]] = {}
+        for replica in self.live():
+            for worker in self._replicas[replica].workers.values():
+                for info in worker.models:
+                    by_model.setdefault(info.id, []).append((worker, info))
+        return [
+            ModelSummary(
+                id=model,
+                context_size=max(info.context_size for _, info in entries),
+                supports_tools=any(info.supports_tools for _, info in entries),
+                workers=len(entries),
+                free_slots=sum(worker.free for worker, _ in entries),
+            )
+            for model, entries in by_model.items()
+        ]
 
     def free_slots(self, model: str) -> int:
         """Free slots for the model on the live replicas."""

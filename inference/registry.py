@@ -69,6 +69,17 @@ class Ticket:
 ExclusionSink = Callable[[WorkerLink, str, str], None]
 
 
+def _together(a: ModelSummary, b: ModelSummary) -> ModelSummary:
+    """One model's summaries from two sets of workers, as one."""
+    return ModelSummary(
+        id=a.id,
+        context_size=max(a.context_size, b.context_size),
+        supports_tools=a.supports_tools or b.supports_tools,
+        workers=a.workers + b.workers,
+        free_slots=a.free_slots + b.free_slots,
+    )
+
+
 class RemotePlacement(Protocol):
     """Free workers linked to the pool's other hub replicas (``hub/replica_dispatch.py``)."""
 
@@ -91,6 +102,10 @@ class RemotePlacement(Protocol):
 
     def serves(self, model: str) -> bool:
         """Whether a worker of another replica offers the model, free or busy."""
+        ...
+
+    def models(self) -> list[ModelSummary]:
+        """The models the other replicas' workers serve, as last heard."""
         ...
 
 
@@ -235,14 +250,15 @@ class WorkerRegistry:
         return seen is not None and self._clock() - seen.last_seen <= self.settings.model_memory_s
 
     def models(self) -> list[ModelSummary]:
-        """Models served by connected, non-excluded workers, then those seen lately (0 workers)."""
+        """Models served by connected, non-excluded workers (this replica's and, with several
+        replicas, the others'), then those seen lately (0 workers)."""
         by_model: dict[str, list[tuple[WorkerLink, ModelInfo]]] = {}
         for link in self.workers.values():
             if link.excluded is None:
                 for info in link.models.values():
                     by_model.setdefault(info.id, []).append((link, info))
-        live = [
-            ModelSummary(
+        live = {
+            model: ModelSummary(
                 id=model,
                 context_size=max(info.context_size for _, info in entries),
                 supports_tools=any(info.supports_tools for _, info in entries),
@@ -250,13 +266,16 @@ class WorkerRegistry:
                 free_slots=sum(max(link.free_slots, 0) for link, _ in entries),
             )
             for model, entries in by_model.items()
-        ]
+        }
+        for other in self.remote.models() if self.remote is not None else []:
+            mine = live.get(other.id)
+            live[other.id] = other if mine is None else _together(mine, other)
         lately = [
             ModelSummary(model, seen.context_size, seen.supports_tools, workers=0, free_slots=0)
             for model, seen in self._seen.items()
-            if model not in by_model and self.recently_seen(model)
+            if model not in live and self.recently_seen(model)
         ]
-        return sorted([*live, *lately], key=lambda m: m.id)
+        return sorted([*live.values(), *lately], key=lambda m: m.id)
 
     def model(self, model: str) -> ModelSummary | None:
         """One model of :meth:`models`, or None when it is neither served nor seen lately."""

@@ -406,6 +406,10 @@ def test_chats_sent_to_replicas_without_workers_are_served_by_another_replicas_w
     wait_until(lambda: _free_slots_seen(replicas, "A"), 60, "A to serve a chat through B")
     for replica in "AC":
         client = replicas.client(replica)
+        listed = {model.id: model for model in client.models.list()}
+        assert MODEL in listed  # from the other replicas' workers: A and C have none
+        assert (listed[MODEL].model_extra or {})["workers"] >= 1
+        assert client.models.retrieve(MODEL).id == MODEL
         raw = client.chat.completions.with_raw_response.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=6
         )
@@ -600,6 +604,8 @@ def test_the_capacity_view_picks_the_freest_live_worker_and_forgets_silent_repli
     assert pick(trust=0) == "z"  # the untrusted worker only for a job that takes it
     assert pick(tools=True) is None and pick("other") is None
     assert view.serves(MODEL) and not view.serves("other")  # busy workers still serve it
+    (summary,) = view.models()
+    assert (summary.id, summary.workers, summary.context_size) == (MODEL, 3, 2048)
     view.apply({"replica": "b" * 32, "workers": [], "gone": ["x"]})
     assert view.serves(MODEL)  # y and z on c
     now[0] = 10.0
