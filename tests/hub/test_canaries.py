@@ -151,8 +151,11 @@ async def worker_ids(hub: LiveHub) -> dict[str, str]:
     return {w["name"]: w["id"] for w in await connected(hub)}
 
 
-async def chat(hub: LiveHub, model: str) -> httpx.Response:
-    body = {"model": model, "messages": [{"role": "user", "content": "hello there"}]}
+async def chat(hub: LiveHub, model: str, max_tokens: int | None = None) -> httpx.Response:
+    messages = [{"role": "user", "content": "hello there"}]
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if max_tokens is not None:  # a real model's sampled answer has no bound of its own
+        body["max_tokens"] = max_tokens
     headers = {"Authorization": f"Bearer {hub.user_token}"}
     async with httpx.AsyncClient(timeout=60) as client:
         return await client.post(f"{hub.url}/v1/chat/completions", json=body, headers=headers)
@@ -487,7 +490,7 @@ async def test_an_honest_real_worker_is_promoted_and_then_gets_user_chats(
         await eventually(promoted, "the real newcomer to be promoted", timeout_s=240)
         stop_worker(reference)
         ids = await worker_ids(live_hub)
-        response = await chat(live_hub, BUNDLED_MODEL)
+        response = await chat(live_hub, BUNDLED_MODEL, max_tokens=16)
     finally:
         stop_worker(reference)
         if newcomer is not None:
