@@ -47,6 +47,19 @@ def query_rows(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(fetch())
 
 
+def run_sql(database_url: str, sql: str) -> None:
+    """Run one statement (``CREATE DATABASE``, say) from synchronous test code."""
+
+    async def execute() -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute())
+
+
 def database_uri(uri: str, name: str) -> str:
     """The same server URI with another database name."""
     parts = urlsplit(uri)

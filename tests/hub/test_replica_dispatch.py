@@ -48,7 +48,7 @@ from hub.config import JobsSettings, ServerSettings, Settings
 from hub.replica_view import CapacityView
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
-from tests.conftest import TEMPLATE_DB, database_uri, query_rows
+from tests.conftest import TEMPLATE_DB, database_uri, query_rows, run_sql
 from tests.hub.conftest import (
     free_port,
     register_test_worker,
@@ -312,20 +312,12 @@ def _register(database_url: str, name: str) -> str:
         return pool.submit(asyncio.run, work).result()
 
 
-async def _admin_sql(uri: str, sql: str) -> None:
-    conn = await asyncpg.connect(uri)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def replicas(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
     nats_server = NatsServer(tmp_path_factory.mktemp("nats"))
     nats_server.start()
     name = f"replicas_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin_sql(pg_admin_uri, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+    run_sql(pg_admin_uri, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
     database_url = database_uri(pg_admin_uri, name)
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
     ports = {replica: free_port() for replica in "ABC"}
@@ -365,7 +357,7 @@ def replicas(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
             server.should_exit = True
             thread.join(timeout=30)
         nats_server.stop()
-        asyncio.run(_admin_sql(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        run_sql(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _prepare(pool: Replicas) -> None:

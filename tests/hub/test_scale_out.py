@@ -3,7 +3,6 @@ scheduled jobs once per period across the replicas, and the bus surviving a NATS
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from hub.config import AuthSettings, JobsSettings, Settings
 from hub.errors import HubError
 from inference.settings import InferenceSettings
 from memory.settings import MemorySettings
-from tests.conftest import TEMPLATE_DB, database_uri, query_rows
+from tests.conftest import TEMPLATE_DB, database_uri, query_rows, run_sql
 from tests.hub.conftest import eventually, free_port, serve_in_thread, wait_until
 
 REPLICAS = 3
@@ -92,20 +91,12 @@ class Pool:
         return query_rows(self.database_url, sql, *args)
 
 
-async def _admin_sql(uri: str, sql: str) -> None:
-    conn = await asyncpg.connect(uri)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def pool(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     nats = NatsServer(tmp_path_factory.mktemp("nats"))
     nats.start()
     name = f"scale_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin_sql(pg_admin_uri, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"))
+    run_sql(pg_admin_uri, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
     database_url = database_uri(pg_admin_uri, name)
     servers: list[tuple[uvicorn.Server, Any]] = []
     replicas: list[Replica] = []
@@ -136,7 +127,7 @@ def pool(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             server.should_exit = True
             thread.join(timeout=30)
         nats.stop()
-        asyncio.run(_admin_sql(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        run_sql(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _user_token(pool: Pool, name: str) -> str:
