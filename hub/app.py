@@ -24,7 +24,7 @@ from hub.billing import Billing
 from hub.bookkeeping import BackgroundWriter
 from hub.bus import NatsBus
 from hub.config import Settings
-from hub.db import open_database
+from hub.db import connect_once, open_database
 from hub.embedded import DataDirLock
 from hub.errors import install_error_handlers
 from hub.federation_sync import local_capabilities
@@ -36,7 +36,7 @@ from hub.observability import Metrics
 from hub.pool_events import PoolEvents
 from hub.preferences import PreferenceCache
 from hub.replica_dispatch import ReplicaDispatch
-from hub.replicas import ReplicaRecord
+from hub.replicas import ReplicaRecord, hold_replica_id, replica_id
 from hub.routes import (
     account,
     admin,
@@ -188,17 +188,24 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 )
             events = None
             if settings.bus.nats_url is not None:
+                # The id outlives the process; one live process holds it (its own connection).
+                replica = replica_id(settings.bus.replica_id, settings.data_dir)
+                id_lock = await connect_once(db.uri, settings)
+                stack.push_async_callback(id_lock.close)
+                await hold_replica_id(
+                    id_lock, replica, settings.bus.heartbeat_s, settings.bus.replica_stale_s
+                )
                 bus = await NatsBus.connect(settings.bus, f"hub:{settings.server.port}")
                 stack.push_async_callback(bus.close)
-                events = PoolEvents(bus, resolver, registry, db.pool)
+                events = PoolEvents(bus, resolver, registry, db.pool, replica)
                 events.attach()
                 # Chats go to the other replicas' workers when none is free here.
                 dispatch = registry.remote = ReplicaDispatch(
-                    bus, registry, events.replica, settings.bus, settings.inference
+                    bus, registry, replica, settings.bus, settings.inference
                 )
                 record = ReplicaRecord(
                     db.pool,
-                    events.replica,
+                    replica,
                     f"{settings.server.host}:{settings.server.port}",
                     registry,
                     settings.bus.heartbeat_s,

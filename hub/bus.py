@@ -51,6 +51,13 @@ class BusSettings(BaseModel):
         description="First token of every subject this pool uses: pools sharing a NATS server "
         "need different prefixes.",
     )
+    replica_id: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{32}$",
+        description="This replica's id (32 hex digits), kept across restarts so that its "
+        "queued hand-offs wait for it. Unset: the id in `replica-id` of the data directory, "
+        "made at the first start.",
+    )
     connect_timeout_s: float = Field(
         5.0, gt=0, description="Seconds the first connection to the NATS server may take at start."
     )

@@ -26,7 +26,6 @@ replica to the database's state, only later.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 from uuid import UUID
 
@@ -49,11 +48,16 @@ class PoolEvents:
     """This replica's side of the pool-wide events."""
 
     def __init__(
-        self, bus: NatsBus, tokens: TokenResolver, workers: WorkerRegistry, pool: asyncpg.Pool
+        self,
+        bus: NatsBus,
+        tokens: TokenResolver,
+        workers: WorkerRegistry,
+        pool: asyncpg.Pool,
+        replica: str,
     ) -> None:
         self.bus = bus
         self._pool = pool
-        self.replica = uuid.uuid4().hex
+        self.replica = replica
         self._tokens = tokens
         self._workers = workers
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)

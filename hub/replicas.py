@@ -11,23 +11,117 @@ dead rows, their sessions with them. A replica that stops cleanly deletes its ow
 The live placement view is not read from here (that would be a query per chat): it travels on
 the bus (``hub/replica_view.py``). This is the durable record an operator reads, and what says
 which replica holds a worker when the bus view is not at hand.
+
+**A replica's id outlives its process** (:func:`replica_id`): ``IAMINE_BUS__REPLICA_ID``, else
+the id kept in the data directory's ``replica-id`` file, made at the first start. A restarted
+replica therefore finds its durable JetStream consumer and the hand-offs queued for it while it
+was down. One id belongs to one live process: :func:`hold_replica_id` takes a PostgreSQL
+advisory lock on it for the process's lifetime, on a connection of its own. A second process
+claiming a held id is refused (``replica_id_in_use``) once it saw the holder's heartbeat row
+advance; a holder whose heartbeat went stale is dead (its connection lingers only because its
+machine vanished) and its lock is taken over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import anyio
 import asyncpg
 import structlog
 
+from hub.errors import HubError
 from hub.replica_view import CHANGE_CHECK_S
 from inference.registry import WorkerRegistry
 
 log = structlog.get_logger()
+
+REPLICA_ID_FILE = "replica-id"
+# First key of the replica ids' advisory locks (the scheduler's leases use 0x1A31).
+REPLICA_ID_CLASS = 0x1A32
+_REPLICA_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def replica_id(configured: str | None, data_dir: Path) -> str:
+    """This replica's id: the configured one, else the data directory's (made if missing).
+
+    Raises :class:`HubError` ``replica_id_unreadable`` when the file holds something else than
+    an id: a replica must not silently become another one.
+    """
+    if configured is not None:
+        return configured
+    path = data_dir / REPLICA_ID_FILE
+    if path.exists():
+        kept = path.read_text(encoding="utf-8").strip()
+        if _REPLICA_ID.match(kept) is None:
+            raise HubError(
+                f"{path} does not hold a replica id (32 hex digits): fix or delete it, or set "
+                "IAMINE_BUS__REPLICA_ID.",
+                code="replica_id_unreadable",
+            )
+        return kept
+    made = uuid.uuid4().hex
+    data_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(made + "\n", encoding="utf-8")
+    partial.replace(path)
+    return made
+
+
+async def hold_replica_id(
+    conn: asyncpg.Connection, replica: str, heartbeat_s: float, stale_s: float
+) -> None:
+    """Take ``replica``'s advisory lock on ``conn`` (held until it closes), or refuse.
+
+    When another connection holds it, its heartbeat row decides: a row that advances is a live
+    process (refused, :class:`HubError` ``replica_id_in_use``); a row gone stale is a dead one,
+    whose connection is ended and whose lock is taken.
+    """
+    since, first = time.monotonic(), None
+    while not await conn.fetchval(
+        "SELECT pg_try_advisory_lock($1, hashtext($2))", REPLICA_ID_CLASS, replica
+    ):
+        row = await conn.fetchrow(
+            "SELECT address, heartbeat, extract(epoch FROM now() - heartbeat)::float8 AS age "
+            "FROM hub_replicas WHERE id = $1",
+            replica,
+        )
+        beat = None if row is None else row["heartbeat"]
+        if row is not None and first is not None and beat != first:
+            raise HubError(
+                f"Replica id {replica} is in use by a live hub process (its heartbeat row: "
+                f"address {row['address']}, beat {row['age']:.1f} s ago). Give each replica "
+                "its own data directory or IAMINE_BUS__REPLICA_ID.",
+                code="replica_id_in_use",
+            )
+        # No row yet may be a holder that is still starting: silent only after stale_s.
+        silent = row["age"] > stale_s if row is not None else time.monotonic() - since > stale_s
+        if silent:
+            await _end_holder(conn, replica)
+        first = beat
+        log.info("replica_id_held_elsewhere", replica=replica, waiting_s=heartbeat_s)
+        await asyncio.sleep(heartbeat_s)
+
+
+async def _end_holder(conn: asyncpg.Connection, replica: str) -> None:
+    """End the connection that holds ``replica``'s lock while its heartbeat is stale."""
+    ended = await conn.fetchval(
+        """
+        SELECT count(pg_terminate_backend(pid)) FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND classid = $1
+          AND objid = hashtext($2)::oid AND objsubid = 2
+          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        """,
+        REPLICA_ID_CLASS,
+        replica,
+    )
+    log.warning("replica_id_taken_over", replica=replica, connections_ended=ended)
 
 
 @dataclass(frozen=True)
