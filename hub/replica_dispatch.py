@@ -55,7 +55,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from hub import replica_view
 from hub.bus import BusSettings, NatsBus
-from hub.replica_view import CapacityPublisher, CapacityView, Choice
+from hub.replica_view import CapacityPublisher, CapacityView, Choice, RemoteWorker
 from inference.link import (
     WORKER_LOST,
     JobHandle,
@@ -65,6 +65,7 @@ from inference.link import (
 )
 from inference.protocol import Cancel, Chunk, Done, Error, Frame, Job
 from inference.registry import ModelSummary, WorkerRegistry
+from inference.router import Candidate
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()
@@ -157,16 +158,79 @@ class ReplicaDispatch:
         needs_context: int,
         min_trust: int,
     ) -> JobHandle | None:
-        """A handle on another replica's free worker (sent by ``registry.start``), or None."""
-        choice = self.view.pick(
+        """A handle on the router's choice among the other replicas' free workers, or None.
+
+        The choice weighs them pool-wide (this replica's workers count in the targets), as
+        the first placement does; sent by ``registry.start``.
+        """
+        found = self.candidates(
             job.model,
+            needs_tools=needs_tools,
+            needs_context=needs_context,
+            min_trust=min_trust,
+            avoid=avoid | self.registry.workers.keys(),
+        )
+        if not found:
+            return None
+        chosen = self.registry.router.pick(found, self.registry.connected(), self)
+        return self.place(
+            chosen,
+            job,
+            needs_tools=needs_tools,
+            user=user,
+            needs_context=needs_context,
+            min_trust=min_trust,
+        )
+
+    def candidates(
+        self,
+        model: str,
+        *,
+        needs_tools: bool,
+        needs_context: int,
+        min_trust: int,
+        avoid: frozenset[str] | set[str],
+    ) -> list[Choice]:
+        """The other live replicas' free workers that could take the job (the view, no query)."""
+        return self.view.candidates(
+            model,
             needs_tools=needs_tools,
             needs_context=needs_context,
             min_trust=min_trust,
             avoid=avoid,
         )
-        if choice is None:
-            return None
+
+    def connected(self) -> list[RemoteWorker]:
+        """Every worker of the other live replicas, free or busy (the view)."""
+        return self.view.connected()
+
+    def speed(self, worker_id: str) -> float | None:
+        """Another replica's worker's speed, as that replica measured it."""
+        return self.view.speed(worker_id)
+
+    def served(self, worker_id: str) -> float:
+        """Another replica's worker's served tokens, decayed to now."""
+        return self.view.served(worker_id)
+
+    def total_served(self) -> float:
+        """Tokens the other live replicas' workers served, decayed to now."""
+        return self.view.total_served()
+
+    def place(
+        self,
+        chosen: Candidate,
+        job: Job,
+        *,
+        needs_tools: bool,
+        user: str,
+        needs_context: int,
+        min_trust: int,
+    ) -> JobHandle:
+        """A handle on ``chosen`` (one of :meth:`candidates`), its slot counted taken here."""
+        assert isinstance(chosen, Choice)
+        choice = chosen
+        expected = self.registry.expected_tokens(job)
+        self.view.take(choice, expected)
         link = self._link(choice)
         max_chunks, max_chars = output_allowance(
             job.params.max_tokens or link.models[job.model].context_size
@@ -175,10 +239,10 @@ class ReplicaDispatch:
             job=job,
             worker=link,
             user=user,
-            expected_tokens=self.registry.expected_tokens(job),
+            expected_tokens=expected,
             max_chunks=max_chunks,
             max_chars=max_chars,
-            accounted=True,  # the router's shares describe this replica's workers only
+            accounted=True,  # the worker's replica charges its router, and states it
         )
         link.jobs[job.job_id] = handle
         self._pending[job.job_id] = HandOff(
@@ -479,17 +543,22 @@ class ReplicaDispatch:
                     await self.registry.cancel(handle)
 
     async def _place(self, handoff: HandOff) -> JobHandle | None:
-        """A local worker for the job, waiting ``HANDOFF_QUEUE_S`` at most for a slot."""
+        """A local worker for the job, waiting ``HANDOFF_QUEUE_S`` at most for a slot.
+
+        The worker the sender's router chose, if it is free here; else this router's choice.
+        """
         registry, job = self.registry, handoff.job
-        handle = registry.try_place(
-            job,
-            needs_tools=handoff.needs_tools,
-            user=handoff.user,
-            needs_context=handoff.needs_context,
-            min_trust=handoff.min_trust,
-        )
-        if handle is not None:
-            return handle
+        for only in (handoff.worker, None):
+            handle = registry.try_place(
+                job,
+                needs_tools=handoff.needs_tools,
+                user=handoff.user,
+                only=only,
+                needs_context=handoff.needs_context,
+                min_trust=handoff.min_trust,
+            )
+            if handle is not None:
+                return handle
         ticket = registry.enqueue(
             job,
             needs_tools=handoff.needs_tools,

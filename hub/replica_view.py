@@ -13,6 +13,16 @@ A snapshot is a claim, not a reservation: two replicas may both see the last fre
 receiving replica then queues the job briefly and answers ``replica_busy`` if no slot frees,
 and the sender tries elsewhere (``hub/replica_dispatch.py``). Between two snapshots a sender
 counts the slots it took itself, so a burst from one replica spreads over the free workers.
+
+**What the router needs travels too**: each worker's hardware class, measured speed and served
+work (tokens, decayed to the snapshot's ``at``, a wall-clock time), so that every replica's
+:class:`~inference.router.DeficitRouter` weighs all the pool's workers together (the view is
+its :class:`~inference.router.Standings`). The receiver decays served work itself from then on.
+Nothing is taken on faith: values out of range are refused by the schema (the snapshot is
+logged as ``replica_capacity_unreadable`` and counted in :attr:`CapacityView.refused`), a
+statement time further than ``MAX_SKEW_S`` from the receiver's clock is clamped, and a replica
+speaks only for the workers it lists: a worker another replica claims later (it moved) leaves
+the first one's list, and a worker linked here is never read from the view.
 """
 
 from __future__ import annotations
@@ -33,12 +43,16 @@ from hub.bus import NatsBus
 from inference.link import WorkerLink
 from inference.protocol import Hardware, ModelInfo
 from inference.registry import ModelSummary, WorkerRegistry
+from inference.router import HALF_LIFE_S, MAX_CHARGE, DeficitRouter
 
 log = structlog.get_logger()
 
 SUBJECT = "capacity"
 CHANGE_CHECK_S = 0.1  # how soon a change of free slots reaches the bus
 FULL_EVERY = 10  # heartbeats between two full snapshots (changes go as they happen)
+MAX_SPEED = 1e6  # tokens/s: a stated speed above this is garbage
+MAX_SERVED = 1e15  # tokens: a stated served amount above this is garbage
+MAX_SKEW_S = 30.0  # a statement time further than this from the receiver's clock is clamped
 
 
 class RemoteWorker(BaseModel):
@@ -54,6 +68,13 @@ class RemoteWorker(BaseModel):
     trust: int
     tools_ok: bool | None = None
     models: list[ModelInfo]
+    speed: float | None = Field(None, gt=0, le=MAX_SPEED, allow_inf_nan=False)
+    served: float = Field(0.0, ge=0, le=MAX_SERVED, allow_inf_nan=False)
+
+    @property
+    def free_slots(self) -> int:
+        """Free slots, as the router reads a worker."""
+        return self.free
 
 
 class Snapshot(BaseModel):
@@ -68,10 +89,11 @@ class Snapshot(BaseModel):
     full: bool = True
     workers: list[RemoteWorker]
     gone: list[str] = Field(default_factory=list)
+    at: float | None = Field(None, allow_inf_nan=False)  # wall clock of the served amounts
 
 
-def remote_worker(link: WorkerLink) -> RemoteWorker:
-    """How a local worker link is described to the other replicas."""
+def remote_worker(link: WorkerLink, router: DeficitRouter) -> RemoteWorker:
+    """How a local worker link is described to the other replicas (with its router state)."""
     return RemoteWorker(
         id=link.id,
         name=link.name,
@@ -83,114 +105,229 @@ def remote_worker(link: WorkerLink) -> RemoteWorker:
         trust=link.trust,
         tools_ok=link.tools_ok,
         models=list(link.models.values()),
+        speed=router.speed(link.id),
+        served=router.served(link.id),
     )
+
+
+def _decayed(amount: float, age_s: float, half_life_s: float) -> float:
+    factor: float = 2.0 ** (-max(age_s, 0.0) / half_life_s)
+    return amount * factor
 
 
 @dataclass
 class _Replica:
     workers: dict[str, RemoteWorker]
     seen: float
+    half_life_s: float
     # Per model, the workers with a free slot (insertion order): a placement looks at these only.
     free: dict[str, dict[str, RemoteWorker]] = field(default_factory=dict)
     # Per model, how many workers offer it, free or busy: whether the replica serves it at all.
     models: Counter[str] = field(default_factory=Counter)
+    # When each worker's ``served`` was stated (this view's clock), and their sum then.
+    stated: dict[str, float] = field(default_factory=dict)
+    served: float = 0.0
+    served_at: float = 0.0
 
-    def put(self, worker: RemoteWorker) -> None:
-        self.drop(worker.id)
+    def put(self, worker: RemoteWorker, now: float) -> None:
+        self.drop(worker.id, now)
         self.workers[worker.id] = worker
+        self.stated[worker.id] = now
+        self.served = self.total(now) + worker.served
         self.models.update(info.id for info in worker.models)
         if worker.free > 0:
             for info in worker.models:
                 self.free.setdefault(info.id, {})[worker.id] = worker
 
-    def drop(self, worker_id: str) -> None:
+    def drop(self, worker_id: str, now: float) -> None:
         old = self.workers.pop(worker_id, None)
         if old is not None:
+            gone = self.served_now(old, now)
+            self.served = max(self.total(now) - gone, 0.0)
+            del self.stated[worker_id]
             self.models.subtract(info.id for info in old.models)
             for info in old.models:
                 self.free.get(info.id, {}).pop(worker_id, None)
 
+    def served_now(self, worker: RemoteWorker, now: float) -> float:
+        return _decayed(worker.served, now - self.stated[worker.id], self.half_life_s)
+
+    def total(self, now: float) -> float:
+        """The served sum brought to ``now`` (the one decay applies to the whole sum)."""
+        self.served, self.served_at = (
+            _decayed(self.served, now - self.served_at, self.half_life_s),
+            now,
+        )
+        return self.served
+
 
 @dataclass(frozen=True)
 class Choice:
-    """A free worker of another replica, and that replica's id."""
+    """A free worker of another replica, and that replica's id (a router candidate)."""
 
     replica: str
     worker: RemoteWorker
 
+    @property
+    def id(self) -> str:
+        """The worker's id."""
+        return self.worker.id
+
+    @property
+    def name(self) -> str:
+        """The worker's name."""
+        return self.worker.name
+
+    @property
+    def hardware(self) -> Hardware:
+        """The worker's hardware class."""
+        return self.worker.hardware
+
+    @property
+    def free_slots(self) -> int:
+        """The worker's free slots, as last heard (less those taken here since)."""
+        return self.worker.free
+
 
 class CapacityView:
-    """The other replicas' workers, by replica id, from their snapshots (this one's skipped)."""
+    """The other replicas' workers, by replica id, from their snapshots (this one's skipped).
+
+    It is also the router's :class:`~inference.router.Standings` for those workers: their
+    speeds and served work, as their replicas state them.
+    """
 
     def __init__(
-        self, own: str, stale_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        own: str,
+        stale_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        half_life_s: float = HALF_LIFE_S,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.own = own
         self.stale_s = stale_s
         self._clock = clock
+        self._wall = wall
+        self._half_life_s = half_life_s
         self._replicas: dict[str, _Replica] = {}
+        self._where: dict[str, str] = {}  # worker id -> the replica that claims it
         self.updates = 0
+        self.refused = 0
 
     def apply(self, data: dict[str, Any]) -> None:
-        """Take one snapshot off the bus; a malformed one is logged and ignored."""
+        """Take one snapshot off the bus; a malformed one is logged, counted and ignored."""
         try:
             snap = Snapshot.model_validate(data)
         except ValidationError as exc:
+            self.refused += 1
             log.warning("replica_capacity_unreadable", error=str(exc)[:200])
             return
         if snap.replica == self.own:
             return
         self.updates += 1
+        now = self._clock()
         entry = self._replicas.get(snap.replica)
         if entry is None or snap.full:
-            entry = self._replicas[snap.replica] = _Replica({}, self._clock())
-        entry.seen = self._clock()
+            if entry is not None:
+                self._unclaim(snap.replica, entry)
+            entry = self._replicas[snap.replica] = _Replica({}, now, self._half_life_s)
+        entry.seen = now
+        # Served amounts were stated at ``at`` on the sender's clock: decay them to now.
+        age = 0.0 if snap.at is None else min(max(self._wall() - snap.at, 0.0), MAX_SKEW_S)
         for worker_id in snap.gone:
-            entry.drop(worker_id)
+            if self._where.get(worker_id) == snap.replica:
+                del self._where[worker_id]
+            entry.drop(worker_id, now)
         for worker in snap.workers:
-            entry.put(worker)
+            self._claim(snap.replica, worker.id, now)
+            worker.served = _decayed(worker.served, age, self._half_life_s)
+            entry.put(worker, now)
+
+    def _claim(self, replica: str, worker_id: str, now: float) -> None:
+        """The latest replica to list a worker holds it (it moved): the other one lets go."""
+        before = self._where.get(worker_id)
+        if before is not None and before != replica and before in self._replicas:
+            self._replicas[before].drop(worker_id, now)
+            log.info("replica_worker_moved", worker=worker_id, before=before, now=replica)
+        self._where[worker_id] = replica
+
+    def _unclaim(self, replica: str, entry: _Replica) -> None:
+        for worker_id in entry.workers:
+            if self._where.get(worker_id) == replica:
+                del self._where[worker_id]
 
     def live(self) -> list[str]:
         """Replicas heard from within ``stale_s`` (the dead are forgotten here)."""
         cutoff = self._clock() - self.stale_s
         for replica in [r for r, entry in self._replicas.items() if entry.seen < cutoff]:
-            del self._replicas[replica]
+            self._unclaim(replica, self._replicas.pop(replica))
             log.warning("replica_silent", replica=replica)
         return list(self._replicas)
 
-    def pick(
+    def candidates(
         self,
         model: str,
         *,
         needs_tools: bool,
         needs_context: int,
         min_trust: int,
-        avoid: frozenset[str],
-    ) -> Choice | None:
-        """A free worker of a live replica, its slot counted taken until the next snapshot.
+        avoid: frozenset[str] | set[str],
+    ) -> list[Choice]:
+        """Every free worker of a live replica that could serve the job, for the router.
 
-        Each replica offers its first free worker that could serve the job (trust, context,
-        tools as the hub's own placement checks them); the offer with the most free slots wins.
-        Only workers with a free slot for the model are looked at, so a placement costs about
-        one look per replica, not one per worker.
+        Trust, context and tools are checked as the hub's own placement checks them; only the
+        workers with a free slot for the model are looked at.
         """
-        best: Choice | None = None
-        for replica in self.live():
-            for worker in self._replicas[replica].free.get(model, {}).values():
-                if worker.id in avoid or worker.trust < min_trust:
-                    continue
-                if not _serves(worker, model, needs_tools, needs_context):
-                    continue
-                if best is None or worker.free > best.worker.free:
-                    best = Choice(replica, worker)
-                break
-        if best is not None:
-            best.worker.free -= 1
-            if best.worker.free <= 0:
-                entry = self._replicas[best.replica]
-                for info in best.worker.models:
-                    entry.free.get(info.id, {}).pop(best.worker.id, None)
-        return best
+        return [
+            Choice(replica, worker)
+            for replica in self.live()
+            for worker in self._replicas[replica].free.get(model, {}).values()
+            if worker.id not in avoid
+            and worker.trust >= min_trust
+            and _serves(worker, model, needs_tools, needs_context)
+        ]
+
+    def connected(self) -> list[RemoteWorker]:
+        """Every worker of the live replicas, free or busy (the router's targets need them)."""
+        return [w for replica in self.live() for w in self._replicas[replica].workers.values()]
+
+    def take(self, choice: Choice, expected_tokens: float) -> None:
+        """Count a slot taken and its expected work served, until the worker's next snapshot.
+
+        A burst of placements then spreads as the router intends before the worker's replica
+        has said anything; its next statement replaces these guesses.
+        """
+        worker, entry = choice.worker, self._replicas.get(choice.replica)
+        if entry is None or entry.workers.get(worker.id) is not worker:
+            return
+        now = self._clock()
+        served = entry.served_now(worker, now) + min(max(expected_tokens, 0.0), MAX_CHARGE)
+        entry.put(worker.model_copy(update={"served": served, "free": worker.free - 1}), now)
+
+    def speed(self, worker_id: str) -> float | None:
+        """The worker's speed as its replica measured it (None: unmeasured or unknown)."""
+        worker = self._worker(worker_id)
+        return None if worker is None else worker.speed
+
+    def served(self, worker_id: str) -> float:
+        """The worker's served tokens, decayed to now (0 when unknown)."""
+        replica = self._where.get(worker_id)
+        entry = None if replica is None else self._replicas.get(replica)
+        worker = None if entry is None else entry.workers.get(worker_id)
+        if entry is None or worker is None:
+            return 0.0
+        return entry.served_now(worker, self._clock())
+
+    def total_served(self) -> float:
+        """Tokens served by every worker of the live replicas, decayed to now."""
+        now = self._clock()
+        return sum(self._replicas[replica].total(now) for replica in self.live())
+
+    def _worker(self, worker_id: str) -> RemoteWorker | None:
+        replica = self._where.get(worker_id)
+        entry = None if replica is None else self._replicas.get(replica)
+        return None if entry is None else entry.workers.get(worker_id)
 
     def serves(self, model: str) -> bool:
         """Whether a worker of a live replica offers the model, free or busy."""
@@ -235,6 +372,9 @@ def _serves(worker: RemoteWorker, model: str, needs_tools: bool, needs_context: 
     )
 
 
+_State = tuple[int, int, bool | None, float | None]  # free slots, trust, tools, speed
+
+
 class CapacityPublisher:
     """Publishes this replica's changes as they happen, and a sign of life every heartbeat."""
 
@@ -244,17 +384,20 @@ class CapacityPublisher:
         self._registry = registry
         self._heartbeat_s = heartbeat_s
 
-    def _links(self) -> dict[str, tuple[WorkerLink, tuple[int, int, bool | None]]]:
+    def _links(self) -> dict[str, tuple[WorkerLink, _State]]:
         # Compared every CHANGE_CHECK_S: cheap, and a worker is described only when it changed.
+        # Served work changes with every charge, and a charge comes with a slot taken or
+        # freed; between charges it only decays, which each receiver does itself.
+        speed = self._registry.router.speed
         return {
-            link.id: (link, (link.free_slots, link.trust, link.tools_ok))
+            link.id: (link, (link.free_slots, link.trust, link.tools_ok, speed(link.id)))
             for link in self._registry.workers.values()
             if link.excluded is None
         }
 
     async def run(self) -> None:
         """Until cancelled: look for changes every ``CHANGE_CHECK_S``, publish them."""
-        last: dict[str, tuple[int, int, bool | None]] = {}
+        last: dict[str, _State] = {}
         sent, beats = 0.0, 0
         while True:
             links = self._links()
@@ -264,11 +407,13 @@ class CapacityPublisher:
             changed = [link for link, state in links.values() if full or last.get(link.id) != state]
             gone = [] if full else [worker_id for worker_id in last if worker_id not in links]
             if changed or gone or due:
+                router = self._registry.router
                 snap = Snapshot(
                     replica=self._replica,
                     full=full,
-                    workers=[remote_worker(link) for link in changed],
+                    workers=[remote_worker(link, router) for link in changed],
                     gone=gone,
+                    at=time.time(),
                 )
                 try:
                     await self._bus.publish(SUBJECT, snap.model_dump(mode="json"))

@@ -2,8 +2,9 @@
 
 1. **Placement**: the router's choice among free workers of the model, or a wait in the fair queue
    (``queue_wait_s`` from pool_config) → route ``direct`` or ``queued``; with several hub
-   replicas, a free worker linked to another replica when none is free here → route ``replica``
-   (``hub/replica_dispatch.py``: its handle fails over like a local one).
+   replicas the router weighs the other replicas' free workers with this one's, pool-wide, and
+   may choose one of theirs → route ``replica`` (``hub/replica_dispatch.py``: its handle fails
+   over like a local one).
 2. **Fallback**: the model's fallback chain (pool_config), tried in order → route ``fallback``.
 3. **Peer pools**: the peer step (federation fills it) → route ``peer``: taken before placement
    when no local worker can take the job soon (none capable, or the predicted wait above the
@@ -164,6 +165,7 @@ async def _place(
     ``fallbacks`` (another model cannot finish this one's sentence).
     """
     started = time.monotonic()
+    # With several hub replicas, the router weighs their free workers with this one's.
     handle = registry.try_place(
         job,
         needs_tools=needs_tools,
@@ -172,16 +174,13 @@ async def _place(
         only=only,
         needs_context=needs_context,
         min_trust=min_trust,
+        anywhere=True,
     )
     if handle is not None:
         await registry.start(handle)
-        yield _Placed(handle, "direct", _ms(started))
+        yield _Placed(handle, "direct" if registry.holds(handle) else "replica", _ms(started))
         return
     remote = partial(_on_replica, registry, job, needs_tools, user, avoid, needs_context, min_trust)
-    if only is None and (handle := remote()) is not None:
-        await registry.start(handle)
-        yield _Placed(handle, "replica", _ms(started))
-        return
     config = registry.config
     grace = config.queue_wait_s if wait_s is None else wait_s
     bound = max(config.max_queue_wait_s, grace) if wait_s is None else wait_s

@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +22,7 @@ import structlog
 from inference.link import WORKER_LOST, JobFrame, JobHandle, WorkerLink, output_allowance
 from inference.pool_config import PoolConfig
 from inference.protocol import Cancel, Chunk, Done, Error, ErrorCode, InferenceError, Job, ModelInfo
-from inference.router import DeficitRouter, FairQueue, Waiter
+from inference.router import Candidate, DeficitRouter, FairQueue, Standings, Waiter
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()
@@ -80,8 +80,41 @@ def _together(a: ModelSummary, b: ModelSummary) -> ModelSummary:
     )
 
 
-class RemotePlacement(Protocol):
-    """Free workers linked to the pool's other hub replicas (``hub/replica_dispatch.py``)."""
+class RemotePlacement(Standings, Protocol):
+    """Workers linked to the pool's other hub replicas (``hub/replica_dispatch.py``).
+
+    Also the router's :class:`~inference.router.Standings` of those workers: placement weighs
+    them with this replica's own, pool-wide.
+    """
+
+    def candidates(
+        self,
+        model: str,
+        *,
+        needs_tools: bool,
+        needs_context: int,
+        min_trust: int,
+        avoid: frozenset[str] | set[str],
+    ) -> Sequence[Candidate]:
+        """The other replicas' free workers that could take the job, as last heard."""
+        ...
+
+    def connected(self) -> Sequence[Candidate]:
+        """Every worker of the other live replicas, free or busy."""
+        ...
+
+    def place(
+        self,
+        chosen: Candidate,
+        job: Job,
+        *,
+        needs_tools: bool,
+        user: str,
+        needs_context: int,
+        min_trust: int,
+    ) -> JobHandle:
+        """A handle on ``chosen`` (one of :meth:`candidates`), not sent yet."""
+        ...
 
     def try_place(
         self,
@@ -93,7 +126,7 @@ class RemotePlacement(Protocol):
         needs_context: int,
         min_trust: int,
     ) -> JobHandle | None:
-        """A handle on another replica's free worker (not sent yet), or None."""
+        """A handle on the router's choice among the other replicas' free workers, or None."""
         ...
 
     def free_slots(self, model: str) -> int:
@@ -408,11 +441,50 @@ class WorkerRegistry:
         only: str | None = None,
         needs_context: int = 0,
         min_trust: int = 0,
+        anywhere: bool = False,
     ) -> JobHandle | None:
-        """Attach the job to the router's choice among free workers now (not sent yet)."""
-        return self._try_place(
-            job, needs_tools, avoid, user, self.expected_tokens(job), only, needs_context, min_trust
+        """Attach the job to the router's choice among free workers now (not sent yet).
+
+        ``anywhere``: the other hub replicas' free workers are weighed with this one's, and
+        the choice may be one of theirs (:meth:`holds` tells).
+        """
+        expected = self.expected_tokens(job)
+        if not anywhere or only is not None or self.remote is None:
+            return self._try_place(
+                job, needs_tools, avoid, user, expected, only, needs_context, min_trust
+            )
+        eligible = self.eligible(job.model, needs_tools, avoid, None, needs_context, min_trust)
+        others = self.remote.candidates(
+            job.model,
+            needs_tools=needs_tools,
+            needs_context=needs_context,
+            min_trust=min_trust,
+            avoid=avoid | self.workers.keys(),
         )
+        if not eligible and not others:
+            return None
+        chosen = self.router.pick([*eligible, *others], self.connected(), self.remote)
+        if isinstance(chosen, WorkerLink):
+            return self._assign(chosen, job, user, expected)
+        return self.remote.place(
+            chosen,
+            job,
+            needs_tools=needs_tools,
+            user=user,
+            needs_context=needs_context,
+            min_trust=min_trust,
+        )
+
+    def holds(self, handle: JobHandle) -> bool:
+        """Whether the handle's worker is linked to this replica (not another's)."""
+        return self.workers.get(handle.worker.id) is handle.worker
+
+    def connected(self) -> list[Candidate]:
+        """The pool's workers the router's targets are over: this replica's and the others'."""
+        if self.remote is None:
+            return list(self.workers.values())
+        others = (w for w in self.remote.connected() if w.id not in self.workers)
+        return [*self.workers.values(), *others]
 
     def _try_place(
         self,
@@ -428,7 +500,7 @@ class WorkerRegistry:
         eligible = self.eligible(job.model, needs_tools, avoid, only, needs_context, min_trust)
         if not eligible:
             return None
-        chosen = self.router.pick(eligible, self.workers.values())
+        chosen = self.router.pick(eligible, self.connected(), self.remote)
         return self._assign(chosen, job, user, expected)
 
     def _release_waiters(self) -> None:

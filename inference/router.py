@@ -7,6 +7,11 @@ job charges its expected tokens to the chosen worker (corrected to the real coun
 The eligible worker whose served share lags its target the most gets the next job. Served work
 decays with a half-life, so the shares describe recent work, not all history.
 
+**Pool-wide.** With several hub replicas, each is the authority on its own workers' served
+work and speeds; the others' arrive as :class:`Standings` (``hub/replica_view.py``) and the pick
+weighs local and remote workers together: targets over every connected worker of the pool, lag
+against the pool's served total.
+
 **Fair queue.** Jobs that find no free worker wait in a priority queue ordered by priority, then
 by how many jobs the same user already has running, then by arrival: one user's burst cannot
 starve others.
@@ -25,6 +30,7 @@ from inference.pool_config import PoolConfig
 from inference.protocol import Hardware
 
 DEFAULT_SPEED = 1.0
+HALF_LIFE_S = 600.0  # served work halves in this long: shares describe recent work
 # The most tokens one charge may book: a worker's absurd usage report must not overflow a float.
 MAX_CHARGE = 10**9
 
@@ -45,6 +51,22 @@ class Candidate(Protocol):
     def free_slots(self) -> int: ...
 
 
+class Standings(Protocol):
+    """Workers this router does not serve itself (other hub replicas'), as their owners state."""
+
+    def speed(self, worker_id: str) -> float | None:
+        """The worker's measured speed (tokens/s), if its replica measured one."""
+        ...
+
+    def served(self, worker_id: str) -> float:
+        """Tokens the worker served, decayed to now (0 for a worker not known)."""
+        ...
+
+    def total_served(self) -> float:
+        """Tokens served by every worker these standings describe, decayed to now."""
+        ...
+
+
 @dataclass
 class _Served:
     raw: float = 0.0
@@ -55,7 +77,7 @@ class DeficitRouter:
     """Chooses workers so each one's share of recent work tracks its target share."""
 
     def __init__(
-        self, config: PoolConfig, clock: Callable[[], float], half_life_s: float = 600.0
+        self, config: PoolConfig, clock: Callable[[], float], half_life_s: float = HALF_LIFE_S
     ) -> None:
         self.config = config
         self._clock = clock
@@ -110,15 +132,62 @@ class DeficitRouter:
         if stat is not None:
             self._total_raw = max(self._total_raw - stat.raw, 0.0)
 
-    def served_share(self, worker_id: str) -> float:
-        """The worker's share of recent work (0 when nothing was served yet)."""
-        if self._total_raw <= 0 or worker_id not in self._stats:
-            return 0.0
-        return self._stats[worker_id].raw / self._total_raw
+    def served(self, worker_id: str) -> float:
+        """Tokens the worker served, decayed to now (what its replica tells the others)."""
+        stat = self._stats.get(worker_id)
+        return 0.0 if stat is None else stat.raw / self._growth()
 
-    def targets(self, workers: Iterable[Candidate]) -> dict[str, float]:
-        """Target share of each connected worker under the current policy."""
+    def total_served(self) -> float:
+        """Tokens this router's workers served, decayed to now."""
+        return self._total_raw / self._growth()
+
+    def served_share(self, worker_id: str, others: Standings | None = None) -> float:
+        """The worker's share of recent work (0 when nothing was served yet).
+
+        With ``others`` the share is of the whole pool's work, and a worker this router never
+        charged is read from them.
+        """
+        if others is None:
+            if self._total_raw <= 0 or worker_id not in self._stats:
+                return 0.0
+            return self._stats[worker_id].raw / self._total_raw
+        return self._shares(others)(worker_id)
+
+    def _shares(self, others: Standings | None) -> Callable[[str], float]:
+        """The served-share function of one pick: totals computed once, not per worker."""
+        if others is None:
+            return self.served_share
+        growth = self._growth()
+        total = self._total_raw / growth + others.total_served()
+
+        def share(worker_id: str) -> float:
+            if total <= 0:
+                return 0.0
+            stat = self._stats.get(worker_id)
+            served = others.served(worker_id) if stat is None else stat.raw / growth
+            return served / total
+
+        return share
+
+    def _speed_of(self, others: Standings | None) -> Callable[[str], float | None]:
+        if others is None:
+            return self.speed
+
+        def speed(worker_id: str) -> float | None:
+            stat = self._stats.get(worker_id)
+            return others.speed(worker_id) if stat is None else stat.speed
+
+        return speed
+
+    def targets(
+        self, workers: Iterable[Candidate], others: Standings | None = None
+    ) -> dict[str, float]:
+        """Target share of each connected worker under the current policy.
+
+        ``others`` states the speeds of workers this router did not measure (other replicas').
+        """
         workers = list(workers)
+        speed_of = self._speed_of(others)
         fixed = {
             w.id: self.config.worker_shares[w.name]
             for w in workers
@@ -137,46 +206,54 @@ class DeficitRouter:
         targets = dict(fixed)
         for hardware, members in by_class.items():
             class_share = remaining * present[hardware] / total
-            speeds = self._speeds_or_median(members)
+            speeds = _speeds_or_median([speed_of(w.id) for w in members])
             speed_sum = sum(speeds)
             for w, speed in zip(members, speeds, strict=True):
                 targets[w.id] = class_share * speed / speed_sum
         return targets
 
-    def _speeds_or_median(self, members: Sequence[Candidate]) -> list[float]:
-        """Measured speeds; the unmeasured count as the median of their measured peers.
-
-        The median is taken once per class: per worker it made one pick cost
-        O(unmeasured x workers log workers), 100 ms for 1,000 fresh workers.
-        """
-        measured = [self.speed(w.id) for w in members]
-        known = sorted(s for s in measured if s is not None)
-        median = known[len(known) // 2] if known else DEFAULT_SPEED
-        return [median if s is None else s for s in measured]
-
-    def pick[C: Candidate](self, eligible: Sequence[C], connected: Iterable[Candidate]) -> C:
+    def pick[C: Candidate](
+        self,
+        eligible: Sequence[C],
+        connected: Iterable[Candidate],
+        others: Standings | None = None,
+    ) -> C:
         """The eligible worker lagging its target share the most, in the class lagging most.
 
         Choosing the class first keeps the class shares on target when some workers cannot
         take their own share (too few slots): their shortfall is made up inside their class,
-        not spread over every worker, most of which are CPUs.
+        not spread over every worker, most of which are CPUs. ``others`` states the served
+        work and speeds of the workers of ``connected`` this router does not serve (other
+        replicas'): shares are then the whole pool's.
         """
         if not eligible:
             raise ValueError("pick needs at least one eligible worker")
         if len(eligible) == 1:  # the usual case of a small pool: no shares to weigh
             return eligible[0]
         connected = list(connected)
-        targets = self.targets(connected)
+        targets = self.targets(connected, others)
+        share, speed = self._shares(others), self._speed_of(others)
         class_lag: dict[Hardware, float] = defaultdict(float)
         for w in connected:
-            class_lag[w.hardware] += targets.get(w.id, 0.0) - self.served_share(w.id)
+            class_lag[w.hardware] += targets.get(w.id, 0.0) - share(w.id)
         hardware = max(sorted({w.hardware for w in eligible}), key=class_lag.__getitem__)
 
         def deficit(w: C) -> tuple[float, int, float]:
-            lag = targets.get(w.id, 0.0) - self.served_share(w.id)
-            return (lag, w.free_slots, self.speed(w.id) or 0.0)
+            lag = targets.get(w.id, 0.0) - share(w.id)
+            return (lag, w.free_slots, speed(w.id) or 0.0)
 
         return max((w for w in eligible if w.hardware == hardware), key=deficit)
+
+
+def _speeds_or_median(measured: Sequence[float | None]) -> list[float]:
+    """Measured speeds; the unmeasured count as the median of their measured peers.
+
+    The median is taken once per class: per worker it made one pick cost
+    O(unmeasured x workers log workers), 100 ms for 1,000 fresh workers.
+    """
+    known = sorted(s for s in measured if s is not None)
+    median = known[len(known) // 2] if known else DEFAULT_SPEED
+    return [median if s is None else s for s in measured]
 
 
 @dataclass(eq=False)

@@ -567,7 +567,7 @@ def test_after_a_nats_restart_hand_offs_flow_again_and_a_live_stream_completes(
     wait_until(lambda: _free_slots_seen(replicas, "A"), 60, "A to hand chats to C again")
 
 
-def test_the_capacity_view_picks_the_freest_live_worker_and_forgets_silent_replicas() -> None:
+def test_the_capacity_view_offers_live_capable_workers_and_forgets_silent_replicas() -> None:
     now = [0.0]
     view = CapacityView("a" * 32, stale_s=3.0, clock=lambda: now[0])
 
@@ -586,22 +586,27 @@ def test_the_capacity_view_picks_the_freest_live_worker_and_forgets_silent_repli
     view.apply({"replica": "c" * 32, "workers": [worker("y", 3), worker("z", 4, trust=0)]})
     view.apply({"replica": "not an id", "workers": []})  # refused, logged
 
-    def pick(model: str = MODEL, tools: bool = False, trust: int = 1) -> str | None:
-        choice = view.pick(
+    def offered(model: str = MODEL, tools: bool = False, trust: int = 1) -> list[str]:
+        found = view.candidates(
             model, needs_tools=tools, needs_context=0, min_trust=trust, avoid=frozenset({"q"})
         )
-        return None if choice is None else choice.worker.id
+        return sorted(choice.id for choice in found)
 
-    assert [pick(), pick(), pick(), pick(), pick()] == ["y", "y", "x", "y", None]
-    assert pick(trust=0) == "z"  # the untrusted worker only for a job that takes it
-    assert pick(tools=True) is None and pick("other") is None
+    assert offered() == ["x", "y"]
+    assert offered(trust=0) == ["x", "y", "z"]  # the untrusted worker only for a job that takes it
+    assert offered(tools=True) == [] and offered("other") == []
+    (x,) = view.candidates(
+        MODEL, needs_tools=False, needs_context=0, min_trust=1, avoid=frozenset({"y"})
+    )
+    view.take(x, 10)  # its last free slot: not offered again until b says otherwise
+    assert offered() == ["y"]
     assert view.serves(MODEL) and not view.serves("other")  # busy workers still serve it
     (summary,) = view.models()
     assert (summary.id, summary.workers, summary.context_size) == (MODEL, 3, 2048)
     view.apply({"replica": "b" * 32, "workers": [], "gone": ["x"]})
     assert view.serves(MODEL)  # y and z on c
     now[0] = 10.0
-    assert view.live() == [] and pick(trust=0) is None
+    assert view.live() == [] and offered(trust=0) == []
     assert not view.serves(MODEL)
 
 
