@@ -1,0 +1,247 @@
+"""Fairness across hub replicas, and a replica's id across restarts, on a real three-replica pool.
+
+Replicas A, B and C run in threads of this process on one PostgreSQL and one ``nats-server``;
+scripted workers (``tests/hub/test_replica_dispatch.py``) link one worker to A and two to B,
+each through a TCP balancer; C has none. All three workers are alike (one class, one pace), so
+the pool's deficit router gives each a third of the work wherever a chat arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import openai
+import orjson
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from hub.app import create_app
+from hub.errors import HubError
+from hub.replica_dispatch import Back, HandOff
+from hub.replicas import REPLICA_ID_FILE
+from inference.protocol import Job, SamplingParams
+from tests.conftest import TEMPLATE_DB, database_uri, query_rows, run_sql
+from tests.hub.conftest import free_port, serve_in_thread, wait_until
+from tests.hub.test_replica_dispatch import (
+    MODEL,
+    Balancer,
+    ScriptedWorkers,
+    _register,
+    _settings,
+    expected_text,
+)
+from tests.hub.test_scale_out import NatsServer
+
+ON_A, ON_B = ("w-a",), ("w-b1", "w-b2")
+
+
+@dataclass
+class Pool:
+    """The three replicas (threads), their settings, the workers and the user's token."""
+
+    servers: dict[str, tuple[uvicorn.Server, threading.Thread]]
+    settings: dict[str, Any]
+    nats: NatsServer
+    database_url: str
+    worker_ids: dict[str, str]
+    user_token: str = ""
+
+    def url(self, replica: str) -> str:
+        return f"http://127.0.0.1:{self.settings[replica].server.port}"
+
+    def client(self, replica: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=self.url(replica) + "/v1", api_key=self.user_token, max_retries=0
+        )
+
+    def replica_id(self, replica: str) -> str | None:
+        rows = query_rows(
+            self.database_url,
+            "SELECT id FROM hub_replicas WHERE address = $1",
+            f"127.0.0.1:{self.settings[replica].server.port}",
+        )
+        return rows[0]["id"] if rows else None
+
+    def stop(self, replica: str) -> None:
+        server, thread = self.servers.pop(replica)
+        server.should_exit = True
+        thread.join(timeout=30)
+
+    def start(self, replica: str) -> None:
+        settings = self.settings[replica]
+        self.servers[replica] = serve_in_thread(settings, settings.server.port)
+
+
+@pytest.fixture(scope="module")
+def pool(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    nats_server = NatsServer(tmp_path_factory.mktemp("nats"))
+    nats_server.start()
+    name = f"fairness_{uuid.uuid4().hex[:12]}"
+    run_sql(pg_admin_uri, f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    database_url = database_uri(pg_admin_uri, name)
+    settings = {
+        replica: _settings(
+            tmp_path_factory.mktemp(replica.lower()), database_url, nats_server.url, free_port()
+        )
+        for replica in "ABC"
+    }
+    built = Pool({}, settings, nats_server, database_url, {})
+    fleets: list[ScriptedWorkers] = []
+    try:
+        for replica in "ABC":
+            built.start(replica)
+        admin = (settings["A"].data_dir / "admin-token").read_text().strip()
+        built.user_token = _user_token(built.url("A"), admin)
+        for replica, names in (("A", ON_A), ("B", ON_B)):
+            tokens = {worker: _register(database_url, worker) for worker in names}
+            fleet = ScriptedWorkers(Balancer(settings[replica].server.port), tokens)
+            fleet.start()
+            fleets.append(fleet)
+        rows = query_rows(database_url, "SELECT id::text, name FROM workers")
+        built.worker_ids = {row["id"]: row["name"] for row in rows}
+        yield built
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+        for replica in list(built.servers):
+            built.stop(replica)
+        nats_server.stop()
+        run_sql(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _user_token(url: str, admin: str) -> str:
+    headers = {"Authorization": f"Bearer {admin}"}
+    made = httpx.post(f"{url}/admin/api/users", json={"name": "uma"}, headers=headers)
+    assert made.status_code == 201, made.text
+    issued = httpx.post(f"{url}/admin/api/users/uma/tokens", json={"name": "t"}, headers=headers)
+    assert issued.status_code == 201, issued.text
+    token: str = issued.json()["token"]
+    return token
+
+
+def _workers_seen(pool: Pool, replica: str) -> bool:
+    """Whether every worker of the pool is in ``replica``'s models listing (its own or not)."""
+    try:
+        listed = {m.id: m for m in pool.client(replica).models.list()}
+    except openai.APIError:
+        return False
+    return MODEL in listed and (listed[MODEL].model_extra or {}).get("workers") == 3
+
+
+def _serve_one(pool: Pool, replica: str, tokens: int) -> tuple[str, str]:
+    """One JSON chat through ``replica``: the name of the worker that served it, and the route."""
+    raw = pool.client(replica).chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "count"}], max_tokens=tokens
+    )
+    assert raw.parse().choices[0].message.content == expected_text(tokens)
+    return pool.worker_ids[raw.headers["x-iamine-worker"]], raw.headers["x-iamine-route"]
+
+
+@pytest.mark.parametrize("replica", ["A", "C"])
+def test_chats_through_one_replica_share_the_pools_workers_by_their_deficit(
+    pool: Pool, replica: str
+) -> None:
+    for each in "ABC":
+        wait_until(partial(_workers_seen, pool, each), 30, f"{each} to see the three workers")
+    served = Counter(_serve_one(pool, replica, 4)[0] for _ in range(12))
+    # Three alike workers, a third of the work each. One replica's own router (the rule before)
+    # gave A's worker every chat sent to A while it was free.
+    assert set(served) == {*ON_A, *ON_B}, served
+    assert all(count >= 2 for count in served.values()), served
+
+
+async def _hand_off_while_down(nats_url: str, replica_id: str, job_id: str) -> list[Back]:
+    """Publish a hand-off to ``replica_id``'s queue; the answer frames once it is served."""
+    client = await nats.connect(nats_url)
+    try:
+        answers = await client.subscribe(f"iamine.back.{job_id}")
+        job = Job(
+            job_id=job_id,
+            model=MODEL,
+            messages=[{"role": "user", "content": "queued"}],
+            params=SamplingParams(max_tokens=3),
+            deadline_s=60,
+        )
+        handoff = HandOff(
+            origin="f" * 32,
+            job=job,
+            worker="any",
+            needs_tools=False,
+            user="uma",
+            needs_context=0,
+            min_trust=0,
+        )
+        await client.jetstream().publish(
+            f"iamine.jobs.{replica_id}", handoff.model_dump_json().encode(), stream="iamine_jobs"
+        )
+        return await _answer(client, answers, job_id)
+    finally:
+        await client.close()
+
+
+async def _answer(client: Any, answers: Any, job_id: str) -> list[Back]:
+    frames: list[Back] = []
+    async with asyncio.timeout(60):
+        while not frames or frames[-1].frame is None or frames[-1].frame.type == "chunk":
+            back = Back.model_validate_json((await answers.next_msg(timeout=60)).data)
+            if back.kind == "frame":
+                frames.append(back)
+                control = {"kind": "credit", "upto": back.seq + 64}
+                await client.publish(f"iamine.control.{job_id}", orjson.dumps(control))
+    return frames
+
+
+def test_a_restarted_replica_keeps_its_id_and_serves_a_hand_off_queued_while_it_was_down(
+    pool: Pool,
+) -> None:
+    before = pool.replica_id("B")
+    assert before is not None
+    assert (pool.settings["B"].data_dir / REPLICA_ID_FILE).read_text().strip() == before
+    pool.stop("B")  # a clean stop: its row goes, its durable consumer stays
+    assert pool.replica_id("B") is None
+    job_id = uuid.uuid4().hex
+    answer: list[Back] = []
+    done = threading.Event()
+
+    def wait_for_answer() -> None:
+        answer.extend(asyncio.run(_hand_off_while_down(pool.nats.url, before, job_id)))
+        done.set()
+
+    waiter = threading.Thread(target=wait_for_answer, daemon=True)
+    waiter.start()
+    pool.start("B")
+    assert done.wait(60), "the queued hand-off was never served"
+    wait_until(lambda: pool.replica_id("B") == before, 10, "B's row under its old id")
+    text = "".join(
+        b.frame.delta.content or "" for b in answer if b.frame and b.frame.type == "chunk"
+    )
+    assert text == expected_text(3)
+    assert [b.seq for b in answer] == list(range(1, len(answer) + 1))
+
+
+def test_a_second_process_claiming_a_live_replicas_id_is_refused(
+    pool: Pool, tmp_path: Path
+) -> None:
+    held = pool.replica_id("A")
+    assert held is not None
+    bus = pool.settings["A"].bus.model_copy(update={"replica_id": held})
+    twin = pool.settings["A"].model_copy(
+        update={"data_dir": tmp_path, "bus": bus, "server": pool.settings["C"].server}
+    )
+    with pytest.raises(HubError) as refused, TestClient(create_app(twin)):
+        pass
+    assert refused.value.code == "replica_id_in_use"
+    assert f"127.0.0.1:{pool.settings['A'].server.port}" in refused.value.message
+    assert pool.replica_id("A") == held  # the live replica is untouched
+    assert _serve_one(pool, "A", 2)[0] in {*ON_A, *ON_B}
