@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -55,7 +56,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from hub import replica_view
 from hub.bus import BusSettings, NatsBus
-from hub.replica_view import CapacityPublisher, CapacityView, Choice, RemoteWorker
+from hub.replica_view import CapacityPublisher, CapacityView, Choice
 from inference.link import (
     WORKER_LOST,
     JobHandle,
@@ -63,9 +64,9 @@ from inference.link import (
     WorkerLink,
     output_allowance,
 )
-from inference.protocol import Cancel, Chunk, Done, Error, Frame, Job
+from inference.protocol import Cancel, Chunk, Done, Error, Frame, Hardware, Job
 from inference.registry import ModelSummary, WorkerRegistry
-from inference.router import Candidate
+from inference.router import Candidate, ClassTotals
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()
@@ -172,7 +173,7 @@ class ReplicaDispatch:
         )
         if not found:
             return None
-        chosen = self.registry.router.pick(found, self.registry.connected(), self)
+        chosen = self.registry.router.pick(found, self.registry.workers.values(), self)
         return self.place(
             chosen,
             job,
@@ -200,21 +201,25 @@ class ReplicaDispatch:
             avoid=avoid,
         )
 
-    def connected(self) -> list[RemoteWorker]:
-        """Every worker of the other live replicas, free or busy (the view)."""
-        return self.view.connected()
-
     def speed(self, worker_id: str) -> float | None:
         """Another replica's worker's speed, as that replica measured it."""
-        return self.view.speed(worker_id)
+        return self.view.standings.speed(worker_id)
 
     def served(self, worker_id: str) -> float:
         """Another replica's worker's served tokens, decayed to now."""
-        return self.view.served(worker_id)
+        return self.view.standings.served(worker_id)
 
     def total_served(self) -> float:
         """Tokens the other live replicas' workers served, decayed to now."""
-        return self.view.total_served()
+        return self.view.standings.total_served()
+
+    def classes(self, fixed: Collection[str]) -> dict[Hardware, ClassTotals]:
+        """The other live replicas' workers summed per hardware class."""
+        return self.view.standings.classes(fixed)
+
+    def named(self, names: Collection[str]) -> list[tuple[str, str, Hardware]]:
+        """The other live replicas' workers (id, name, class) called one of ``names``."""
+        return self.view.standings.named(names)
 
     def place(
         self,

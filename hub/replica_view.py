@@ -5,9 +5,9 @@ whose free slots changed (a job started or ended, a worker linked) and those tha
 for every ``CHANGE_CHECK_S``; a sign of life every ``heartbeat_s`` even when nothing changed;
 and every ``FULL_EVERY`` heartbeats the whole list, which repairs whatever a replica missed.
 Every replica keeps the others' workers in memory, indexed by model and free slot, so placing a
-chat on another replica costs no query and no round trip: :meth:`CapacityView.pick` looks at
-about one worker per replica. A replica silent for ``replica_stale_s`` drops out of the view
-(it died, or lost the bus).
+chat on another replica costs no query and no round trip: :meth:`CapacityView.candidates`
+offers at most ``CANDIDATES`` free workers per replica to the router. A replica silent for
+``replica_stale_s`` drops out of the view (it died, or lost the bus).
 
 A snapshot is a claim, not a reservation: two replicas may both see the last free slot. The
 receiving replica then queues the job briefly and answers ``replica_busy`` if no slot frees,
@@ -16,8 +16,9 @@ counts the slots it took itself, so a burst from one replica spreads over the fr
 
 **What the router needs travels too**: each worker's hardware class, measured speed and served
 work (tokens, decayed to the snapshot's ``at``, a wall-clock time), so that every replica's
-:class:`~inference.router.DeficitRouter` weighs all the pool's workers together (the view is
-its :class:`~inference.router.Standings`). The receiver decays served work itself from then on.
+:class:`~inference.router.DeficitRouter` weighs all the pool's workers together
+(:attr:`CapacityView.standings`, ``hub/replica_standings.py``). The receiver decays served
+work itself from then on.
 Nothing is taken on faith: values out of range are refused by the schema (the snapshot is
 logged as ``replica_capacity_unreadable`` and counted in :attr:`CapacityView.refused`), a
 statement time further than ``MAX_SKEW_S`` from the receiver's clock is clamped, and a replica
@@ -28,6 +29,7 @@ the first one's list, and a worker linked here is never read from the view.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +42,7 @@ import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from hub.bus import NatsBus
+from hub.replica_standings import RemoteStandings
 from inference.link import WorkerLink
 from inference.protocol import Hardware, ModelInfo
 from inference.registry import ModelSummary, WorkerRegistry
@@ -52,6 +55,7 @@ CHANGE_CHECK_S = 0.1  # how soon a change of free slots reaches the bus
 FULL_EVERY = 10  # heartbeats between two full snapshots (changes go as they happen)
 MAX_SPEED = 1e6  # tokens/s: a stated speed above this is garbage
 MAX_SERVED = 1e15  # tokens: a stated served amount above this is garbage
+CANDIDATES = 16  # free workers of one replica a placement weighs at most
 MAX_SKEW_S = 30.0  # a statement time further than this from the receiver's clock is clamped
 
 
@@ -110,58 +114,33 @@ def remote_worker(link: WorkerLink, router: DeficitRouter) -> RemoteWorker:
     )
 
 
-def _decayed(amount: float, age_s: float, half_life_s: float) -> float:
-    factor: float = 2.0 ** (-max(age_s, 0.0) / half_life_s)
-    return amount * factor
-
-
 @dataclass
 class _Replica:
     workers: dict[str, RemoteWorker]
     seen: float
-    half_life_s: float
-    # Per model, the workers with a free slot (insertion order): a placement looks at these only.
-    free: dict[str, dict[str, RemoteWorker]] = field(default_factory=dict)
+    # Per model, the workers with a free slot and what they offer of it: a placement looks at
+    # these only.
+    free: dict[str, dict[str, tuple[RemoteWorker, ModelInfo]]] = field(default_factory=dict)
     # Per model, how many workers offer it, free or busy: whether the replica serves it at all.
     models: Counter[str] = field(default_factory=Counter)
-    # When each worker's ``served`` was stated (this view's clock), and their sum then.
-    stated: dict[str, float] = field(default_factory=dict)
-    served: float = 0.0
-    served_at: float = 0.0
 
-    def put(self, worker: RemoteWorker, now: float) -> None:
-        self.drop(worker.id, now)
+    def put(self, worker: RemoteWorker) -> None:
+        self.drop(worker.id)
         self.workers[worker.id] = worker
-        self.stated[worker.id] = now
-        self.served = self.total(now) + worker.served
         self.models.update(info.id for info in worker.models)
         if worker.free > 0:
             for info in worker.models:
-                self.free.setdefault(info.id, {})[worker.id] = worker
+                self.free.setdefault(info.id, {})[worker.id] = (worker, info)
 
-    def drop(self, worker_id: str, now: float) -> None:
+    def drop(self, worker_id: str) -> None:
         old = self.workers.pop(worker_id, None)
         if old is not None:
-            gone = self.served_now(old, now)
-            self.served = max(self.total(now) - gone, 0.0)
-            del self.stated[worker_id]
             self.models.subtract(info.id for info in old.models)
             for info in old.models:
                 self.free.get(info.id, {}).pop(worker_id, None)
 
-    def served_now(self, worker: RemoteWorker, now: float) -> float:
-        return _decayed(worker.served, now - self.stated[worker.id], self.half_life_s)
 
-    def total(self, now: float) -> float:
-        """The served sum brought to ``now`` (the one decay applies to the whole sum)."""
-        self.served, self.served_at = (
-            _decayed(self.served, now - self.served_at, self.half_life_s),
-            now,
-        )
-        return self.served
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Choice:
     """A free worker of another replica, and that replica's id (a router candidate)."""
 
@@ -192,8 +171,8 @@ class Choice:
 class CapacityView:
     """The other replicas' workers, by replica id, from their snapshots (this one's skipped).
 
-    It is also the router's :class:`~inference.router.Standings` for those workers: their
-    speeds and served work, as their replicas state them.
+    :attr:`standings` holds what the router needs of those workers: their speeds and served
+    work, as their replicas state them, summed per class.
     """
 
     def __init__(
@@ -210,6 +189,7 @@ class CapacityView:
         self._clock = clock
         self._wall = wall
         self._half_life_s = half_life_s
+        self.standings = RemoteStandings(clock, half_life_s)
         self._replicas: dict[str, _Replica] = {}
         self._where: dict[str, str] = {}  # worker id -> the replica that claims it
         self.updates = 0
@@ -230,38 +210,43 @@ class CapacityView:
         entry = self._replicas.get(snap.replica)
         if entry is None or snap.full:
             if entry is not None:
-                self._unclaim(snap.replica, entry)
-            entry = self._replicas[snap.replica] = _Replica({}, now, self._half_life_s)
+                self._forget(snap.replica, entry)
+            entry = self._replicas[snap.replica] = _Replica({}, now)
         entry.seen = now
         # Served amounts were stated at ``at`` on the sender's clock: decay them to now.
         age = 0.0 if snap.at is None else min(max(self._wall() - snap.at, 0.0), MAX_SKEW_S)
+        decay: float = 2.0 ** (-age / self._half_life_s)
         for worker_id in snap.gone:
-            if self._where.get(worker_id) == snap.replica:
-                del self._where[worker_id]
-            entry.drop(worker_id, now)
+            if worker_id in entry.workers:
+                self._drop(snap.replica, entry, worker_id)
         for worker in snap.workers:
-            self._claim(snap.replica, worker.id, now)
-            worker.served = _decayed(worker.served, age, self._half_life_s)
-            entry.put(worker, now)
+            before = self._where.get(worker.id)
+            if before is not None and before != snap.replica and before in self._replicas:
+                # The latest replica to list a worker holds it (it moved): the other lets go.
+                self._drop(before, self._replicas[before], worker.id)
+                log.info("replica_worker_moved", worker=worker.id, before=before, now=snap.replica)
+            self._put(snap.replica, entry, worker, worker.served * decay)
 
-    def _claim(self, replica: str, worker_id: str, now: float) -> None:
-        """The latest replica to list a worker holds it (it moved): the other one lets go."""
-        before = self._where.get(worker_id)
-        if before is not None and before != replica and before in self._replicas:
-            self._replicas[before].drop(worker_id, now)
-            log.info("replica_worker_moved", worker=worker_id, before=before, now=replica)
-        self._where[worker_id] = replica
+    def _put(self, replica: str, entry: _Replica, worker: RemoteWorker, served: float) -> None:
+        entry.put(worker)
+        self._where[worker.id] = replica
+        self.standings.put(worker.id, worker.name, worker.hardware, worker.speed, served)
 
-    def _unclaim(self, replica: str, entry: _Replica) -> None:
-        for worker_id in entry.workers:
-            if self._where.get(worker_id) == replica:
-                del self._where[worker_id]
+    def _drop(self, replica: str, entry: _Replica, worker_id: str) -> None:
+        entry.drop(worker_id)
+        if self._where.get(worker_id) == replica:
+            del self._where[worker_id]
+            self.standings.drop(worker_id)
+
+    def _forget(self, replica: str, entry: _Replica) -> None:
+        for worker_id in list(entry.workers):
+            self._drop(replica, entry, worker_id)
 
     def live(self) -> list[str]:
         """Replicas heard from within ``stale_s`` (the dead are forgotten here)."""
         cutoff = self._clock() - self.stale_s
         for replica in [r for r, entry in self._replicas.items() if entry.seen < cutoff]:
-            self._unclaim(replica, self._replicas.pop(replica))
+            self._forget(replica, self._replicas.pop(replica))
             log.warning("replica_silent", replica=replica)
         return list(self._replicas)
 
@@ -274,23 +259,25 @@ class CapacityView:
         min_trust: int,
         avoid: frozenset[str] | set[str],
     ) -> list[Choice]:
-        """Every free worker of a live replica that could serve the job, for the router.
+        """The free workers of the live replicas that could serve the job, for the router.
 
         Trust, context and tools are checked as the hub's own placement checks them; only the
-        workers with a free slot for the model are looked at.
+        workers with a free slot for the model are looked at, and at most ``CANDIDATES`` of
+        each replica: those whose slots changed least lately (the idlest, most likely the
+        most behind their share). A replica's own placements weigh all its workers.
         """
-        return [
-            Choice(replica, worker)
-            for replica in self.live()
-            for worker in self._replicas[replica].free.get(model, {}).values()
-            if worker.id not in avoid
-            and worker.trust >= min_trust
-            and _serves(worker, model, needs_tools, needs_context)
-        ]
-
-    def connected(self) -> list[RemoteWorker]:
-        """Every worker of the live replicas, free or busy (the router's targets need them)."""
-        return [w for replica in self.live() for w in self._replicas[replica].workers.values()]
+        found: list[Choice] = []
+        for replica in self.live():
+            offered = (
+                Choice(replica, worker)
+                for worker, info in self._replicas[replica].free.get(model, {}).values()
+                if info.context_size >= needs_context
+                and worker.trust >= min_trust
+                and (not needs_tools or (info.supports_tools and worker.tools_ok is not False))
+                and worker.id not in avoid
+            )
+            found.extend(itertools.islice(offered, CANDIDATES))
+        return found
 
     def take(self, choice: Choice, expected_tokens: float) -> None:
         """Count a slot taken and its expected work served, until the worker's next snapshot.
@@ -301,33 +288,8 @@ class CapacityView:
         worker, entry = choice.worker, self._replicas.get(choice.replica)
         if entry is None or entry.workers.get(worker.id) is not worker:
             return
-        now = self._clock()
-        served = entry.served_now(worker, now) + min(max(expected_tokens, 0.0), MAX_CHARGE)
-        entry.put(worker.model_copy(update={"served": served, "free": worker.free - 1}), now)
-
-    def speed(self, worker_id: str) -> float | None:
-        """The worker's speed as its replica measured it (None: unmeasured or unknown)."""
-        worker = self._worker(worker_id)
-        return None if worker is None else worker.speed
-
-    def served(self, worker_id: str) -> float:
-        """The worker's served tokens, decayed to now (0 when unknown)."""
-        replica = self._where.get(worker_id)
-        entry = None if replica is None else self._replicas.get(replica)
-        worker = None if entry is None else entry.workers.get(worker_id)
-        if entry is None or worker is None:
-            return 0.0
-        return entry.served_now(worker, self._clock())
-
-    def total_served(self) -> float:
-        """Tokens served by every worker of the live replicas, decayed to now."""
-        now = self._clock()
-        return sum(self._replicas[replica].total(now) for replica in self.live())
-
-    def _worker(self, worker_id: str) -> RemoteWorker | None:
-        replica = self._where.get(worker_id)
-        entry = None if replica is None else self._replicas.get(replica)
-        return None if entry is None else entry.workers.get(worker_id)
+        entry.put(worker.model_copy(update={"free": worker.free - 1}))
+        self.standings.charge(worker.id, min(max(expected_tokens, 0.0), MAX_CHARGE))
 
     def serves(self, model: str) -> bool:
         """Whether a worker of a live replica offers the model, free or busy."""
@@ -359,17 +321,8 @@ class CapacityView:
         return sum(
             worker.free
             for replica in self.live()
-            for worker in self._replicas[replica].free.get(model, {}).values()
+            for worker, _ in self._replicas[replica].free.get(model, {}).values()
         )
-
-
-def _serves(worker: RemoteWorker, model: str, needs_tools: bool, needs_context: int) -> bool:
-    info = next((m for m in worker.models if m.id == model), None)
-    return (
-        info is not None
-        and info.context_size >= needs_context
-        and (not needs_tools or (info.supports_tools and worker.tools_ok is not False))
-    )
 
 
 _State = tuple[int, int, bool | None, float | None]  # free slots, trust, tools, speed

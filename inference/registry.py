@@ -99,10 +99,6 @@ class RemotePlacement(Standings, Protocol):
         """The other replicas' free workers that could take the job, as last heard."""
         ...
 
-    def connected(self) -> Sequence[Candidate]:
-        """Every worker of the other live replicas, free or busy."""
-        ...
-
     def place(
         self,
         chosen: Candidate,
@@ -463,7 +459,7 @@ class WorkerRegistry:
         )
         if not eligible and not others:
             return None
-        chosen = self.router.pick([*eligible, *others], self.connected(), self.remote)
+        chosen = self.router.pick([*eligible, *others], self.workers.values(), self.remote)
         if isinstance(chosen, WorkerLink):
             return self._assign(chosen, job, user, expected)
         return self.remote.place(
@@ -479,13 +475,6 @@ class WorkerRegistry:
         """Whether the handle's worker is linked to this replica (not another's)."""
         return self.workers.get(handle.worker.id) is handle.worker
 
-    def connected(self) -> list[Candidate]:
-        """The pool's workers the router's targets are over: this replica's and the others'."""
-        if self.remote is None:
-            return list(self.workers.values())
-        others = (w for w in self.remote.connected() if w.id not in self.workers)
-        return [*self.workers.values(), *others]
-
     def _try_place(
         self,
         job: Job,
@@ -500,7 +489,7 @@ class WorkerRegistry:
         eligible = self.eligible(job.model, needs_tools, avoid, only, needs_context, min_trust)
         if not eligible:
             return None
-        chosen = self.router.pick(eligible, self.connected(), self.remote)
+        chosen = self.router.pick(eligible, self.workers.values(), self.remote)
         return self._assign(chosen, job, user, expected)
 
     def _release_waiters(self) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,6 +51,20 @@ class Candidate(Protocol):
     def free_slots(self) -> int: ...
 
 
+@dataclass(frozen=True)
+class ClassTotals:
+    """One hardware class of the workers a :class:`Standings` describes, summed.
+
+    ``speeds`` (sorted), ``speed_sum`` and ``unmeasured`` leave out the workers with a fixed
+    share; ``served`` counts them all.
+    """
+
+    speeds: Sequence[float]
+    speed_sum: float
+    unmeasured: int
+    served: float
+
+
 class Standings(Protocol):
     """Workers this router does not serve itself (other hub replicas'), as their owners state."""
 
@@ -64,6 +78,14 @@ class Standings(Protocol):
 
     def total_served(self) -> float:
         """Tokens served by every worker these standings describe, decayed to now."""
+        ...
+
+    def classes(self, fixed: Collection[str]) -> dict[Hardware, ClassTotals]:
+        """Per hardware class, the workers summed (those named in ``fixed`` apart)."""
+        ...
+
+    def named(self, names: Collection[str]) -> list[tuple[str, str, Hardware]]:
+        """The workers (id, name, class) called one of ``names``."""
         ...
 
 
@@ -169,25 +191,16 @@ class DeficitRouter:
 
         return share
 
-    def _speed_of(self, others: Standings | None) -> Callable[[str], float | None]:
-        if others is None:
-            return self.speed
-
+    def _speed_of(self, others: Standings) -> Callable[[str], float | None]:
         def speed(worker_id: str) -> float | None:
             stat = self._stats.get(worker_id)
             return others.speed(worker_id) if stat is None else stat.speed
 
         return speed
 
-    def targets(
-        self, workers: Iterable[Candidate], others: Standings | None = None
-    ) -> dict[str, float]:
-        """Target share of each connected worker under the current policy.
-
-        ``others`` states the speeds of workers this router did not measure (other replicas').
-        """
+    def targets(self, workers: Iterable[Candidate]) -> dict[str, float]:
+        """Target share of each connected worker under the current policy."""
         workers = list(workers)
-        speed_of = self._speed_of(others)
         fixed = {
             w.id: self.config.worker_shares[w.name]
             for w in workers
@@ -206,7 +219,7 @@ class DeficitRouter:
         targets = dict(fixed)
         for hardware, members in by_class.items():
             class_share = remaining * present[hardware] / total
-            speeds = _speeds_or_median([speed_of(w.id) for w in members])
+            speeds = _speeds_or_median([self.speed(w.id) for w in members])
             speed_sum = sum(speeds)
             for w, speed in zip(members, speeds, strict=True):
                 targets[w.id] = class_share * speed / speed_sum
@@ -222,17 +235,19 @@ class DeficitRouter:
 
         Choosing the class first keeps the class shares on target when some workers cannot
         take their own share (too few slots): their shortfall is made up inside their class,
-        not spread over every worker, most of which are CPUs. ``others`` states the served
-        work and speeds of the workers of ``connected`` this router does not serve (other
-        replicas'): shares are then the whole pool's.
+        not spread over every worker, most of which are CPUs. ``others`` states the workers
+        this router does not serve (other replicas'), summed per class: targets and shares
+        are then the whole pool's, and ``eligible`` may hold some of theirs.
         """
         if not eligible:
             raise ValueError("pick needs at least one eligible worker")
         if len(eligible) == 1:  # the usual case of a small pool: no shares to weigh
             return eligible[0]
+        if others is not None:
+            return self._pick_pool(eligible, list(connected), others)
         connected = list(connected)
-        targets = self.targets(connected, others)
-        share, speed = self._shares(others), self._speed_of(others)
+        targets = self.targets(connected)
+        share, speed = self.served_share, self.speed
         class_lag: dict[Hardware, float] = defaultdict(float)
         for w in connected:
             class_lag[w.hardware] += targets.get(w.id, 0.0) - share(w.id)
@@ -243,6 +258,81 @@ class DeficitRouter:
             return (lag, w.free_slots, speed(w.id) or 0.0)
 
         return max((w for w in eligible if w.hardware == hardware), key=deficit)
+
+    def _pick_pool[C: Candidate](
+        self, eligible: Sequence[C], local: list[Candidate], others: Standings
+    ) -> C:
+        """:meth:`pick` over this router's workers and the class totals of the others'.
+
+        The same rule, computed from sums: a class's target is its share of the pool, a
+        worker's its class share split by speed (the unmeasured at the class's median); the
+        class lagging most is chosen, then its eligible worker lagging most. The cost is one
+        look at this replica's workers and at the eligible ones, not at the whole pool.
+        """
+        growth = self._growth()
+        total = self._total_raw / growth + others.total_served()
+        shares = self.config.worker_shares
+        remote = others.classes(shares.keys())
+        fixed = {w_id: (hw, shares[name]) for w_id, name, hw in others.named(shares.keys())}
+        speeds: dict[Hardware, list[float | None]] = defaultdict(list)
+        served: dict[Hardware, float] = defaultdict(float)
+        for w in local:
+            stat = self._stats.get(w.id)
+            served[w.hardware] += 0.0 if stat is None else stat.raw / growth
+            if w.name in shares:
+                fixed[w.id] = (w.hardware, shares[w.name])
+            else:
+                speeds[w.hardware].append(None if stat is None else stat.speed)
+        empty = ClassTotals((), 0.0, 0, 0.0)
+        present = {h for h in speeds} | {h for h, t in remote.items() if t.speeds or t.unmeasured}
+        weights = {h: self.config.class_shares.get(h, 0.0) for h in present}
+        if sum(weights.values()) <= 0:
+            weights = dict.fromkeys(present, 1.0)
+        remaining = max(1.0 - sum(share for _, share in fixed.values()), 0.0)
+        class_share, speed_sum, median = {}, {}, {}
+        for h in present:
+            there = remote.get(h, empty)
+            known = sorted(sp for sp in speeds[h] if sp is not None)
+            count = len(known) + len(there.speeds)
+            median[h] = _kth(known, there.speeds, count // 2) if count else DEFAULT_SPEED
+            unmeasured = len(speeds[h]) - len(known) + there.unmeasured
+            speed_sum[h] = sum(known) + there.speed_sum + unmeasured * median[h]
+            class_share[h] = remaining * weights[h] / sum(weights.values())
+        class_lag: dict[Hardware, float] = defaultdict(float)
+        for h in present | set(served) | set(remote):
+            lagging = served[h] + remote.get(h, empty).served
+            class_lag[h] = class_share.get(h, 0.0) - (lagging / total if total > 0 else 0.0)
+        for hw, share in fixed.values():
+            class_lag[hw] += share
+        hardware = max(sorted({w.hardware for w in eligible}), key=class_lag.__getitem__)
+        speed_of, share_of = self._speed_of(others), self._shares(others)
+
+        def deficit(w: C) -> tuple[float, int, float]:
+            speed = speed_of(w.id)
+            if w.id in fixed:
+                target = fixed[w.id][1]
+            else:
+                pace = median[hardware] if speed is None else speed
+                target = class_share.get(hardware, 0.0) * pace / (speed_sum.get(hardware) or 1.0)
+            return (target - share_of(w.id), w.free_slots, speed or 0.0)
+
+        return max((w for w in eligible if w.hardware == hardware), key=deficit)
+
+
+def _kth(a: Sequence[float], b: Sequence[float], k: int) -> float:
+    """The ``k``-th smallest (from 0) of two sorted sequences together, by bisection."""
+    take = k + 1
+    lo, hi = max(0, take - len(b)), min(take, len(a))
+    while lo < hi:  # the fewest taken from ``a`` such that its next one is not needed
+        i = (lo + hi) // 2
+        if a[i] < b[take - i - 1]:
+            lo = i + 1
+        else:
+            hi = i
+    last = [a[lo - 1]] if lo > 0 else []
+    if take - lo > 0:
+        last.append(b[take - lo - 1])
+    return max(last)
 
 
 def _speeds_or_median(measured: Sequence[float | None]) -> list[float]:
