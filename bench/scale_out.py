@@ -63,8 +63,11 @@ from stub_upstream import token_text
 from hub.bus import BusSettings
 from hub.cli_bus import nats_server_binary, server_command
 from hub.embedded import EmbeddedPostgres
+from hub.replica_standings import RemoteStandings
 from hub.replica_view import CHANGE_CHECK_S, FULL_EVERY, CapacityView, RemoteWorker, Snapshot
-from inference.protocol import ModelInfo
+from inference.pool_config import PoolConfig
+from inference.protocol import Hardware, ModelInfo
+from inference.router import DeficitRouter
 
 MODEL = "stub"
 REPLICAS = 3
@@ -288,6 +291,8 @@ def simulate(workers: int, replicas: int, picks: int) -> dict[str, Any]:
             free=rng.randint(0, 4),
             trust=2,
             models=rng.sample(models, 2),
+            speed=rng.uniform(5, 60) if w % 7 else None,
+            served=rng.uniform(0, 1e5),
         )
 
     fulls = [
@@ -308,11 +313,17 @@ def simulate(workers: int, replicas: int, picks: int) -> dict[str, Any]:
     view = CapacityView("f" * 32, stale_s=3600)
     apply_full = _per_call(view, fulls)
     apply_delta = _per_call(view, deltas)
+    router = DeficitRouter(PoolConfig(), time.monotonic)
     timings = []
     for index in range(picks):
         model = models[index % len(models)].id
         begun = time.perf_counter()
-        view.pick(model, needs_tools=False, needs_context=0, min_trust=0, avoid=frozenset())
+        # A placement as a replica without free workers of its own makes it: pool-wide.
+        found = view.candidates(
+            model, needs_tools=False, needs_context=0, min_trust=0, avoid=frozenset()
+        )
+        if found:
+            view.take(router.pick(found, [], view.standings), 100)
         timings.append(time.perf_counter() - begun)
         if index % 200 == 199:  # the whole lists again now and then, as the replicas send them
             for snap in fulls:
@@ -334,6 +345,84 @@ def simulate(workers: int, replicas: int, picks: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class SimWorker:
+    """A worker of the fairness simulation (always free: the rule alone decides)."""
+
+    id: str
+    name: str
+    hardware: Hardware
+    free_slots: int = 1
+
+
+# Four replicas with unlike fleets: (hardware, tokens/s) of each worker.
+FLEETS: list[list[tuple[Hardware, float]]] = [
+    [("gpu", 40.0), ("gpu", 40.0), ("cpu", 8.0), ("cpu", 8.0)],
+    [("cpu", speed) for speed in (5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0)],
+    [("gpu", 60.0), *[("cpu", 8.0) for _ in range(10)]],
+    [("gpu", 30.0)] * 3,
+]
+JOB_TOKENS = 100
+
+
+def fairness(jobs: int, seed: int = 18) -> dict[str, Any]:
+    """Served share against target, per worker, when chats arrive at random replicas.
+
+    ``per_replica``: the rule before pool-wide scoring (each replica's router over its own
+    workers, all of them free here); ``pool_wide``: each replica's router over every worker,
+    the others' stated as on the bus (here without delay). ``max_gap``: the largest
+    |share - target| of a worker; ``tvd``: half the sum of them (the share of the work that
+    went to the wrong workers); ``replica_gap``: the same largest gap summed per replica.
+    """
+    speeds = {
+        f"{r}-{i}": speed for r, fleet in enumerate(FLEETS) for i, (_, speed) in enumerate(fleet)
+    }
+    fleets = [
+        [SimWorker(f"{r}-{i}", f"{r}-{i}", hardware) for i, (hardware, _) in enumerate(fleet)]
+        for r, fleet in enumerate(FLEETS)
+    ]
+    everyone = [worker for fleet in fleets for worker in fleet]
+    oracle = DeficitRouter(PoolConfig(), lambda: 0.0)
+    for worker in everyone:
+        oracle.observe_speed(worker.id, speeds[worker.id])
+    targets = oracle.targets(everyone)
+    result: dict[str, Any] = {"jobs": jobs, "workers": len(everyone), "replicas": len(FLEETS)}
+    for mode in ("per_replica", "pool_wide"):
+        routers = [DeficitRouter(PoolConfig(), lambda: 0.0) for _ in fleets]
+        views = [RemoteStandings(lambda: 0.0) for _ in fleets]
+        for r, fleet in enumerate(fleets):
+            for worker in fleet:
+                routers[r].observe_speed(worker.id, speeds[worker.id])
+                for other, view in enumerate(views):
+                    if other != r:
+                        view.put(worker.id, worker.name, worker.hardware, speeds[worker.id], 0.0)
+        rng = random.Random(seed)
+        for _ in range(jobs):
+            r = rng.randrange(len(fleets))
+            if mode == "per_replica":
+                chosen = routers[r].pick(fleets[r], fleets[r])
+            else:
+                chosen = routers[r].pick(everyone, fleets[r], views[r])
+            owner = int(chosen.id.split("-")[0])
+            routers[owner].charge(chosen.id, JOB_TOKENS)
+            served = routers[owner].served(chosen.id)
+            for other, view in enumerate(views):
+                if other != owner:
+                    view.put(chosen.id, chosen.name, chosen.hardware, speeds[chosen.id], served)
+        total = sum(routers[int(w.id.split("-")[0])].served(w.id) for w in everyone)
+        gaps = {
+            w.id: routers[int(w.id.split("-")[0])].served(w.id) / total - targets[w.id]
+            for w in everyone
+        }
+        by_replica = [sum(gaps[w.id] for w in fleet) for fleet in fleets]
+        result[mode] = {
+            "max_gap": round(max(abs(g) for g in gaps.values()), 4),
+            "tvd": round(sum(abs(g) for g in gaps.values()) / 2, 4),
+            "replica_gap": round(max(abs(g) for g in by_replica), 4),
+        }
+    return result
+
+
 def _per_call(view: CapacityView, snapshots: list[dict[str, Any]], rounds: int = 5) -> float:
     """Seconds one snapshot takes to apply, on average."""
     started = time.perf_counter()
@@ -352,6 +441,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=10_000, help="simulated workers")
     parser.add_argument("--sim-replicas", type=int, default=20, help="simulated replicas")
     parser.add_argument("--picks", type=int, default=2000, help="simulated placements")
+    parser.add_argument(
+        "--fairness-jobs", type=int, default=4000, help="simulated chats for the fairness line"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--sim-only", action="store_true", help="only the simulation")
     args = parser.parse_args(argv)
@@ -384,6 +476,8 @@ def main() -> None:
             result["replicas"] = asyncio.run(run_replicas(args, services))
     log("simulating the shared view")
     result["simulation"] = simulate(args.workers, args.sim_replicas, args.picks)
+    log("simulating fairness across replicas")
+    result["fairness"] = fairness(args.fairness_jobs)
     sys.stdout.write(json.dumps(result) + "\n")
 
 
