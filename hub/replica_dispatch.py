@@ -39,7 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Collection
+from collections import Counter
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -56,6 +57,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from hub import replica_view
 from hub.bus import BusSettings, NatsBus
+from hub.replica_queue import PoolQueue
 from hub.replica_view import CapacityPublisher, CapacityView, Choice
 from inference.link import (
     WORKER_LOST,
@@ -66,7 +68,7 @@ from inference.link import (
 )
 from inference.protocol import Cancel, Chunk, Done, Error, Frame, Hardware, Job
 from inference.registry import ModelSummary, WorkerRegistry
-from inference.router import Candidate, ClassTotals
+from inference.router import Candidate, ClassTotals, Waiter
 from inference.settings import InferenceSettings
 
 log = structlog.get_logger()
@@ -142,6 +144,7 @@ class ReplicaDispatch:
         self.settings = settings
         self.inference = inference
         self.view = CapacityView(replica, settings.replica_stale_s)
+        self.queue = PoolQueue(self.view)
         self._links: dict[str, WorkerLink] = {}
         self._pending: dict[str, HandOff] = {}
         self._serving: set[str] = set()
@@ -200,6 +203,19 @@ class ReplicaDispatch:
             min_trust=min_trust,
             avoid=avoid,
         )
+
+    def running(self) -> Counter[str]:
+        """Jobs running on the other live replicas' workers, per user (their statements)."""
+        return self.view.running()
+
+    def defer(self, waiter: Waiter, running: Mapping[str, int], waited_s: float) -> bool:
+        """Whether another replica's first waiter gets this model's free slots first."""
+        key = self.queue.key(waiter, running, waited_s)
+        return self.queue.defer(waiter.model, key, running)
+
+    def holding(self, model: str) -> bool:
+        """Whether this replica's free slots of ``model`` wait for another's waiter."""
+        return self.queue.holding(model)
 
     def speed(self, worker_id: str) -> float | None:
         """Another replica's worker's speed, as that replica measured it."""
@@ -406,12 +422,22 @@ class ReplicaDispatch:
             async with anyio.create_task_group() as loops:
                 loops.start_soon(publisher.run)
                 loops.start_soon(self._consume)
+                loops.start_soon(self._lapse_holds)
         finally:
             for task in list(self._tasks):
                 task.cancel()
 
     async def _capacity(self, data: dict[str, Any]) -> None:
         self.view.apply(data)
+        if len(self.registry.queue):  # a slot there, or a waiter gone: the queue may move
+            self.registry.release()
+
+    async def _lapse_holds(self) -> None:
+        """Give this replica's queue the slots whose hold for another replica's waiter lapsed."""
+        while True:
+            await anyio.sleep(replica_view.CHANGE_CHECK_S)
+            if self.queue.lapsed():
+                self.registry.release()
 
     async def _consume(self) -> None:
         """Fetch this replica's hand-offs; re-create the pull subscription after a reconnect."""

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import nats.errors
@@ -57,6 +57,8 @@ MAX_SPEED = 1e6  # tokens/s: a stated speed above this is garbage
 MAX_SERVED = 1e15  # tokens: a stated served amount above this is garbage
 CANDIDATES = 16  # free workers of one replica a placement weighs at most
 MAX_SKEW_S = 30.0  # a statement time further than this from the receiver's clock is clamped
+MAX_RUNNING = 1_000_000  # running jobs of one user on one replica: more is garbage
+MAX_USERS = 100_000  # users (or queue heads) in one snapshot: more is garbage
 
 
 class RemoteWorker(BaseModel):
@@ -81,6 +83,15 @@ class RemoteWorker(BaseModel):
         return self.free
 
 
+class QueueHead(BaseModel):
+    """The first waiter for one model in a replica's queue (in the pool-wide order)."""
+
+    model: str = Field(min_length=1, max_length=200)
+    priority: int = Field(ge=-1_000_000, le=1_000_000)
+    user: str = Field(max_length=200)
+    arrival: float = Field(allow_inf_nan=False)  # wall clock
+
+
 class Snapshot(BaseModel):
     """A replica's workers on ``<prefix>.capacity``: all of them (``full``), or what changed.
 
@@ -94,6 +105,13 @@ class Snapshot(BaseModel):
     workers: list[RemoteWorker]
     gone: list[str] = Field(default_factory=list)
     at: float | None = Field(None, allow_inf_nan=False)  # wall clock of the served amounts
+    # Jobs running on this replica's workers per user: those whose count changed (0: none
+    # now), all of them in a full snapshot. The fair queue's order counts them pool-wide.
+    running: dict[
+        Annotated[str, Field(max_length=200)], Annotated[int, Field(ge=0, le=MAX_RUNNING)]
+    ] = Field(default_factory=dict, max_length=MAX_USERS)
+    # This replica's queue heads, one per model, when they changed (None: as before).
+    heads: list[QueueHead] | None = Field(None, max_length=MAX_USERS)
 
 
 def remote_worker(link: WorkerLink, router: DeficitRouter) -> RemoteWorker:
@@ -123,6 +141,8 @@ class _Replica:
     free: dict[str, dict[str, tuple[RemoteWorker, ModelInfo]]] = field(default_factory=dict)
     # Per model, how many workers offer it, free or busy: whether the replica serves it at all.
     models: Counter[str] = field(default_factory=Counter)
+    running: Counter[str] = field(default_factory=Counter)  # user -> jobs on its workers
+    heads: dict[str, QueueHead] = field(default_factory=dict)  # model -> its first waiter
 
     def put(self, worker: RemoteWorker) -> None:
         self.drop(worker.id)
@@ -192,6 +212,7 @@ class CapacityView:
         self.standings = RemoteStandings(clock, half_life_s)
         self._replicas: dict[str, _Replica] = {}
         self._where: dict[str, str] = {}  # worker id -> the replica that claims it
+        self._running: Counter[str] = Counter()  # user -> jobs on the live replicas' workers
         self.updates = 0
         self.refused = 0
 
@@ -226,6 +247,14 @@ class CapacityView:
                 self._drop(before, self._replicas[before], worker.id)
                 log.info("replica_worker_moved", worker=worker.id, before=before, now=snap.replica)
             self._put(snap.replica, entry, worker, worker.served * decay)
+        for user, count in snap.running.items():
+            self._running[user] += count - entry.running.pop(user, 0)
+            if count:
+                entry.running[user] = count
+            if self._running[user] <= 0:
+                del self._running[user]
+        if snap.heads is not None:
+            entry.heads = {head.model: head for head in snap.heads}
 
     def _put(self, replica: str, entry: _Replica, worker: RemoteWorker, served: float) -> None:
         entry.put(worker)
@@ -241,6 +270,23 @@ class CapacityView:
     def _forget(self, replica: str, entry: _Replica) -> None:
         for worker_id in list(entry.workers):
             self._drop(replica, entry, worker_id)
+        self._running.subtract(entry.running)
+        for user in entry.running:
+            if self._running[user] <= 0:
+                del self._running[user]
+
+    def running(self) -> Counter[str]:
+        """Jobs running on the live replicas' workers, per user (as they stated them)."""
+        self.live()
+        return self._running
+
+    def heads(self, model: str) -> list[tuple[str, QueueHead]]:
+        """The live replicas' first waiters for ``model`` (replica id, head)."""
+        return [
+            (replica, head)
+            for replica in self.live()
+            if (head := self._replicas[replica].heads.get(model)) is not None
+        ]
 
     def live(self) -> list[str]:
         """Replicas heard from within ``stale_s`` (the dead are forgotten here)."""
@@ -348,18 +394,34 @@ class CapacityPublisher:
             if link.excluded is None
         }
 
+    def _heads(self) -> dict[tuple[str, int, str, int], QueueHead]:
+        """This replica's queue heads, keyed by who they are (their wait grows, they do not)."""
+        wall = time.time()
+        return {
+            (w.model, w.priority, w.user, w.seq): QueueHead(
+                model=w.model, priority=w.priority, user=w.user, arrival=wall - waited
+            )
+            for w, waited in self._registry.queue_heads()
+        }
+
     async def run(self) -> None:
         """Until cancelled: look for changes every ``CHANGE_CHECK_S``, publish them."""
         last: dict[str, _State] = {}
+        ran: Counter[str] = Counter()
+        headed: set[tuple[str, int, str, int]] = set()
         sent, beats = 0.0, 0
         while True:
-            links = self._links()
+            links, running, heads = self._links(), self._registry.running_by_user(), self._heads()
             now = time.monotonic()
             due = now - sent >= self._heartbeat_s
             full = due and beats % FULL_EVERY == 0
             changed = [link for link, state in links.values() if full or last.get(link.id) != state]
             gone = [] if full else [worker_id for worker_id in last if worker_id not in links]
-            if changed or gone or due:
+            counts = {
+                u: running[u] for u in running.keys() | ran.keys() if full or running[u] != ran[u]
+            }
+            new_heads = full or heads.keys() != headed
+            if changed or gone or counts or new_heads or due:
                 router = self._registry.router
                 snap = Snapshot(
                     replica=self._replica,
@@ -367,6 +429,8 @@ class CapacityPublisher:
                     workers=[remote_worker(link, router) for link in changed],
                     gone=gone,
                     at=time.time(),
+                    running={user: count for user, count in counts.items() if count or not full},
+                    heads=list(heads.values()) if new_heads else None,
                 )
                 try:
                     await self._bus.publish(SUBJECT, snap.model_dump(mode="json"))
@@ -374,6 +438,7 @@ class CapacityPublisher:
                     log.info("replica_capacity_not_sent", error=str(exc)[:200])
                 else:
                     last = {worker_id: state for worker_id, (_, state) in links.items()}
+                    ran, headed = running, set(heads)
                     if due:
                         sent, beats = now, beats + 1
             await asyncio.sleep(CHANGE_CHECK_S)

@@ -180,7 +180,6 @@ async def _place(
         await registry.start(handle)
         yield _Placed(handle, "direct" if registry.holds(handle) else "replica", _ms(started))
         return
-    remote = partial(_on_replica, registry, job, needs_tools, user, avoid, needs_context, min_trust)
     config = registry.config
     grace = config.queue_wait_s if wait_s is None else wait_s
     bound = max(config.max_queue_wait_s, grace) if wait_s is None else wait_s
@@ -211,42 +210,19 @@ async def _place(
             if elapsed >= limit:
                 break
             wait = min(limit - elapsed, registry.settings.queue_notice_s)
+            # With several replicas the queue is released pool-wide: the slot may be another's.
             handle = await registry.await_slot(ticket, wait)
             if handle is not None:
                 await registry.start(handle)
-                yield _Placed(handle, "queued", _ms(started))
-                return
-            if only is None and (handle := remote()) is not None:
-                await registry.start(handle)
-                yield _Placed(handle, "replica", _ms(started))
+                yield _Placed(
+                    handle, "queued" if registry.holds(handle) else "replica", _ms(started)
+                )
                 return
             if time.monotonic() - started < limit:
                 yield Waiting(_ms(started), predicted)
     finally:
         registry.withdraw(ticket)
     yield _Unplaced(busy=predicted < math.inf, predicted_s=predicted)
-
-
-def _on_replica(
-    registry: WorkerRegistry,
-    job: Job,
-    needs_tools: bool,
-    user: str,
-    avoid: frozenset[str],
-    needs_context: int,
-    min_trust: int,
-) -> JobHandle | None:
-    """A free worker linked to another hub replica (never without a bus: ``remote`` is None)."""
-    if registry.remote is None:
-        return None
-    return registry.remote.try_place(
-        job,
-        needs_tools=needs_tools,
-        user=user,
-        avoid=avoid,
-        needs_context=needs_context,
-        min_trust=min_trust,
-    )
 
 
 def _replica_free(registry: WorkerRegistry, model: str) -> bool:

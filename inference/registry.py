@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -123,6 +123,18 @@ class RemotePlacement(Standings, Protocol):
         min_trust: int,
     ) -> JobHandle | None:
         """A handle on the router's choice among the other replicas' free workers, or None."""
+        ...
+
+    def running(self) -> Mapping[str, int]:
+        """Jobs running on the other replicas' workers, per user (the queue's order)."""
+        ...
+
+    def defer(self, waiter: Waiter, running: Mapping[str, int], waited_s: float) -> bool:
+        """Whether a better waiter on another replica gets this model's free slots first."""
+        ...
+
+    def holding(self, model: str) -> bool:
+        """Whether this replica's free slots of ``model`` are held for another's waiter."""
         ...
 
     def free_slots(self, model: str) -> int:
@@ -403,8 +415,24 @@ class WorkerRegistry:
         return statistics.median(speeds) if speeds else None
 
     def running_by_user(self) -> Counter[str]:
-        """Running jobs per user (for queue fairness)."""
+        """Running jobs per user on this replica's workers."""
         return Counter(h.user for link in self.workers.values() for h in link.jobs.values())
+
+    def running_in_pool(self) -> Counter[str]:
+        """Running jobs per user on every replica's workers (for queue fairness)."""
+        running = self.running_by_user()
+        if self.remote is not None:
+            running.update(self.remote.running())
+        return running
+
+    def queue_heads(self) -> list[tuple[Waiter, float]]:
+        """Each model's first waiter in release order (pinned jobs apart), and its wait in s."""
+        heads: dict[str, Waiter] = {}
+        for waiter in self.queue.ordered(self.running_in_pool()):
+            if waiter.model not in heads and self._pending[waiter].only is None:
+                heads[waiter.model] = waiter
+        now = self._clock()
+        return [(waiter, now - waiter.enqueued_at) for waiter in heads.values()]
 
     def expected_tokens(self, job: Job) -> int:
         """Tokens a job is charged at placement: its max_tokens, else the pool default."""
@@ -449,7 +477,11 @@ class WorkerRegistry:
             return self._try_place(
                 job, needs_tools, avoid, user, expected, only, needs_context, min_trust
             )
-        eligible = self.eligible(job.model, needs_tools, avoid, None, needs_context, min_trust)
+        eligible = (
+            []  # held for a better waiter on another replica
+            if self.remote.holding(job.model)
+            else self.eligible(job.model, needs_tools, avoid, None, needs_context, min_trust)
+        )
         others = self.remote.candidates(
             job.model,
             needs_tools=needs_tools,
@@ -492,29 +524,61 @@ class WorkerRegistry:
         chosen = self.router.pick(eligible, self.workers.values(), self.remote)
         return self._assign(chosen, job, user, expected)
 
+    def release(self) -> None:
+        """Hand free slots (the other replicas' included) to queued jobs, in fair order."""
+        self._release_waiters()
+
     def _release_waiters(self) -> None:
-        """Hand free slots to queued jobs, in fair order."""
+        """Hand free slots to queued jobs, in fair order (pool-wide with several replicas)."""
         if not self._pending:
             return
-        for waiter in self.queue.ordered(self.running_by_user()):
-            if not any(w.free_slots > 0 and w.excluded is None for w in self.workers.values()):
+        running = self.running_in_pool()
+        for waiter in self.queue.ordered(running):
+            local = any(w.free_slots > 0 and w.excluded is None for w in self.workers.values())
+            if not local and self.remote is None:
                 return  # every slot is taken: the rest of the queue cannot move now
             ticket = self._pending[waiter]
             if ticket.future.done():
                 continue
-            handle = self._try_place(
-                ticket.job,
-                waiter.needs_tools,
-                waiter.avoid,
-                waiter.user,
-                ticket.expected,
-                ticket.only,
-                ticket.needs_context,
-                ticket.min_trust,
-            )
+            handle = self._release_one(ticket, running, local)
             if handle is not None:
                 handle.queued = True
                 ticket.future.set_result(handle)
+
+    def _release_one(
+        self, ticket: Ticket, running: Mapping[str, int], local: bool
+    ) -> JobHandle | None:
+        """A slot for one waiter: here, or on another replica when it is the pool's first."""
+        waiter, remote = ticket.waiter, self.remote if ticket.only is None else None
+        if remote is not None:
+            here = local and any(
+                w.free_slots > 0 and w.excluded is None and waiter.model in w.models
+                for w in self.workers.values()
+            )
+            if not here and remote.free_slots(waiter.model) <= 0:
+                return None
+            if remote.defer(waiter, running, self._clock() - waiter.enqueued_at):
+                return None
+        handle = self._try_place(
+            ticket.job,
+            waiter.needs_tools,
+            waiter.avoid,
+            waiter.user,
+            ticket.expected,
+            ticket.only,
+            ticket.needs_context,
+            ticket.min_trust,
+        )
+        if handle is None and remote is not None:
+            handle = remote.try_place(
+                ticket.job,
+                needs_tools=waiter.needs_tools,
+                user=waiter.user,
+                avoid=waiter.avoid,
+                needs_context=ticket.needs_context,
+                min_trust=ticket.min_trust,
+            )
+        return handle
 
     def enqueue(
         self,

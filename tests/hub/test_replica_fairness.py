@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -56,13 +57,25 @@ class Pool:
     database_url: str
     worker_ids: dict[str, str]
     user_token: str = ""
+    other_token: str = ""  # a second user's
+    admin_token: str = ""
+
+    def queued(self, replica: str) -> int:
+        """How many chats wait in ``replica``'s queue."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        listed = httpx.get(self.url(replica) + "/admin/api/queue", headers=headers, timeout=10)
+        depth: int = listed.json()["depth"]
+        return depth
 
     def url(self, replica: str) -> str:
         return f"http://127.0.0.1:{self.settings[replica].server.port}"
 
-    def client(self, replica: str) -> openai.OpenAI:
+    def client(self, replica: str, token: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(
-            base_url=self.url(replica) + "/v1", api_key=self.user_token, max_retries=0
+            base_url=self.url(replica) + "/v1",
+            api_key=token or self.user_token,
+            max_retries=0,
+            timeout=60,
         )
 
     def replica_id(self, replica: str) -> str | None:
@@ -102,7 +115,9 @@ def pool(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         for replica in "ABC":
             built.start(replica)
         admin = (settings["A"].data_dir / "admin-token").read_text().strip()
-        built.user_token = _user_token(built.url("A"), admin)
+        built.admin_token = admin
+        built.user_token = _user_token(built.url("A"), admin, "uma")
+        built.other_token = _user_token(built.url("A"), admin, "lee")
         for replica, names in (("A", ON_A), ("B", ON_B)):
             tokens = {worker: _register(database_url, worker) for worker in names}
             fleet = ScriptedWorkers(Balancer(settings[replica].server.port), tokens)
@@ -120,11 +135,11 @@ def pool(pg_admin_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         run_sql(pg_admin_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _user_token(url: str, admin: str) -> str:
+def _user_token(url: str, admin: str, name: str) -> str:
     headers = {"Authorization": f"Bearer {admin}"}
-    made = httpx.post(f"{url}/admin/api/users", json={"name": "uma"}, headers=headers)
+    made = httpx.post(f"{url}/admin/api/users", json={"name": name}, headers=headers)
     assert made.status_code == 201, made.text
-    issued = httpx.post(f"{url}/admin/api/users/uma/tokens", json={"name": "t"}, headers=headers)
+    issued = httpx.post(f"{url}/admin/api/users/{name}/tokens", json={"name": "t"}, headers=headers)
     assert issued.status_code == 201, issued.text
     token: str = issued.json()["token"]
     return token
@@ -159,6 +174,72 @@ def test_chats_through_one_replica_share_the_pools_workers_by_their_deficit(
     # gave A's worker every chat sent to A while it was free.
     assert set(served) == {*ON_A, *ON_B}, served
     assert all(count >= 2 for count in served.values()), served
+
+
+def _stream(client: openai.OpenAI, tokens: int, started: list[str]) -> str:
+    text: list[str] = []
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "count"}],
+        max_tokens=tokens,
+        stream=True,
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            if not text:
+                started.append("started")
+            text.append(chunk.choices[0].delta.content)
+    return "".join(text)
+
+
+def _queued_one(pool: Pool, replica: str) -> bool:
+    return pool.queued(replica) == 1
+
+
+def test_a_freed_slot_goes_to_the_pools_first_waiter_whichever_replica_holds_it(
+    pool: Pool,
+) -> None:
+    """Every slot busy; waiters on C, A and B: the release follows the pool-wide order.
+
+    uma has twelve chats running (on A's and B's workers, none on C's: C has none) when she
+    queues a chat on C; then lee, with none running, queues one on A, then one on B. Pool-wide,
+    lee's go first (fewer running jobs), in arrival order, then uma's. Per replica, C would
+    count no running job of uma's, and B would give its own freed slot to its own waiter.
+    """
+    for each in "ABC":
+        wait_until(partial(_workers_seen, pool, each), 30, f"{each} to see the three workers")
+    slots = 12  # three workers of four slots
+    started: list[str] = []
+    finished: list[str] = []
+    with ThreadPoolExecutor(slots + 3) as threads:
+        # Staggered lengths: the slots free one by one, 0.4 s apart, from 2 s on.
+        streams = [
+            threads.submit(_stream, pool.client("A"), 40 + 8 * i, started) for i in range(slots)
+        ]
+        wait_until(lambda: len(started) == slots, 30, "every slot to be busy")
+
+        def chat(label: str, replica: str, token: str) -> None:
+            answer = pool.client(replica, token).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": label}], max_tokens=2
+            )
+            assert answer.choices[0].message.content == expected_text(2)
+            finished.append(label)
+
+        waiting = []
+        for label, replica, token in (
+            ("uma-on-C", "C", pool.user_token),
+            ("lee-on-A", "A", pool.other_token),
+            ("lee-on-B", "B", pool.other_token),
+        ):  # one after the other: each is queued before the next arrives
+            waiting.append(threads.submit(chat, label, replica, token))
+            wait_until(partial(_queued_one, pool, replica), 10, f"{label} to be queued")
+        assert not finished and len(started) == slots  # all queued while every slot was busy
+        for future in waiting:
+            future.result(timeout=60)
+        assert [f.result(timeout=60) for f in streams] == [
+            expected_text(40 + 8 * i) for i in range(slots)
+        ]
+    assert finished == ["lee-on-A", "lee-on-B", "uma-on-C"]
 
 
 async def _hand_off_while_down(nats_url: str, replica_id: str, job_id: str) -> list[Back]:
