@@ -7,7 +7,10 @@ turn again in lists of ``--batch`` (with ``?window=1``, each turn's speaker and 
 contexts of memory/context.py). Reports notes/s for both, the load average of the machine
 (the embedding model, which bounds the rate, shares the CPU with whatever else runs), and the CPU
 seconds the hub and its PostgreSQL spent on the lists: a rate that other work on the machine
-does not change (``batch_notes_per_cpu_s``). Prints one JSON line.
+does not change (``batch_notes_per_cpu_s``). The embedder embeds each distinct text of a list
+once, and the generated set repeats many turns ("Better than I hoped..." 17 times):
+``batch_distinct_texts`` counts the texts the lists really embedded, and
+``batch_distinct_per_cpu_s`` is the rate for turns that never repeat. Prints one JSON line.
 
 Run: ``python bench/memory_ingest.py [--single 200] [--batch 500]``
 """
@@ -81,6 +84,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu_after = hub_cpu(hub)
             hub_s, database_s = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     shutil.rmtree(workdir, ignore_errors=True)
+    distinct = sum(
+        len({t["text"] for t in turns[i : i + args.batch]})
+        for i in range(0, len(turns), args.batch)
+    )
     return {
         "single_notes": args.single,
         "single_notes_per_s": round(args.single / single_s, 1),
@@ -89,6 +96,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_notes_per_s": round(len(turns) / batch_s, 1),
         "batch_cpu_s": {"hub": round(hub_s, 2), "postgres": round(database_s, 2)},
         "batch_notes_per_cpu_s": round(len(turns) / (hub_s + database_s), 1),
+        "batch_distinct_texts": distinct,
+        "batch_distinct_per_cpu_s": round(distinct / (hub_s + database_s), 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }
