@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -36,7 +37,7 @@ from hub.observability import Metrics
 from hub.pool_events import PoolEvents
 from hub.preferences import PreferenceCache
 from hub.replica_dispatch import ReplicaDispatch
-from hub.replicas import ReplicaRecord, hold_replica_id, replica_id
+from hub.replicas import ReplicaIdLock, ReplicaRecord, replica_id
 from hub.routes import (
     account,
     admin,
@@ -190,11 +191,14 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             if settings.bus.nats_url is not None:
                 # The id outlives the process; one live process holds it (its own connection).
                 replica = replica_id(settings.bus.replica_id, settings.data_dir)
-                id_lock = await connect_once(db.uri, settings)
-                stack.push_async_callback(id_lock.close)
-                await hold_replica_id(
-                    id_lock, replica, settings.bus.heartbeat_s, settings.bus.replica_stale_s
+                id_lock = ReplicaIdLock(
+                    partial(connect_once, db.uri, settings),
+                    replica,
+                    settings.bus.heartbeat_s,
+                    settings.bus.replica_stale_s,
                 )
+                await id_lock.take()
+                stack.push_async_callback(id_lock.close)
                 bus = await NatsBus.connect(settings.bus, f"hub:{settings.server.port}")
                 stack.push_async_callback(bus.close)
                 events = PoolEvents(bus, resolver, registry, db.pool, replica)
@@ -210,6 +214,7 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                     registry,
                     settings.bus.heartbeat_s,
                     settings.bus.replica_stale_s,
+                    id_lock,
                 )
             canaries = build_canaries(state)
             state.scheduler = Scheduler(

@@ -28,6 +28,7 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ import anyio
 import asyncpg
 import structlog
 
-from hub.errors import HubError
+from hub.errors import DatabaseError, HubError
 from hub.replica_view import CHANGE_CHECK_S
 from inference.registry import WorkerRegistry
 
@@ -107,6 +108,71 @@ async def hold_replica_id(
         first = beat
         log.info("replica_id_held_elsewhere", replica=replica, waiting_s=heartbeat_s)
         await asyncio.sleep(heartbeat_s)
+
+
+# What using a connection the server ended may raise (asyncpg's protocol state included).
+_LOST = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+
+class ReplicaIdLock:
+    """This process's hold on its replica id, taken at start and kept with each heartbeat.
+
+    The advisory lock lives as long as its connection: when the database restarts or the
+    connection drops, :meth:`keep` opens another and takes the lock again. If another process
+    took the id meanwhile, both now claim it: logged ``replica_id_taken`` at each beat.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        replica: str,
+        heartbeat_s: float,
+        stale_s: float,
+    ) -> None:
+        self._connect = connect
+        self.replica = replica
+        self._heartbeat_s = heartbeat_s
+        self._stale_s = stale_s
+        self._conn: asyncpg.Connection | None = None
+
+    async def take(self) -> None:
+        """Take the id (:func:`hold_replica_id`): ``replica_id_in_use`` if a live process has it."""
+        conn = await self._connect()
+        try:
+            await hold_replica_id(conn, self.replica, self._heartbeat_s, self._stale_s)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+
+    async def keep(self) -> bool:
+        """Whether this process still holds the id, taking it again if its connection was lost.
+
+        Raises what connecting raises while the database is away (the next beat tries again).
+        """
+        if self._conn is not None:
+            try:
+                await self._conn.fetchval("SELECT 1")
+                return True
+            except _LOST:
+                self._conn.terminate()
+                self._conn = None
+        conn = await self._connect()
+        if await conn.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", REPLICA_ID_CLASS, self.replica
+        ):
+            self._conn = conn
+            log.warning("replica_id_lock_renewed", replica=self.replica)
+            return True
+        await conn.close()
+        log.error("replica_id_taken", replica=self.replica, fix="stop one of the two processes")
+        return False
+
+    async def close(self) -> None:
+        """Release the id (its connection closes)."""
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
 
 
 async def _end_holder(conn: asyncpg.Connection, replica: str) -> None:
@@ -255,8 +321,10 @@ class ReplicaRecord:
         registry: WorkerRegistry,
         heartbeat_s: float,
         stale_s: float,
+        lock: ReplicaIdLock | None = None,
     ) -> None:
         self._pool = pool
+        self._lock = lock
         self.replica = replica
         self._address = address
         self._registry = registry
@@ -277,8 +345,10 @@ class ReplicaRecord:
                 beating = now - beaten >= self._heartbeat_s
                 if beating or rows.keys() != written.keys():
                     try:
+                        if beating and self._lock is not None:
+                            await self._lock.keep()
                         await self._record(rows, written, beating=beating)
-                    except (asyncpg.PostgresError, OSError) as exc:
+                    except (asyncpg.PostgresError, OSError, DatabaseError) as exc:
                         log.warning("replica_record_failed", error=str(exc)[:200])
                         await asyncio.sleep(self._heartbeat_s)  # the database is away: no storm
                     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -96,3 +97,39 @@ async def test_an_id_released_by_a_clean_stop_is_taken_at_once(database_url: str
             await replica_registry.hold_replica_id(second, REPLICA, heartbeat_s=5, stale_s=5)
     finally:
         await second.close()
+
+
+async def _end_lock_sessions(conn: asyncpg.Connection) -> None:
+    """What a database restart does to the lock: its session ends."""
+    await conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks "
+        "WHERE locktype = 'advisory' AND classid = $1 AND pid <> pg_backend_pid()",
+        replica_registry.REPLICA_ID_CLASS,
+    )
+
+
+@pytest.mark.anyio
+async def test_a_lock_lost_with_its_connection_is_taken_again_or_the_clash_is_logged(
+    database_url: str, conn: asyncpg.Connection, captured_logs: list[Any]
+) -> None:
+    async def connect() -> asyncpg.Connection:
+        connection: asyncpg.Connection = await asyncpg.connect(database_url)
+        return connection
+
+    lock = replica_registry.ReplicaIdLock(connect, REPLICA, heartbeat_s=0.2, stale_s=5)
+    await lock.take()
+    try:
+        assert await lock.keep()
+        await _end_lock_sessions(conn)
+        assert await lock.keep()  # a new connection, the lock taken again
+        assert "replica_id_lock_renewed" in [e["event"] for e in captured_logs]
+        await _end_lock_sessions(conn)
+        intruder = await connect()  # another process takes the id in between
+        try:
+            await replica_registry.hold_replica_id(intruder, REPLICA, heartbeat_s=0.2, stale_s=5)
+            assert not await lock.keep()
+            assert "replica_id_taken" in [e["event"] for e in captured_logs]
+        finally:
+            await intruder.close()
+    finally:
+        await lock.close()
