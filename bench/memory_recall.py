@@ -12,7 +12,8 @@ chooses the fusion on the ``tune`` split; ``--split`` picks the questions report
 own embedded PostgreSQL and model folder in a temporary directory. Prints one JSON line (with
 recall@10 per kind of question where the set names kinds, and each mode's search p50 / p95;
 ``--pad N`` first stores N more notes of the same user outside every question's scope, to time
-searches over a large store).
+searches over a large store, and each mode's p50 / p95 over all of the user's notes then,
+without the conversation's tag, as a chat's recall searches).
 
 Run: ``python bench/memory_recall.py [--set PATH] [--split test] [--tune] [--baseline] [--pad N]``
 """
@@ -155,6 +156,35 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}": ordered[min(len(ordered) - 1, q * len(ordered) // 100)] for q in (50, 95)}
 
 
+async def unscoped(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    questions: list[dict[str, Any]],
+    vectors: list[tuple[Vector, Vector]],
+    mode: SearchMode,
+) -> dict[str, float]:
+    """Search p50 / p95 of ``questions`` over all of the user's notes, padding included (as a
+    chat's recall searches: no conversation tag), in ms."""
+    latencies: list[float] = []
+    for item, (vector, note_vector) in zip(questions, vectors, strict=True):
+        keyword = mode is SearchMode.KEYWORD
+        query = RecallQuery(
+            item["question"],
+            None if keyword else vector,
+            note_vector=None if keyword else note_vector,
+            facts=0,
+            notes=max(CUTOFFS),
+            mode=mode,
+        )
+        started = time.perf_counter()
+        await recall(conn, None, user_id, query)
+        latencies.append(time.perf_counter() - started)
+    return {
+        f"unscoped_{name}_ms": round(1000 * value, 1)
+        for name, value in percentiles(latencies).items()
+    }
+
+
 async def pad(
     conn: asyncpg.Connection, user_id: UUID, turns: list[dict[str, Any]], count: int
 ) -> None:
@@ -181,9 +211,9 @@ async def tune(
 ) -> Fusion:
     """The fusion with the best recall@10 (then MRR) on ``questions``, over a small grid."""
     best: tuple[float, float, Fusion] | None = None
-    grid = itertools.product((2.0, 3.0), (0.05, 0.2), (None, 2.0), (0.0, 0.1))
-    for weight, names, dated, said in grid:
-        fusion = Fusion(weight, 1.0, 10, 3.0, names=names, dated_keyword=dated, said=said)
+    grid = itertools.product((2.0, 3.0), (0.05, 0.2), (None, 2.0), (0.0, 0.1), (0.0, 0.07))
+    for weight, names, dated, said, recent in grid:
+        fusion = Fusion(weight, 1.0, 10, 3.0, names, dated, said, recent)
         got = await evaluate(conn, user_id, ids, questions, vectors, SearchMode.HYBRID, fusion)
         score = (got["recall@10"], got["mrr"], fusion)
         if best is None or score[:2] > best[:2]:
@@ -227,6 +257,7 @@ async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) ->
         asked = [by_question[q["question"]] for q in questions]
         results = {
             mode.value: await evaluate(conn, user.id, ids, questions, asked, mode, fusion)
+            | (await unscoped(conn, user.id, questions, asked, mode) if args.pad else {})
             for mode in (SearchMode.KEYWORD, SearchMode.VECTOR, SearchMode.HYBRID)
         }
         bm25 = await has_bm25(conn)

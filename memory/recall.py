@@ -118,7 +118,11 @@ class Fusion:
     Ingrid prefers what Ingrid said over what her friend said on the same topic). ``dated_keyword``,
     when set, replaces ``keyword`` for a query naming a month or a year ("in May 2023", "last
     month"): embeddings hardly tell one month from another, words do. ``said`` is added to the
-    fused score of a note said (``said_at``) in a month or year the query names.
+    fused score of a note said (``said_at``) in a month or year the query names. ``recent``,
+    for a question about the present ("where does she live now?", :func:`asks_current`), is
+    added in proportion to how late a candidate was said (``said_at``, else ``created_at``) by
+    rank among the candidates: 0 for the earliest, ``recent`` for the latest, so that of two
+    statements of a changing fact the later one leads.
     """
 
     vector: float = 1.0
@@ -128,11 +132,19 @@ class Fusion:
     names: float = 0.0
     dated_keyword: float | None = None  # the keyword weight for a query that names a date
     said: float = 0.0
+    recent: float = 0.0
 
 
-FUSION = Fusion(vector=2.0, keyword=1.0, k=10, boost=3.0, names=0.2, dated_keyword=2.0, said=0.1)
+FUSION = Fusion(
+    vector=2.0, keyword=1.0, k=10, boost=3.0, names=0.2, dated_keyword=2.0, said=0.1, recent=0.07
+)
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 _DATED = re.compile(rf"\b(?:{_MONTHS}|(?:19|20)\d\d)\b", re.IGNORECASE)
+_CURRENT = re.compile(
+    r"\b(?:now|nowadays|these days|currently|current|at the moment|at present|latest|"
+    r"most recent|still|any ?more)\b",
+    re.IGNORECASE,
+)
 _MONTH_YEAR = re.compile(
     rf"\b(?:(?P<month>{_MONTHS})\b(?:\s+(?P<year>(?:19|20)\d\d))?|(?P<only>(?:19|20)\d\d))\b",
     re.IGNORECASE,
@@ -211,7 +223,9 @@ note_fused AS MATERIALIZED (
             SELECT 1 FROM unnest($21::int[], $22::int[]) AS d (y, m)
             WHERE (d.y = 0 OR extract(year FROM n.said_at) = d.y)
               AND (d.m = 0 OR extract(month FROM n.said_at) = d.m)
-            ) THEN $23 ELSE 0 END AS score
+            ) THEN $23 ELSE 0 END
+        + $24::float8 * percent_rank() OVER (ORDER BY coalesce(n.said_at, n.created_at), n.id)
+            AS score
     FROM (
         SELECT coalesce(v.id, k.id) AS id, v.r AS vector_rank, k.r AS keyword_rank,
             coalesce($15::float8 / ($17::int + v.r), 0)
@@ -253,18 +267,40 @@ _FULLTEXT_KEYWORD = f"""
 """  # noqa: S608
 
 # BM25 (pg_search): any term may match, IDF discounts the common ones; the query's names and
-# dates ($14) count again with a boost ($18), in the body and in the context.
+# dates ($14) count again with a boost ($18), in the body and in the context. Every filter of
+# _SHARED_NOTE_FILTER is a clause of the query itself, on the index's fields (migration 021),
+# scored 0 so that only the text ranks: the scan visits only the notes the caller may read and
+# pg_search keeps the best $9 itself (top-k). A WHERE of PostgreSQL's own would have it score
+# every match of every user and filter afterwards (881 ms p95 at 100k notes). The final join
+# checks READABLE_NOTE again. The scan orders by score alone: a second key (the id, to break
+# ties) has pg_search read every match's id and doubled its time over 100k notes.
+_BM25_NONE = "ARRAY[]::paradedb.searchqueryinput[]"
+_BM25_READABLE = (  # READABLE_NOTE on the index's fields
+    "paradedb.boolean(should => ARRAY[paradedb.term('owner_id', $1), "
+    "paradedb.term_set('namespace', ARRAY(SELECT m.namespace FROM namespace_subscriptions m "
+    "WHERE m.user_id = $1))])"
+)
 _BM25_KEYWORD = f"""
     SELECT n.id, row_number() OVER (ORDER BY n.score DESC, n.id) AS r FROM (
         SELECT n.id, paradedb.score(n.id) AS score FROM notes n
-        WHERE n.id @@@ paradedb.boolean(should => ARRAY[
-                paradedb.match('title', $13), paradedb.match('body', $13),
-                paradedb.match('context', $13)]
-                || CASE WHEN $14 = '' THEN ARRAY[]::paradedb.searchqueryinput[] ELSE ARRAY[
-                    paradedb.boost($18::real, paradedb.match('body', $14)),
-                    paradedb.boost($18::real, paradedb.match('context', $14))] END)
-            AND {_SHARED_NOTE_FILTER} AND $9 > 0
-        ORDER BY score DESC, n.id LIMIT $9
+        WHERE n.id @@@ paradedb.boolean(
+            must => ARRAY[
+                paradedb.boolean(should => ARRAY[
+                    paradedb.match('title', $13), paradedb.match('body', $13),
+                    paradedb.match('context', $13)]
+                    || CASE WHEN $14 = '' THEN {_BM25_NONE} ELSE ARRAY[
+                        paradedb.boost($18::real, paradedb.match('body', $14)),
+                        paradedb.boost($18::real, paradedb.match('context', $14))] END),
+                paradedb.const_score(0, {_BM25_READABLE})]
+                || ARRAY(SELECT paradedb.const_score(0, paradedb.term('tags', t.tag))
+                    FROM unnest($4::text[]) AS t (tag))
+                || CASE WHEN $6::text[] IS NULL THEN {_BM25_NONE} ELSE ARRAY[
+                    paradedb.const_score(0, paradedb.term_set('namespace', $6::text[]))] END
+                || CASE WHEN $11::timestamptz IS NULL AND $12::timestamptz IS NULL
+                    THEN {_BM25_NONE} ELSE ARRAY[paradedb.const_score(0,
+                        paradedb.range('created_at', tstzrange($11, $12)))] END,
+            must_not => ARRAY[paradedb.exists('deleted_at')]) AND $9 > 0
+        ORDER BY score DESC LIMIT $9
     ) n
 """  # noqa: S608
 
@@ -318,6 +354,12 @@ def named_months(terms: str) -> list[tuple[int, int]]:
     return list(dict.fromkeys(found))
 
 
+def asks_current(text: str) -> bool:
+    """Whether a question asks about the present state of something ("Where does Ingrid live
+    now?", "Which city is she based in these days?"), which the latest statement answers."""
+    return _CURRENT.search(text) is not None
+
+
 def note_query_text(text: str) -> str:
     """The query as notes are searched by embedding: each name replaced by ``someone``.
 
@@ -355,6 +397,49 @@ async def has_bm25(conn: asyncpg.Connection) -> bool:
     return bool(await conn.fetchval("SELECT to_regclass('notes_bm25_idx') IS NOT NULL"))
 
 
+def recall_statement(
+    user_id: UUID, query: RecallQuery, *, facts: int, bm25: bool
+) -> tuple[str, list[object]]:
+    """The statement :func:`recall` runs for ``query`` (``facts`` facts, and notes) and its
+    arguments; ``bm25``: the keyword side is pg_search's (else PostgreSQL's full text)."""
+    vector_side = query.mode is not SearchMode.KEYWORD and query.vector is not None
+    keyword_side = query.mode is not SearchMode.VECTOR
+    words = keyword_terms(query.text) if keyword_side else None
+    candidates = max(query.notes * CANDIDATES_PER_K, MIN_CANDIDATES) if query.notes else 0
+    names = salient_terms(query.text, query.now or datetime.now(UTC)) if keyword_side else ""
+    fusion = query.fusion
+    months = named_months(names)
+    if fusion.dated_keyword is not None and _DATED.search(names):
+        fusion = replace(fusion, keyword=fusion.dated_keyword)
+    arguments: list[object] = [
+        user_id,
+        query.vector,
+        facts,
+        list(query.tags),
+        query.history,
+        None if query.namespaces is None else list(query.namespaces),
+        words,
+        candidates if vector_side else 0,
+        candidates if words else 0,
+        query.notes,
+        query.since,
+        query.until,
+        query.text,
+        names,
+        fusion.vector,
+        fusion.keyword,
+        fusion.k,
+        fusion.boost,
+        fusion.names,
+        query.vector if query.note_vector is None else query.note_vector,
+        [year for year, _ in months],
+        [month for _, month in months],
+        fusion.said,
+        fusion.recent if asks_current(query.text) else 0.0,
+    ]
+    return (RECALL_BM25_SQL if bm25 and keyword_side else RECALL_SQL), arguments
+
+
 async def recall(
     conn: asyncpg.Connection, key: UserKey | None, user_id: UUID, query: RecallQuery
 ) -> Recall:
@@ -371,17 +456,9 @@ async def recall(
             conn, key, user_id, query.vector, query.facts, tags=query.tags, history=query.history
         )
         return Recall(facts=[FactHit(f, s) for f, s in found if f.text is not None])
-    vector_side = query.mode is not SearchMode.KEYWORD and query.vector is not None
-    keyword_side = query.mode is not SearchMode.VECTOR
-    words = keyword_terms(query.text) if keyword_side else None
-    candidates = max(query.notes * CANDIDATES_PER_K, MIN_CANDIDATES) if query.notes else 0
     facts = query.facts if key is not None and query.vector is not None else 0
-    bm25 = keyword_side and await has_bm25(conn)
-    names = salient_terms(query.text, query.now or datetime.now(UTC)) if keyword_side else ""
-    fusion = query.fusion
-    months = named_months(names)
-    if fusion.dated_keyword is not None and _DATED.search(names):
-        fusion = replace(fusion, keyword=fusion.dated_keyword)
+    bm25 = query.mode is not SearchMode.VECTOR and await has_bm25(conn)
+    sql, arguments = recall_statement(user_id, query, facts=facts, bm25=bm25)
     async with conn.transaction():
         await conn.execute(settings)
         if bm25:
@@ -391,32 +468,7 @@ async def recall(
                 "SET LOCAL plan_cache_mode = force_custom_plan; "
                 "SET LOCAL max_parallel_workers_per_gather = 0"
             )
-        rows = await conn.fetch(
-            RECALL_BM25_SQL if bm25 else RECALL_SQL,
-            user_id,
-            query.vector,
-            facts,
-            list(query.tags),
-            query.history,
-            None if query.namespaces is None else list(query.namespaces),
-            words,
-            candidates if vector_side else 0,
-            candidates if words else 0,
-            query.notes,
-            query.since,
-            query.until,
-            query.text,
-            names,
-            fusion.vector,
-            fusion.keyword,
-            fusion.k,
-            fusion.boost,
-            fusion.names,
-            query.vector if query.note_vector is None else query.note_vector,
-            [year for year, _ in months],
-            [month for _, month in months],
-            fusion.said,
-        )
+        rows = await conn.fetch(sql, *arguments)
     fact_hits = [
         FactHit(fact_from_row(r, key), float(r["similarity"]))
         for r in rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from memory.recall import (
     Recall,
     RecallQuery,
     SearchMode,
+    asks_current,
     context_message,
     has_bm25,
     keyword_terms,
@@ -431,3 +433,43 @@ async def test_context_and_bm25_find_more_answers_on_a_multisession_conversation
             ranks.append(next((i for i, t in enumerate(order) if t in item["answers"]), None))
         ranked["plain" if window is None else "context"] = ranks
     assert _recall_at(ranked["context"], 10) >= _recall_at(ranked["plain"], 10) + 0.1
+
+
+def test_a_question_about_the_present_is_told_from_one_about_the_past() -> None:
+    for text in (
+        "Where does Ingrid live now?",
+        "Which city is she based in these days?",
+        "Is he still at Quillstone?",
+        "What is her current job?",
+    ):
+        assert asks_current(text), text
+    for text in ("Where did Ingrid live in May?", "Who knows the snowy road?", "What job?"):
+        assert not asks_current(text), text
+
+
+async def test_a_question_about_the_present_prefers_the_later_of_two_statements(
+    vconn: asyncpg.Connection, embedder: Embedder, alice: Member
+) -> None:
+    turns = [
+        Turn(
+            "Packing boxes again, the new job means we're moving to Porto.",
+            "Ingrid",
+            datetime(2023, 5, 2, tzinfo=UTC),
+        ),
+        Turn("How is the garden doing?", "Kwame", datetime(2023, 7, 1, tzinfo=UTC)),
+        Turn(
+            "We signed the lease today, we're relocating to Denver at the end of the month.",
+            "Ingrid",
+            datetime(2023, 9, 14, tzinfo=UTC),
+        ),
+    ]
+    porto, _, denver = await _store(vconn, embedder, alice, turns, window=0)
+    now = "Where does Ingrid live now?"
+    unaware = replace(FUSION, recent=0.0)
+    assert (await _search(vconn, embedder, alice, now, fusion=unaware))[0].id == porto.id
+    for mode in SearchMode:
+        assert (await _search(vconn, embedder, alice, now, mode=mode))[0].id == denver.id, mode
+    past = "Which city did Ingrid move to?"
+    assert [n.id for n in await _search(vconn, embedder, alice, past)] == [
+        n.id for n in await _search(vconn, embedder, alice, past, fusion=unaware)
+    ]
