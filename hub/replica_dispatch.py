@@ -217,6 +217,10 @@ class ReplicaDispatch:
         """Whether this replica's free slots of ``model`` wait for another's waiter."""
         return self.queue.holding(model)
 
+    def capacity(self, model: str) -> float:
+        """Tokens/s the other live replicas' workers of ``model`` generate, all slots busy."""
+        return self.view.capacity(model)
+
     def speed(self, worker_id: str) -> float | None:
         """Another replica's worker's speed, as that replica measured it."""
         return self.view.standings.speed(worker_id)
@@ -428,8 +432,8 @@ class ReplicaDispatch:
                 task.cancel()
 
     async def _capacity(self, data: dict[str, Any]) -> None:
-        self.view.apply(data)
-        if len(self.registry.queue):  # a slot there, or a waiter gone: the queue may move
+        # A slot free there, a waiter gone or a user's jobs ended: the queue may move.
+        if self.view.apply(data) and len(self.registry.queue):
             self.registry.release()
 
     async def _lapse_holds(self) -> None:

@@ -45,7 +45,7 @@ from hub.bus import NatsBus
 from hub.replica_standings import RemoteStandings
 from inference.link import WorkerLink
 from inference.protocol import Hardware, ModelInfo
-from inference.registry import ModelSummary, WorkerRegistry
+from inference.registry import UNMEASURED_TOKENS_PER_S, ModelSummary, WorkerRegistry
 from inference.router import HALF_LIFE_S, MAX_CHARGE, DeficitRouter
 
 log = structlog.get_logger()
@@ -216,16 +216,20 @@ class CapacityView:
         self.updates = 0
         self.refused = 0
 
-    def apply(self, data: dict[str, Any]) -> None:
-        """Take one snapshot off the bus; a malformed one is logged, counted and ignored."""
+    def apply(self, data: dict[str, Any]) -> bool:
+        """Take one snapshot off the bus; a malformed one is logged, counted and ignored.
+
+        True when it may let a queue move: a free slot, a user's running jobs or a replica's
+        first waiters changed.
+        """
         try:
             snap = Snapshot.model_validate(data)
         except ValidationError as exc:
             self.refused += 1
             log.warning("replica_capacity_unreadable", error=str(exc)[:200])
-            return
+            return False
         if snap.replica == self.own:
-            return
+            return False
         self.updates += 1
         now = self._clock()
         entry = self._replicas.get(snap.replica)
@@ -255,6 +259,8 @@ class CapacityView:
                 del self._running[user]
         if snap.heads is not None:
             entry.heads = {head.model: head for head in snap.heads}
+        moved = snap.heads is not None or bool(snap.running)
+        return moved or any(worker.free > 0 for worker in snap.workers)
 
     def _put(self, replica: str, entry: _Replica, worker: RemoteWorker, served: float) -> None:
         entry.put(worker)
@@ -361,6 +367,18 @@ class CapacityView:
             )
             for model, entries in by_model.items()
         ]
+
+    def capacity(self, model: str) -> float:
+        """Tokens/s the live replicas' workers of ``model`` generate with every slot busy.
+
+        Speeds as their replicas measured them, an unmeasured worker's as the hub's guess.
+        """
+        return sum(
+            (worker.speed or UNMEASURED_TOKENS_PER_S) * worker.slots
+            for replica in self.live()
+            for worker in self._replicas[replica].workers.values()
+            if any(info.id == model for info in worker.models)
+        )
 
     def free_slots(self, model: str) -> int:
         """Free slots for the model on the live replicas."""

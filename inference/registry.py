@@ -137,6 +137,10 @@ class RemotePlacement(Standings, Protocol):
         """Whether this replica's free slots of ``model`` are held for another's waiter."""
         ...
 
+    def capacity(self, model: str) -> float:
+        """Tokens/s the other replicas' workers of ``model`` can generate, all slots busy."""
+        ...
+
     def free_slots(self, model: str) -> int:
         """Free slots for the model on the other replicas, as last heard."""
         ...
@@ -390,10 +394,16 @@ class WorkerRegistry:
 
         Work ahead: the tokens still expected from jobs running on the model's capable workers
         plus those of jobs queued for the model; capacity: their measured speeds times slots.
+        With no capable worker here, other replicas' workers of the model make it finite: the
+        queued work over their capacity (their running work is not stated: a lower bound).
         """
         capable = self.capable(model, needs_tools, needs_context, avoid, min_trust)
         if not capable:
-            return math.inf
+            elsewhere = 0.0 if self.remote is None else self.remote.capacity(model)
+            if elsewhere <= 0:
+                return math.inf
+            queued = sum(t.expected for t in self._pending.values() if t.job.model == model)
+            return queued / elsewhere
         capacity = sum(
             (self.router.speed(link.id) or UNMEASURED_TOKENS_PER_S) * link.slots for link in capable
         )
@@ -533,28 +543,35 @@ class WorkerRegistry:
         if not self._pending:
             return
         running = self.running_in_pool()
+        free: dict[str | None, bool] = {}  # model (None: any) -> a slot free here; per placement
         for waiter in self.queue.ordered(running):
-            local = any(w.free_slots > 0 and w.excluded is None for w in self.workers.values())
-            if not local and self.remote is None:
+            if self.remote is None and not self._free_here(None, free):
                 return  # every slot is taken: the rest of the queue cannot move now
             ticket = self._pending[waiter]
             if ticket.future.done():
                 continue
-            handle = self._release_one(ticket, running, local)
+            handle = self._release_one(ticket, running, free)
             if handle is not None:
+                free.clear()
                 handle.queued = True
                 ticket.future.set_result(handle)
 
+    def _free_here(self, model: str | None, known: dict[str | None, bool]) -> bool:
+        """Whether a worker here has a free slot (for ``model``), looked at once per placement."""
+        if model not in known:
+            known[model] = any(
+                w.free_slots > 0 and w.excluded is None and (model is None or model in w.models)
+                for w in self.workers.values()
+            )
+        return known[model]
+
     def _release_one(
-        self, ticket: Ticket, running: Mapping[str, int], local: bool
+        self, ticket: Ticket, running: Mapping[str, int], free: dict[str | None, bool]
     ) -> JobHandle | None:
         """A slot for one waiter: here, or on another replica when it is the pool's first."""
         waiter, remote = ticket.waiter, self.remote if ticket.only is None else None
         if remote is not None:
-            here = local and any(
-                w.free_slots > 0 and w.excluded is None and waiter.model in w.models
-                for w in self.workers.values()
-            )
+            here = self._free_here(waiter.model, free)
             if not here and remote.free_slots(waiter.model) <= 0:
                 return None
             if remote.defer(waiter, running, self._clock() - waiter.enqueued_at):

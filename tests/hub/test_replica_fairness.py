@@ -242,6 +242,45 @@ def test_a_freed_slot_goes_to_the_pools_first_waiter_whichever_replica_holds_it(
     assert finished == ["lee-on-A", "lee-on-B", "uma-on-C"]
 
 
+def _pool_config(pool: Pool, replica: str, method: str, body: Any = None) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {pool.admin_token}"}
+    url = pool.url(replica) + "/admin/api/pool-config"
+    answer = httpx.request(method, url, json=body, headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    config: dict[str, Any] = answer.json()
+    return config
+
+
+def test_a_chat_queued_where_no_worker_serves_its_model_waits_for_a_slot_elsewhere(
+    pool: Pool,
+) -> None:
+    """C has no worker: its queue's wait is predicted from the others' capacity, not unbounded.
+
+    With ``queue_wait_s`` at 1 s, a chat that found every slot busy used to be answered
+    degraded after that second (no capable worker here, so no prediction); it waits for a slot
+    on A or B now, as it would on their own queues.
+    """
+    before = _pool_config(pool, "A", "GET")
+    _pool_config(pool, "A", "PUT", before | {"queue_wait_s": 1.0})
+    try:
+        wait_until(
+            lambda: _pool_config(pool, "C", "GET")["queue_wait_s"] == 1.0, 10, "C's new config"
+        )
+        started: list[str] = []
+        with ThreadPoolExecutor(13) as threads:
+            streams = [threads.submit(_stream, pool.client("A"), 60, started) for _ in range(12)]
+            wait_until(lambda: len(started) == 12, 30, "every slot to be busy")
+            raw = pool.client("C").chat.completions.with_raw_response.create(
+                model=MODEL, messages=[{"role": "user", "content": "wait"}], max_tokens=2
+            )
+            assert [f.result(timeout=60) for f in streams] == [expected_text(60)] * 12
+        assert raw.headers["x-iamine-route"] == "replica"
+        assert int(raw.headers["x-iamine-queue-ms"]) > 1000  # it waited past queue_wait_s
+        assert raw.parse().choices[0].message.content == expected_text(2)
+    finally:
+        _pool_config(pool, "A", "PUT", before)
+
+
 async def _hand_off_while_down(nats_url: str, replica_id: str, job_id: str) -> list[Back]:
     """Publish a hand-off to ``replica_id``'s queue; the answer frames once it is served."""
     client = await nats.connect(nats_url)
