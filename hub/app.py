@@ -123,7 +123,10 @@ def build_semantic_memory(
     memory = settings.memory
     folder = embedding_model_dir(settings)
     embedder = Embedder(
-        folder, threads=memory.embedding_threads, batch_size=memory.embedding_batch_size
+        folder,
+        threads=memory.embedding_threads,
+        batch_size=memory.embedding_batch_size,
+        int8=memory.embedding_int8,
     )
     if not embedder.available:
         log.warning("embedding_model_missing", folder=str(folder), fix="iamine models install")

@@ -11,9 +11,11 @@ call in a worker thread, so the event loop never waits on the model. A call's ba
 ``threads`` single-threaded sessions at once: on conversation turns that costs about 30 % less
 CPU than one session spreading each small batch over the same threads (15 against 22 CPU
 seconds for 2,000 turns), with the same vectors. The model is nearly all the cost of storing a
-note: about 6 ms of one CPU for a 23-token turn, its float32 products running near what one
-core can do (about 75 GFLOP/s); multiplying in int8 instead (dynamic quantization of the
-activations) was 1.5 times faster but lost 1 to 2 points of recall@10 on the multi-session set.
+note: in float32 about 6 ms of one CPU for a 23-token turn, its products running near what one
+core can do (about 75 GFLOP/s). With ``int8`` (the default, ``IAMINE_MEMORY__EMBEDDING_INT8``)
+they multiply in integers, activations quantized per token (memory/onnx_int8.py): 1.9 times
+the texts per CPU second, recall@10 unchanged on the multi-session set. Quantizing per tensor
+instead (``DynamicQuantizeMatMul``) made a vector depend on its batch and lost 1 to 2 points.
 Every stored vector records :data:`MODEL_NAME` and :data:`MODEL_DIM` beside it, so the model can
 change later without mixing vector spaces.
 """
@@ -39,6 +41,7 @@ import numpy.typing as npt
 import structlog
 
 from memory.errors import EmbeddingModelMissing
+from memory.onnx_int8 import int8_activations
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -174,19 +177,23 @@ class _Session:
     more CPU on conversation turns: it runs every graph optimisation (the fused attention of
     ``ORT_ENABLE_ALL`` is 7 to 10 % slower on short texts than the basic level) and tokenizes
     and pads each batch again. The vector is fastembed's: the mean of the last hidden state
-    over the text's tokens, at unit length (the same to 2e-7).
+    over the text's tokens, at unit length (the same to 2e-7). With ``int8`` the model is
+    :func:`~memory.onnx_int8.int8_activations` of the installed one.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, int8: bool) -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
+        model = (folder / "model.onnx").read_bytes()
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self._session = ort.InferenceSession(
-            str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            int8_activations(model) if int8 else model,
+            options,
+            providers=["CPUExecutionProvider"],
         )
         self._inputs = {i.name for i in self._session.get_inputs()}
 
@@ -228,16 +235,19 @@ class Embedder:
 
     ``threads`` sessions of one CPU thread each embed a call's batches side by side; one call
     runs at a time, so concurrent callers queue on a capacity limiter instead of
-    oversubscribing the CPU.
+    oversubscribing the CPU. ``int8`` multiplies in integers (see the module's docstring).
     """
 
     model = MODEL_NAME
     dim = MODEL_DIM
 
-    def __init__(self, folder: Path, *, threads: int = 2, batch_size: int = 32) -> None:
+    def __init__(
+        self, folder: Path, *, threads: int = 2, batch_size: int = 32, int8: bool = True
+    ) -> None:
         self.folder = folder
         self.threads = threads
         self.batch_size = batch_size
+        self.int8 = int8
         self.load_seconds: float | None = None
         self._sessions: list[_Session] = []
         self._tokenizer: Tokenizer | None = None
@@ -258,7 +268,7 @@ class Embedder:
             check_model(self.folder)
             started = time.perf_counter()
             self._tokenizer = load_tokenizer(self.folder)
-            self._sessions = [_Session(self.folder) for _ in range(self.threads)]
+            self._sessions = [_Session(self.folder, int8=self.int8) for _ in range(self.threads)]
             if self.threads > 1:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embedder")
             self.load_seconds = time.perf_counter() - started

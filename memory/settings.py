@@ -85,6 +85,12 @@ class MemorySettings(BaseModel):
         "are spread over them).",
     )
     embedding_batch_size: int = Field(32, ge=1, le=1024, description="Texts per embedding batch.")
+    embedding_int8: bool = Field(
+        True,
+        description="Multiply the embedding model's weights by activations quantized to 8 bits "
+        "per token (memory/onnx_int8.py): about 1.9 times the texts per CPU second, vectors at "
+        "cosine 0.997 to the float32 ones; false runs float32.",
+    )
     recall_min_score: float = Field(
         0.25,
         ge=-1,
