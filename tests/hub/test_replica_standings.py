@@ -226,3 +226,19 @@ def test_standings_move_their_origin_before_the_growth_factor_could_overflow() -
     totals = standings.classes(())["cpu"]
     assert list(totals.speeds) == [10.0] and totals.unmeasured == 0
     assert totals.served == pytest.approx(100.0)
+
+
+def test_a_silent_replicas_workers_leave_the_standings_and_the_pools_totals() -> None:
+    clocks = Clocks()
+    view = clocks.view()
+    view.apply({"replica": B, "at": WALL, "workers": [worker("x", served=100.0, speed=10.0)]})
+    view.apply({"replica": C, "at": WALL, "workers": [worker("y", served=50.0)]})
+    assert view.standings.total_served() == pytest.approx(150.0)
+    clocks.now = 2.0
+    view.apply({"replica": C, "full": False, "workers": []})  # C beats, B has died
+    clocks.now = 4.0
+    assert view.live() == [C]
+    assert view.standings.total_served() == pytest.approx(50.0 * 2 ** (-4.0 / HALF_LIFE_S))
+    assert view.standings.speed("x") is None and view.standings.served("x") == 0.0
+    cpu = view.standings.classes(())["cpu"]
+    assert list(cpu.speeds) == [] and cpu.unmeasured == 1
