@@ -1,8 +1,10 @@
 """Chats handed between hub replicas over NATS JetStream, and streamed back.
 
-A chat that reaches replica A when none of A's workers is free, while replica B has one
-(:class:`~hub.replica_view.CapacityView`), is placed on B's worker through the router's
-``registry.remote`` step (``inference/dispatch.py``: route ``replica``). A gets an ordinary
+A chat that reaches replica A may be placed on a free worker of replica B
+(:class:`~hub.replica_view.CapacityView`): the router weighs B's free workers with A's own,
+pool-wide, through ``registry.remote`` (``inference/dispatch.py``: route ``replica``); a chat
+queued on A takes B's slot when it is the pool's first waiter (``hub/replica_queue.py``).
+A gets an ordinary
 :class:`~inference.link.JobHandle` on a stand-in :class:`~inference.link.WorkerLink` for that
 worker, so the relay, the billing and mid-stream failover treat it like a local job:
 

@@ -77,11 +77,6 @@ class RemoteWorker(BaseModel):
     speed: float | None = Field(None, gt=0, le=MAX_SPEED, allow_inf_nan=False)
     served: float = Field(0.0, ge=0, le=MAX_SERVED, allow_inf_nan=False)
 
-    @property
-    def free_slots(self) -> int:
-        """Free slots, as the router reads a worker."""
-        return self.free
-
 
 class QueueHead(BaseModel):
     """The first waiter for one model in a replica's queue (in the pool-wide order)."""
