@@ -460,14 +460,11 @@ async def recall(
     bm25 = query.mode is not SearchMode.VECTOR and await has_bm25(conn)
     sql, arguments = recall_statement(user_id, query, facts=facts, bm25=bm25)
     async with conn.transaction():
-        await conn.execute(settings)
-        if bm25:
-            # pg_search plans its scan from the query's values (a generic plan is refused), and
-            # its parallel scan crashes the worker (pg_search 0.21.14): one process, custom plans.
-            await conn.execute(
-                "SET LOCAL plan_cache_mode = force_custom_plan; "
-                "SET LOCAL max_parallel_workers_per_gather = 0"
-            )
+        # pg_search plans its scan from the query's values (a generic plan is refused: the
+        # settings force custom plans), and its parallel scan crashes the worker (pg_search
+        # 0.21.14): one process. One round trip for all of them.
+        parallel = "; SET LOCAL max_parallel_workers_per_gather = 0" if bm25 else ""
+        await conn.execute(settings + parallel)
         rows = await conn.fetch(sql, *arguments)
     fact_hits = [
         FactHit(fact_from_row(r, key), float(r["similarity"]))
