@@ -13,9 +13,10 @@ CPU than one session spreading each small batch over the same threads (15 agains
 seconds for 2,000 turns), with the same vectors. The model is nearly all the cost of storing a
 note: in float32 about 6 ms of one CPU for a 23-token turn, its products running near what one
 core can do (about 75 GFLOP/s). With ``int8`` (the default, ``IAMINE_MEMORY__EMBEDDING_INT8``)
-they multiply in integers, activations quantized per token (memory/onnx_int8.py): 1.9 times
-the texts per CPU second, recall@10 unchanged on the multi-session set. Quantizing per tensor
-instead (``DynamicQuantizeMatMul``) made a vector depend on its batch and lost 1 to 2 points.
+they multiply in integers, activations quantized per token (memory/onnx_int8.py): 2.2 times
+the texts per CPU second, recall@10 unchanged on the multi-session set (recall@1 about 2 points
+lower). Quantizing per tensor instead (``DynamicQuantizeMatMul``) made a vector depend on its
+batch and lost 1 to 2 points of recall@10.
 Every stored vector records :data:`MODEL_NAME` and :data:`MODEL_DIM` beside it, so the model can
 change later without mixing vector spaces.
 """
