@@ -272,7 +272,8 @@ _FULLTEXT_KEYWORD = f"""
 # scored 0 so that only the text ranks: the scan visits only the notes the caller may read and
 # pg_search keeps the best $9 itself (top-k). A WHERE of PostgreSQL's own would have it score
 # every match of every user and filter afterwards (881 ms p95 at 100k notes). The final join
-# checks READABLE_NOTE again. The scan orders by score alone: a second key (the id, to break
+# checks READABLE_NOTE again; a since after the until is an empty range (tstzrange refuses
+# it). The scan orders by score alone: a second key (the id, to break
 # ties) has pg_search read every match's id and doubled its time over 100k notes.
 _BM25_NONE = "ARRAY[]::paradedb.searchqueryinput[]"
 _BM25_READABLE = (  # READABLE_NOTE on the index's fields
@@ -298,7 +299,8 @@ _BM25_KEYWORD = f"""
                     paradedb.const_score(0, paradedb.term_set('namespace', $6::text[]))] END
                 || CASE WHEN $11::timestamptz IS NULL AND $12::timestamptz IS NULL
                     THEN {_BM25_NONE} ELSE ARRAY[paradedb.const_score(0,
-                        paradedb.range('created_at', tstzrange($11, $12)))] END,
+                        paradedb.range('created_at', tstzrange($11,
+                        CASE WHEN $12 < $11 THEN $11 ELSE $12 END)))] END,
             must_not => ARRAY[paradedb.exists('deleted_at')]) AND $9 > 0
         ORDER BY score DESC LIMIT $9
     ) n

@@ -121,6 +121,7 @@ async def test_tags_namespaces_and_times_narrow_the_keyword_side(
     assert await found(since=NOW + timedelta(seconds=1)) == []
     assert await found(until=NOW) == []  # since is inclusive, until is not
     assert await found(since=NOW, until=NOW + timedelta(seconds=1)) == everything
+    assert await found(since=NOW + timedelta(seconds=1), until=NOW) == []
 
 
 async def test_query_syntax_in_a_question_is_read_as_words(
