@@ -6,7 +6,7 @@ files (``iamine models install`` runs :func:`install_model`): ``model.onnx`` (in
 with ``model_max_length`` set to 256 as in the original model. A missing folder is an
 :class:`~memory.errors.EmbeddingModelMissing` that names the fix.
 
-:class:`Embedder` loads the model on first use (about 0.3 s for two ONNX sessions) and runs every
+:class:`Embedder` loads the model on first use (about 0.5 s for two ONNX sessions) and runs every
 call in a worker thread, so the event loop never waits on the model. A call's batches run on
 ``threads`` single-threaded sessions at once: on conversation turns that costs about 30 % less
 CPU than one session spreading each small batch over the same threads (15 against 22 CPU
@@ -14,9 +14,10 @@ seconds for 2,000 turns), with the same vectors. The model is nearly all the cos
 note: in float32 about 6 ms of one CPU for a 23-token turn, its products running near what one
 core can do (about 75 GFLOP/s). With ``int8`` (the default, ``IAMINE_MEMORY__EMBEDDING_INT8``)
 they multiply in integers, activations quantized per token (memory/onnx_int8.py): 2.2 times
-the texts per CPU second, recall@10 unchanged on the multi-session set (recall@1 about 2 points
-lower). Quantizing per tensor instead (``DynamicQuantizeMatMul``) made a vector depend on its
-batch and lost 1 to 2 points of recall@10.
+the texts per CPU second; on the multi-session set hybrid recall@10 within one question of 170
+of float32's, recall@1 about 1 point lower. Quantizing per tensor instead
+(``DynamicQuantizeMatMul``) made a vector depend on its batch and lost 1 to 2 points of
+recall@10.
 Every stored vector records :data:`MODEL_NAME` and :data:`MODEL_DIM` beside it, so the model can
 change later without mixing vector spaces.
 """
@@ -178,24 +179,19 @@ class _Session:
     more CPU on conversation turns: it runs every graph optimisation (the fused attention of
     ``ORT_ENABLE_ALL`` is 7 to 10 % slower on short texts than the basic level) and tokenizes
     and pads each batch again. The vector is fastembed's: the mean of the last hidden state
-    over the text's tokens, at unit length (the same to 2e-7). With ``int8`` the model is
-    :func:`~memory.onnx_int8.int8_activations` of the installed one.
+    over the text's tokens, at unit length (the same to 2e-7). ``model`` is the bytes of
+    ``model.onnx``, or their :func:`~memory.onnx_int8.int8_activations`.
     """
 
-    def __init__(self, folder: Path, *, int8: bool) -> None:
+    def __init__(self, model: bytes) -> None:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
-        model = (folder / "model.onnx").read_bytes()
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        self._session = ort.InferenceSession(
-            int8_activations(model) if int8 else model,
-            options,
-            providers=["CPUExecutionProvider"],
-        )
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
 
     def embed(self, tokens: list[list[int]]) -> Vectors:
@@ -269,7 +265,10 @@ class Embedder:
             check_model(self.folder)
             started = time.perf_counter()
             self._tokenizer = load_tokenizer(self.folder)
-            self._sessions = [_Session(self.folder, int8=self.int8) for _ in range(self.threads)]
+            model = (self.folder / "model.onnx").read_bytes()
+            if self.int8:
+                model = int8_activations(model)
+            self._sessions = [_Session(model) for _ in range(self.threads)]
             if self.threads > 1:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="embedder")
             self.load_seconds = time.perf_counter() - started

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory.embeddings import Embedder, _Session
+from memory.embeddings import Embedder, install_model
 from memory.onnx_int8 import int8_activations
 
 SET = Path(__file__).parent / "data" / "recall_multisession.json"
@@ -48,14 +48,17 @@ def test_the_rewrite_multiplies_the_36_weight_matrices_in_integers(
     assert len(rewritten) - len(model) < 200_000  # the int8 weights are shared, not expanded
 
 
-def test_what_cannot_be_rewritten_is_a_clear_error(
-    embedding_model_dir: Path, tmp_path: Path
-) -> None:
+def test_what_cannot_be_rewritten_is_a_clear_error(embedding_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="Not an ONNX model"):
         int8_activations(b"\xff\xff\xff not protobuf")
     once = int8_activations((embedding_model_dir / "model.onnx").read_bytes())
     with pytest.raises(ValueError, match="no product with int8 weights"):
         int8_activations(once)
-    (tmp_path / "model.onnx").write_bytes(b"\x00garbage")
+
+
+def test_a_damaged_model_file_fails_clearly_at_load(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    install_model(folder)
+    (folder / "model.onnx").write_bytes(b"\x00 not the model")
     with pytest.raises(ValueError, match="Not an ONNX model"):
-        _Session(tmp_path, int8=True)
+        Embedder(folder).load()
