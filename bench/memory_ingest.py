@@ -12,7 +12,7 @@ each distinct text of a list once, and the generated set repeats many turns ("Be
 hoped..." 17 times): ``batch_distinct_texts`` counts the texts the lists really embedded, and
 ``batch_distinct_per_cpu_s`` is the rate for turns that never repeat. Prints one JSON line.
 
-Run: ``python bench/memory_ingest.py [--single 200] [--batch 500] [--concurrency 1]``
+Run: ``python bench/memory_ingest.py [--single 200] [--batch 500] [--concurrency 1] [--float32]``
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="iamine-bench-ingest-"))
     with Services(workdir) as services:
         install_model(services.workdir / "hub-data" / "models" / MODEL_DIR_NAME)
-        hub = await start_hub(services)
+        float32 = {"IAMINE_MEMORY__EMBEDDING_INT8": "false"} if args.float32 else {}
+        hub = await start_hub(services, settings=float32)
         async with httpx.AsyncClient(timeout=600) as client:
             await post(client, hub, note(turns[0]))  # loads the model
             started = time.perf_counter()
@@ -105,6 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_notes": len(turns),
         "batch_size": args.batch,
         "concurrency": args.concurrency,
+        "embedding": "float32" if args.float32 else "int8",
         "batch_notes_per_s": round(len(turns) / batch_s, 1),
         "batch_cpu_s": {"hub": round(hub_s, 2), "postgres": round(database_s, 2)},
         "batch_notes_per_cpu_s": round(len(turns) / (hub_s + database_s), 1),
@@ -120,6 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--single", type=int, default=200, help="Notes posted one by one.")
     parser.add_argument("--batch", type=int, default=500, help="Notes per list.")
+    parser.add_argument(
+        "--float32", action="store_true", help="Embed in float32 (IAMINE_MEMORY__EMBEDDING_INT8)."
+    )
     parser.add_argument(
         "--concurrency", type=int, default=1, help="Lists in flight at once (a bulk importer's)."
     )
