@@ -210,10 +210,12 @@ class ReplicaDispatch:
         """Jobs running on the other live replicas' workers, per user (their statements)."""
         return self.view.running()
 
-    def defer(self, waiter: Waiter, running: Mapping[str, int], waited_s: float) -> bool:
+    def defer(
+        self, waiter: Waiter, running: Mapping[str, int], waited_s: float, here: bool
+    ) -> bool:
         """Whether another replica's first waiter gets this model's free slots first."""
         key = self.queue.key(waiter, running, waited_s)
-        return self.queue.defer(waiter.model, key, running)
+        return self.queue.defer(waiter.model, key, running, here)
 
     def holding(self, model: str) -> bool:
         """Whether this replica's free slots of ``model`` wait for another's waiter."""
@@ -602,6 +604,7 @@ class ReplicaDispatch:
             user=handoff.user,
             needs_context=handoff.needs_context,
             min_trust=handoff.min_trust,
+            anywhere=False,  # handed on again, its answer would meet this one on one subject
         )
         try:
             return await registry.await_slot(ticket, HANDOFF_QUEUE_S)

@@ -69,20 +69,26 @@ class PoolQueue:
         ]
         return min(found) if found else None
 
-    def defer(self, model: str, key: QueueKey, running: Mapping[str, int]) -> bool:
-        """Whether a waiter of this ``key`` leaves this model's free slots to a better one.
+    def defer(self, model: str, key: QueueKey, running: Mapping[str, int], here: bool) -> bool:
+        """Whether a waiter of this ``key`` leaves the model's free slots to a better one.
 
-        True while another replica's first waiter ranks ahead and has not yet had ``HOLD_S``
-        to take a slot; the hold then lapses for that waiter.
+        True while another replica's first waiter ranks ahead: ``here`` (a slot of the model
+        is free on this replica) the slot is held for it, for ``HOLD_S`` from the first time;
+        a first waiter that let a held slot pass is passed over until another one heads its
+        queue. The hold's clock starts only with a slot free here to hold.
         """
         best = self.best_elsewhere(model, running)
         if best is None or best[0] >= key:
             self._holds.pop(model, None)
             return False
-        hold = self._holds.get(model)
+        now, hold = self._clock(), self._holds.get(model)
+        if hold is not None and hold.head == best[1] and now - hold.since >= HOLD_S:
+            return False  # it let a held slot pass: passed over
+        if not here:
+            return True  # the other replicas' free slots are its first
         if hold is None or hold.head != best[1]:
-            hold = self._holds[model] = _Hold(best[1], self._clock())
-        return self._clock() - hold.since < HOLD_S
+            hold = self._holds[model] = _Hold(best[1], now)
+        return now - hold.since < HOLD_S
 
     def holding(self, model: str) -> bool:
         """Whether this replica's free slots of ``model`` wait for another's waiter now."""

@@ -64,6 +64,7 @@ class Ticket:
     waiter: Waiter
     future: asyncio.Future[JobHandle]
     taken: bool = False
+    anywhere: bool = True  # another replica's slot may serve it (not a job handed here)
 
 
 ExclusionSink = Callable[[WorkerLink, str, str], None]
@@ -129,8 +130,13 @@ class RemotePlacement(Standings, Protocol):
         """Jobs running on the other replicas' workers, per user (the queue's order)."""
         ...
 
-    def defer(self, waiter: Waiter, running: Mapping[str, int], waited_s: float) -> bool:
-        """Whether a better waiter on another replica gets this model's free slots first."""
+    def defer(
+        self, waiter: Waiter, running: Mapping[str, int], waited_s: float, here: bool
+    ) -> bool:
+        """Whether a better waiter on another replica gets this model's free slots first.
+
+        ``here``: a slot of the model is free on this replica (it may be held for that one).
+        """
         ...
 
     def holding(self, model: str) -> bool:
@@ -436,10 +442,15 @@ class WorkerRegistry:
         return running
 
     def queue_heads(self) -> list[tuple[Waiter, float]]:
-        """Each model's first waiter in release order (pinned jobs apart), and its wait in s."""
+        """Each model's first waiter in release order, and its wait in s.
+
+        Pinned jobs and jobs handed here by another replica are left out: they take no slot
+        elsewhere, so no other replica holds one for them.
+        """
         heads: dict[str, Waiter] = {}
         for waiter in self.queue.ordered(self.running_in_pool()):
-            if waiter.model not in heads and self._pending[waiter].only is None:
+            ticket = self._pending[waiter]
+            if waiter.model not in heads and ticket.only is None and ticket.anywhere:
                 heads[waiter.model] = waiter
         now = self._clock()
         return [(waiter, now - waiter.enqueued_at) for waiter in heads.values()]
@@ -569,12 +580,13 @@ class WorkerRegistry:
         self, ticket: Ticket, running: Mapping[str, int], free: dict[str | None, bool]
     ) -> JobHandle | None:
         """A slot for one waiter: here, or on another replica when it is the pool's first."""
-        waiter, remote = ticket.waiter, self.remote if ticket.only is None else None
+        waiter = ticket.waiter
+        remote = self.remote if ticket.only is None and ticket.anywhere else None
         if remote is not None:
             here = self._free_here(waiter.model, free)
             if not here and remote.free_slots(waiter.model) <= 0:
                 return None
-            if remote.defer(waiter, running, self._clock() - waiter.enqueued_at):
+            if remote.defer(waiter, running, self._clock() - waiter.enqueued_at, here):
                 return None
         handle = self._try_place(
             ticket.job,
@@ -608,12 +620,18 @@ class WorkerRegistry:
         only: str | None = None,
         needs_context: int = 0,
         min_trust: int = 0,
+        anywhere: bool = True,
     ) -> Ticket:
-        """Queue a job for the next fitting slot (:meth:`await_slot`, then :meth:`withdraw`)."""
+        """Queue a job for the next fitting slot (:meth:`await_slot`, then :meth:`withdraw`).
+
+        ``anywhere``: with several replicas, another replica's slot may serve it; a job another
+        replica handed here must run here (its answer subject is its sender's).
+        """
         waiter = self.queue.push(user, job.model, needs_tools, self._clock(), priority, avoid)
         future: asyncio.Future[JobHandle] = asyncio.get_running_loop().create_future()
         expected = self.expected_tokens(job)
         ticket = Ticket(job, user, expected, needs_context, only, min_trust, waiter, future)
+        ticket.anywhere = anywhere
         self._pending[waiter] = ticket
         return ticket
 

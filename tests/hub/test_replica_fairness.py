@@ -154,6 +154,15 @@ def _workers_seen(pool: Pool, replica: str) -> bool:
     return MODEL in listed and (listed[MODEL].model_extra or {}).get("workers") == 3
 
 
+def _all_busy(pool: Pool) -> bool:
+    """Whether every replica's listing shows no free slot (each view heard every replica)."""
+    for replica in "ABC":
+        listed = {m.id: m for m in pool.client(replica).models.list()}
+        if (listed[MODEL].model_extra or {}).get("free_slots") != 0:
+            return False
+    return True
+
+
 def _serve_one(pool: Pool, replica: str, tokens: int) -> tuple[str, str]:
     """One JSON chat through ``replica``: the name of the worker that served it, and the route."""
     raw = pool.client(replica).chat.completions.with_raw_response.create(
@@ -217,6 +226,7 @@ def test_a_freed_slot_goes_to_the_pools_first_waiter_whichever_replica_holds_it(
             threads.submit(_stream, pool.client("A"), 40 + 8 * i, started) for i in range(slots)
         ]
         wait_until(lambda: len(started) == slots, 30, "every slot to be busy")
+        wait_until(partial(_all_busy, pool), 10, "every replica to see every slot busy")
 
         def chat(label: str, replica: str, token: str) -> None:
             answer = pool.client(replica, token).chat.completions.create(
@@ -270,6 +280,7 @@ def test_a_chat_queued_where_no_worker_serves_its_model_waits_for_a_slot_elsewhe
         with ThreadPoolExecutor(13) as threads:
             streams = [threads.submit(_stream, pool.client("A"), 60, started) for _ in range(12)]
             wait_until(lambda: len(started) == 12, 30, "every slot to be busy")
+            wait_until(partial(_all_busy, pool), 10, "every replica to see every slot busy")
             raw = pool.client("C").chat.completions.with_raw_response.create(
                 model=MODEL, messages=[{"role": "user", "content": "wait"}], max_tokens=2
             )
@@ -346,7 +357,7 @@ def test_a_restarted_replica_keeps_its_id_and_serves_a_hand_off_queued_while_it_
     text = "".join(
         b.frame.delta.content or "" for b in answer if b.frame and b.frame.type == "chunk"
     )
-    assert text == expected_text(3)
+    assert text == expected_text(3), answer
     assert [b.seq for b in answer] == list(range(1, len(answer) + 1))
 
 

@@ -69,18 +69,26 @@ def test_a_slot_is_held_for_a_better_waiter_elsewhere_then_lapses_for_it() -> No
     view.apply({"replica": B, "workers": [], "running": {"uma": 4}, "heads": [head("uma", 5.0)]})
     running = {"uma": 4, "lee": 0}
     mine = pool.key(local, running, waited_s=1.0)  # lee waited since WALL - 1
-    assert not pool.defer(MODEL, mine, running)  # uma's head runs four jobs: lee goes first
+    assert not pool.defer(
+        MODEL, mine, running, here=True
+    )  # uma's head runs four jobs: lee goes first
     view.apply({"replica": C, "workers": [], "heads": [head("ann", WALL - 60)]})
-    assert pool.defer(MODEL, mine, running)  # ann waits longer, with nothing running
+    # ann waits longer, with nothing running: this replica leaves other replicas' slots to her,
+    # and holds its own only once one is free (the hold's clock starts then).
+    assert pool.defer(MODEL, mine, running, here=False) and not pool.holding(MODEL)
+    clocks.now += 2 * HOLD_S
+    assert pool.defer(MODEL, mine, running, here=True)
     assert pool.holding(MODEL) and not pool.holding("other-model")
     clocks.now += HOLD_S / 2
     view.apply({"replica": B, "full": False, "workers": []})
     view.apply({"replica": C, "full": False, "workers": []})
-    assert pool.defer(MODEL, mine, running) and not pool.lapsed()
+    assert pool.defer(MODEL, mine, running, here=True) and not pool.lapsed()
     clocks.now += HOLD_S  # ann never took the slot: the hold lapses, once
-    assert not pool.defer(MODEL, mine, running) and not pool.holding(MODEL)
+    assert not pool.defer(MODEL, mine, running, here=True) and not pool.holding(MODEL)
     assert pool.lapsed() and not pool.lapsed()
     view.apply({"replica": C, "full": False, "workers": [], "heads": [head("bob", WALL - 30)]})
-    assert pool.defer(MODEL, mine, running)  # another first waiter there: held for it anew
+    assert pool.defer(
+        MODEL, mine, running, here=True
+    )  # another first waiter there: held for it anew
     view.apply({"replica": C, "full": False, "workers": [], "heads": []})
-    assert not pool.defer(MODEL, mine, running) and not pool.holding(MODEL)
+    assert not pool.defer(MODEL, mine, running, here=True) and not pool.holding(MODEL)
