@@ -19,8 +19,8 @@ or the user's next hold) records its expiry.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -75,14 +75,39 @@ from economy.transfers import (
 
 @dataclass
 class _Shared:
-    """:meth:`Ledger.hold_then`'s open transaction, which the job's operations join."""
+    """A transaction that jobs' operations join: :meth:`Ledger.hold_then`'s or a group's.
+
+    Holds written in it never enter the open-hold index: each is posted or voided in the same
+    transaction (``hold_then`` checks), so the index insert and the ending's delete are skipped.
+    """
 
     conn: asyncpg.Connection
     holds: dict[str, Transfer] = field(default_factory=dict)
     """Holds written in it, by job id: the post or void that follows needs not read them back."""
+    accounts: dict[AccountKey, Account] = field(default_factory=dict)
+    """Accounts locked in it, their totals kept current by each write: locked once, not again."""
+    ended: set[str] = field(default_factory=set)
+    """Jobs whose hold written in it was posted or voided in it."""
 
 
 _shared: ContextVar[_Shared | None] = ContextVar("ledger_shared", default=None)
+
+
+@asynccontextmanager
+async def group_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """One transaction that several jobs' :meth:`Ledger.hold_then` calls join: a group commit.
+
+    Each job's transfers are the ones it would write alone; the group commits once, and locks
+    each account once (the clearing and fee accounts every job touches, a worker's earnings
+    shared by its jobs). Any failure rolls the whole group back: the caller applies its jobs
+    one by one then, so one bad job cannot cost the others their transfers.
+    """
+    marked = _shared.set(_Shared(conn))
+    try:
+        async with conn.transaction():
+            yield
+    finally:
+        _shared.reset(marked)
 
 
 def _joined(conn: asyncpg.Connection) -> _Shared | None:
@@ -166,7 +191,22 @@ class Ledger:
     async def _lock(
         self, conn: asyncpg.Connection, keys: list[AccountKey], *, create: bool
     ) -> dict[AccountKey, Account]:
-        """Lock accounts in id order, opening missing ones when ``create`` (see lock_accounts)."""
+        """Lock accounts in id order, opening missing ones when ``create`` (see lock_accounts).
+
+        In a shared transaction, accounts it locked already are not locked again: their
+        totals in memory are current (every write there updated them).
+        """
+        shared = _joined(conn)
+        if shared is None:
+            return await self._lock_now(conn, keys, create=create)
+        missing = [key for key in keys if key not in shared.accounts]
+        if missing:
+            shared.accounts.update(await self._lock_now(conn, missing, create=create))
+        return {key: shared.accounts[key] for key in keys}
+
+    async def _lock_now(
+        self, conn: asyncpg.Connection, keys: list[AccountKey], *, create: bool
+    ) -> dict[AccountKey, Account]:
         if create and self._opened.issuperset(keys):
             try:
                 return await lock_accounts(conn, keys, create=False)
@@ -248,7 +288,7 @@ class Ledger:
                     job_id=job_id,
                     funded=funded,
                     expires_at=expires_at,
-                    holds=user,
+                    holds=None if shared is not None else user,
                 )
                 written = await write_transfer(conn, accounts, new, now)
                 if shared is not None:
@@ -268,19 +308,38 @@ class Ledger:
         """A job's hold and what ends it (``then``: its post or void) in one transaction.
 
         For a job that ended before its hold was written: one commit instead of two, the same
-        transfers as :meth:`hold` then ``then()``. Should either exist already (a retry after
-        a lost answer), each is applied again on its own, idempotently.
+        transfers as :meth:`hold` then ``then()``, which must post or void the hold. Should
+        either exist already (a retry after a lost answer), each is applied again on its own,
+        idempotently. Inside :func:`group_transaction` it joins the group's transaction, and a
+        hold or ending that exists already fails the group (whose caller then goes job by job).
         """
+        if _joined(conn) is not None:
+            return await self._hold_and_end(conn, job_id, user_id, expected_cost, then)
         marked = _shared.set(_Shared(conn))
         try:
             async with conn.transaction():
-                hold = await self.hold(conn, job_id, user_id, expected_cost)
-                return hold, await then()
+                return await self._hold_and_end(conn, job_id, user_id, expected_cost, then)
         except asyncpg.UniqueViolationError:
             pass
         finally:
             _shared.reset(marked)
         return await self.hold(conn, job_id, user_id, expected_cost), await then()
+
+    async def _hold_and_end[T](
+        self,
+        conn: asyncpg.Connection,
+        job_id: str,
+        user_id: UUID | AccountKey,
+        expected_cost: int,
+        then: Callable[[], Awaitable[T]],
+    ) -> tuple[Transfer, T]:
+        hold = await self.hold(conn, job_id, user_id, expected_cost)
+        ended = await then()
+        shared = _joined(conn)
+        if shared is not None and job_id not in shared.ended:
+            # Its hold skipped the open-hold index: left open, it could never be posted.
+            raise ValueError(f"hold_then's ending left job {job_id}'s hold open")
+        return hold, ended
 
     async def _hold_of(self, conn: asyncpg.Connection, job_id: str) -> Transfer:
         shared = _joined(conn)
@@ -294,7 +353,16 @@ class Ledger:
     async def _take_open(
         self, conn: asyncpg.Connection, hold: Transfer
     ) -> tuple[datetime | None, Transfer | None]:
-        """Remove the hold from the open ones; else say what resolved it."""
+        """Remove the hold from the open ones; else say what resolved it.
+
+        A hold written in the shared transaction never entered the index: it is open, and its
+        ending is noted so :meth:`hold_then` knows the hold did not stay open.
+        """
+        shared = _joined(conn)
+        job_id = hold.job_id
+        if shared is not None and job_id is not None and shared.holds.get(job_id) is hold:
+            shared.ended.add(job_id)
+            return hold.expires_at, None
         expires_at = await conn.fetchval(
             "DELETE FROM ledger_open_holds WHERE transfer_id = $1 RETURNING expires_at", hold.id
         )

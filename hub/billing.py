@@ -12,6 +12,9 @@ the chat's job id, so it happens exactly once whatever the failover, retries or 
   gone). The post and the void wait for their hold; a chat that ended before its hold was queued
   (most chats) is held and posted (or voided) in one transaction (:meth:`Ledger.hold_then`): the
   same transfers, one commit instead of two, and no ledger work while the answer streams.
+  These self-contained operations are also **committed in groups**: one writer gathers what
+  arrives within ``group_window_s`` (at most ``group_size``) and applies it in one transaction
+  (:func:`economy.ledger.group_transaction`); a group that fails is applied again job by job.
 
 The usage posted is bounded by what the hub saw: completion tokens are at most the chunks it
 relayed (a chunk is at least one token), prompt tokens at most the UTF-8 bytes of the prompt it
@@ -43,7 +46,7 @@ import structlog
 
 from economy.accounts import AccountKey
 from economy.errors import LedgerError
-from economy.ledger import Clock, Ledger
+from economy.ledger import Clock, Ledger, group_transaction
 from economy.pricing import LedgerPolicy, Usage
 from federation.overflow import PeerCharge
 from hub.config import EconomySettings
@@ -161,6 +164,8 @@ class Billing:
         self._metrics = metrics
         self._clock = clock
         self._queue: asyncio.Queue[_Op] = asyncio.Queue(maxsize=settings.queue_size)
+        # Holds with their endings (nothing else waits on them): committed in groups.
+        self._whole: asyncio.Queue[_Op] = asyncio.Queue(maxsize=settings.queue_size)
         self._ledger = Ledger(config().ledger, clock)
         self._granted: set[UUID] = set()
         self._armed: dict[str, Ticket] = {}  # job id → ticket whose hold is not queued yet
@@ -170,7 +175,7 @@ class Billing:
     @property
     def pending(self) -> int:
         """Operations queued and not yet applied."""
-        return self._queue.qsize()
+        return self._queue.qsize() + self._whole.qsize()
 
     def priority(self, user_id: UUID) -> int:
         """Queue priority of the user's next chat: lowest while their latest hold was unfunded."""
@@ -194,7 +199,7 @@ class Billing:
         expected = job.params.max_tokens or config.default_expected_tokens
         ticket = Ticket(job, user_id, self.ledger(), expected, peer=peer)
         delay = self._settings.hold_delay_s
-        if delay > 0 and not self._queue.full():
+        if delay > 0 and not self._whole.full():
             self._armed[ticket.job_id] = ticket
             ticket.timer = asyncio.get_running_loop().call_later(delay, self._hold_now, ticket)
         else:
@@ -227,7 +232,7 @@ class Billing:
         async def both(conn: asyncpg.Connection) -> None:
             await self._hold(conn, ticket, then=lambda: run(conn))
 
-        await self._put(_Op(f"hold+{name}", ticket, both))
+        await self._whole.put(_Op(f"hold+{name}", ticket, both))
 
     def meter(self, user_id: UUID, charges: list[PeerCharge] | None = None) -> Meter:
         """Book a user's sub-agent runs like their chats: a hold, then a post or a void.
@@ -343,6 +348,7 @@ class Billing:
         async with anyio.create_task_group() as writers:
             for _ in range(self._settings.writers):
                 writers.start_soon(self._consume)
+            writers.start_soon(self._consume_groups)
             if self._settings.expire_interval_s > 0:
                 writers.start_soon(self._sweep_expired)
 
@@ -356,6 +362,8 @@ class Billing:
             if ticket.timer is not None:
                 ticket.timer.cancel()
             await self._apply(self._hold_op(ticket))
+        while not self._whole.empty():
+            await self._apply_group(self._take_group())
         while not self._queue.empty():
             await self._apply(self._queue.get_nowait())
 
@@ -365,6 +373,55 @@ class Billing:
             # Shielded: a shutdown lets the operation in hand finish; drain() applies the rest.
             with anyio.CancelScope(shield=True):
                 await self._apply(op)
+
+    async def _consume_groups(self) -> None:
+        """Commit holds with their endings in groups: what arrives within the window, together.
+
+        One writer is enough: every job's transfers lock the clearing account, so jobs commit
+        one after another whatever the number of writers; a group pays one commit for all.
+        """
+        while True:
+            first = await self._whole.get()
+            try:
+                if self._whole.qsize() < self._settings.group_size - 1:
+                    await anyio.sleep(self._settings.group_window_s)
+            finally:
+                # Shielded, and also when shutdown cancels the wait: the ops in hand are applied.
+                with anyio.CancelScope(shield=True):
+                    await self._apply_group(
+                        [first, *self._take_group(self._settings.group_size - 1)]
+                    )
+
+    def _take_group(self, limit: int | None = None) -> list[_Op]:
+        limit = self._settings.group_size if limit is None else limit
+        ops: list[_Op] = []
+        while len(ops) < limit and not self._whole.empty():
+            ops.append(self._whole.get_nowait())
+        return ops
+
+    async def _apply_group(self, ops: list[_Op]) -> None:
+        """Apply ``ops`` in one transaction; if that fails, each on its own (with retries)."""
+        if len(ops) > 1:
+            self._metrics.ledger_group_size.observe(len(ops))
+            try:
+                async with self._pool.acquire() as conn, group_transaction(conn):
+                    for op in ops:
+                        await op.run(conn)
+            # Whatever one job raised, its group is applied again job by job, where it is
+            # retried or counted alone: the writer survives it.
+            except Exception as exc:
+                log.warning("ledger_group_failed", error=repr(exc), ops=len(ops))
+                for op in ops:
+                    # Rolled back: what the group's run noted in memory did not happen.
+                    op.ticket.hold_written = False
+                    if op.ticket.user_id is not None:
+                        self._granted.discard(op.ticket.user_id)
+            else:
+                for op in ops:
+                    op.ticket.held.set()
+                return
+        for op in ops:
+            await self._apply(op)
 
     async def _apply(self, op: _Op) -> None:
         """Apply one operation, retrying transient database errors; count it if it fails."""

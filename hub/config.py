@@ -163,8 +163,9 @@ class EconomySettings(BaseModel):
     queue_size: int = Field(
         10_000,
         ge=1,
-        description="Ledger operations that may wait for the database; when full, new chats wait "
-        "for room (backpressure): an operation is never dropped.",
+        description="Ledger operations that may wait for the database, in each of its two queues "
+        "(single operations; chats held and ended together); when full, new chats wait for room "
+        "(backpressure): an operation is never dropped.",
     )
     writers: int = Field(
         2, ge=1, le=32, description="Connections applying ledger operations at once."
@@ -187,6 +188,19 @@ class EconomySettings(BaseModel):
         description="Seconds a chat's hold may wait before it is written: a chat that ends sooner "
         "is held and posted (or voided) in one transaction, one commit instead of two and no "
         "ledger work while it streams; 0 writes every hold at placement.",
+    )
+    group_window_s: float = Field(
+        0.05,
+        ge=0,
+        le=5,
+        description="Seconds the ledger's group writer waits for more finished chats before it "
+        "commits what it has in one transaction (group commit); 0 commits what is queued at once.",
+    )
+    group_size: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description="Most finished chats committed in one ledger transaction.",
     )
     expire_interval_s: float = Field(
         60.0,

@@ -177,6 +177,12 @@ class Metrics:
             ["op"],
             registry=self.registry,
         )
+        self.ledger_group_size = Histogram(
+            "iamine_ledger_group_size",
+            "Chats whose hold and ending were committed together in one ledger transaction.",
+            buckets=(2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
         self.ledger_failures = Counter(
             "iamine_ledger_failures_total",
             "Ledger operations that failed for good (logged with the job id), by operation.",

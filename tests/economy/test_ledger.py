@@ -28,7 +28,7 @@ from economy.errors import (
     NotReversible,
     TransferNotFound,
 )
-from economy.ledger import HoldState, Ledger
+from economy.ledger import HoldState, Ledger, group_transaction
 from economy.pricing import Usage
 from economy.transfers import TransferKind
 from economy.verify import verify
@@ -478,4 +478,44 @@ async def test_hold_then_whose_ending_fails_writes_nothing(
     with pytest.raises(HoldResolved):
         await ledger.hold_then(conn, "job-3", ALICE, 5_000, refused)
     assert await xmins(conn, "job-3") == {}
+    assert (await verify(conn)).ok
+
+
+async def test_a_group_commits_several_jobs_holds_and_endings_in_one_transaction(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    await funded_alice(conn, ledger)
+    async with group_transaction(conn):
+        await ledger.hold_then(
+            conn, "g-1", ALICE, 5_000, lambda: ledger.post(conn, "g-1", USAGE, OWNER)
+        )
+        await ledger.hold_then(
+            conn, "g-2", ALICE, 5_000, lambda: ledger.void(conn, "g-2", memo="not answered")
+        )
+    first, second = await xmins(conn, "g-1"), await xmins(conn, "g-2")
+    assert first.keys() == {"hold", "post"} and second.keys() == {"hold", "void"}
+    assert len({*first.values(), *second.values()}) == 1
+    assert await balance(conn, AccountKey.user(ALICE)) == 48_000  # the post's charge only
+    assert await ledger.hold_state(conn, "g-1") is HoldState.POSTED
+    assert await ledger.hold_state(conn, "g-2") is HoldState.VOIDED
+    assert await conn.fetchval("SELECT count(*) FROM ledger_open_holds") == 0
+    assert (await verify(conn)).ok
+
+
+async def test_a_group_whose_job_leaves_its_hold_open_writes_nothing(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    async def no_ending() -> None:
+        return None
+
+    async def group() -> None:
+        async with group_transaction(conn):
+            await ledger.hold_then(
+                conn, "g-4", ALICE, 1_000, lambda: ledger.void(conn, "g-4", memo="x")
+            )
+            await ledger.hold_then(conn, "g-3", ALICE, 1_000, no_ending)
+
+    with pytest.raises(ValueError, match="left job g-3's hold open"):
+        await group()
+    assert await xmins(conn, "g-3") == {} and await xmins(conn, "g-4") == {}
     assert (await verify(conn)).ok

@@ -544,7 +544,9 @@ async def test_a_full_queue_makes_the_next_chat_wait_for_room_instead_of_droppin
                 for _ in range(3):
                     chats.start_soon(_relay, billing, _job(), user, owner)
                 await anyio.wait_all_tasks_blocked()
-                assert billing.pending == 1  # the others wait for room: nothing was dropped
+                # One chat held and posted together in the group queue, the next one's hold in
+                # the single operations' queue; the others wait for room: nothing was dropped.
+                assert billing.pending == 2
                 writer.start_soon(billing.run)
             writer.cancel_scope.cancel()
     await billing.drain()
@@ -644,3 +646,78 @@ async def test_with_no_delay_every_hold_is_queued_at_placement(pool: asyncpg.Poo
     await billing.drain()
     written = await transactions_of(pool, job.job_id)
     assert written["hold"] != written["post"]
+
+
+async def test_chats_that_end_within_the_window_are_committed_in_one_group(
+    pool: asyncpg.Pool,
+) -> None:
+    config, metrics = PoolConfig(), Metrics()
+    settings = EconomySettings(hold_delay_s=60, group_window_s=0.5, expire_interval_s=0)
+    billing = Billing(pool, settings, lambda: config, metrics)
+    users, owner = [uuid.uuid4() for _ in range(4)], uuid.uuid4()
+    jobs = [_job() for _ in range(5)]
+    async with anyio.create_task_group() as writer:
+        writer.start_soon(billing.run)
+        for job, user in zip(jobs, [*users, users[0]], strict=True):  # one user chats twice
+            await _relay(billing, job, user, owner)
+        for job in jobs:
+            await written_by(pool, job.job_id, "post")
+        writer.cancel_scope.cancel()
+    written = [await transactions_of(pool, job.job_id) for job in jobs]
+    assert all(w.keys() == {"hold", "post"} for w in written)
+    assert len({tx for w in written for tx in w.values()}) == 1  # one commit for all five
+    assert metrics.registry.get_sample_value("iamine_ledger_group_size_sum") == 5
+    async with pool.acquire() as conn:
+        ledger = Ledger(config.ledger, Clock())
+        charged = POLICY.cost(Usage("unit-model", 4, 1))
+        first = await ledger.balance(conn, AccountKey.user(users[0]))
+        second = await ledger.balance(conn, AccountKey.user(users[1]))
+        assert first.balance == config.ledger.trial_grant - 2 * charged
+        assert second.balance == config.ledger.trial_grant - charged
+        assert await conn.fetchval("SELECT count(*) FROM ledger_open_holds") == 0
+        assert (await verify(conn)).ok
+
+
+async def test_a_group_with_a_chat_that_fails_is_applied_chat_by_chat(
+    pool: asyncpg.Pool, captured_logs: list[dict[str, Any]]
+) -> None:
+    config, metrics = PoolConfig(), Metrics()
+    settings = EconomySettings(hold_delay_s=60, group_window_s=0.5, retry_attempts=1)
+    billing = Billing(pool, settings, lambda: config, metrics)
+    user, owner = uuid.uuid4(), uuid.uuid4()
+    bad, good = _job(), [_job() for _ in range(3)]
+    async with pool.acquire() as conn:  # the bad chat's hold was written and voided before
+        ledger = Ledger(config.ledger, Clock())
+        await ledger.hold(conn, bad.job_id, user, 100)
+        await ledger.void(conn, bad.job_id)
+    for job in [good[0], bad, *good[1:]]:
+        await _relay(billing, job, user, owner)
+    await billing.drain()
+    assert [e["ops"] for e in captured_logs if e["event"] == "ledger_group_failed"] == [4]
+    assert metrics.registry.get_sample_value("iamine_ledger_failures_total", {"op": "hold+post"})
+    written = [await transactions_of(pool, job.job_id) for job in good]
+    assert all(w.keys() == {"hold", "post"} for w in written)
+    assert len({tx for w in written for tx in w.values()}) == 3  # each in its own commit
+    assert (await transactions_of(pool, bad.job_id)).keys() == {"hold", "void"}
+    async with pool.acquire() as conn:
+        assert (await verify(conn)).ok
+
+
+async def test_a_shutdown_during_the_group_window_applies_the_chats_in_hand(
+    pool: asyncpg.Pool,
+) -> None:
+    config = PoolConfig()
+    settings = EconomySettings(hold_delay_s=60, group_window_s=5, expire_interval_s=0)
+    billing = Billing(pool, settings, lambda: config, Metrics())
+    jobs = [_job(), _job()]
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as writer:
+            writer.start_soon(billing.run)
+            for job in jobs:
+                await _relay(billing, job, uuid.uuid4(), uuid.uuid4())
+            await anyio.wait_all_tasks_blocked()  # the writer holds one, waiting for more
+            writer.cancel_scope.cancel()
+    await billing.drain()
+    written = [await transactions_of(pool, job.job_id) for job in jobs]
+    assert all(w.keys() == {"hold", "post"} for w in written)
+    assert billing.pending == 0
