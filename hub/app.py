@@ -150,7 +150,11 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
             if issued is not None:
                 log.info("admin_token_issued", file=str(token_file(settings.data_dir)))
             resolver = TokenResolver(db.pool, settings.auth)
-            writer = BackgroundWriter(db.pool, queue_size=settings.database.write_queue_size)
+            writer = BackgroundWriter(
+                db.pool,
+                queue_size=settings.database.write_queue_size,
+                window_s=settings.database.write_window_s,
+            )
             registry = WorkerRegistry(
                 settings.inference, pool_config, on_exclusion=exclusion_recorder(writer, metrics)
             )

@@ -77,6 +77,13 @@ class DatabaseSettings(BaseModel):
     auto_migrate: bool = Field(
         True, description="Apply pending migrations when the hub or a CLI command starts."
     )
+    write_window_s: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Seconds the background writer waits after a write for more before it "
+        "commits them together (L1, L2, conversation bookkeeping); 0 commits at once.",
+    )
     write_queue_size: int = Field(
         10_000,
         ge=1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 from prometheus_client import generate_latest
@@ -99,3 +100,37 @@ async def test_the_metrics_exist_before_anything_is_lost(pool: asyncpg.Pool) -> 
     text = _scrape(BackgroundWriter(pool))
     assert "# TYPE iamine_bookkeeping_lost_total counter" in text
     assert "# TYPE iamine_bookkeeping_dropped_total counter" in text
+
+
+async def _transactions(pool: asyncpg.Pool) -> set[str]:
+    return {r["tx"] for r in await pool.fetch("SELECT xmin::text AS tx FROM notes_written")}
+
+
+async def test_writes_within_the_window_are_committed_together(pool: asyncpg.Pool) -> None:
+    writer = BackgroundWriter(pool, window_s=0.3)
+    async with anyio.create_task_group() as running:
+        running.start_soon(writer.run)
+        for text in ("a", "b", "c"):
+            assert writer.submit("l1", _note(text))
+            await anyio.sleep(0.01)  # apart, as one chat's writes are
+        with anyio.fail_after(10):
+            while True:
+                if not writer.pending and len(await _written(pool)) == 3:
+                    break
+                await anyio.sleep(0.02)
+        running.cancel_scope.cancel()
+    assert await _written(pool) == ["a", "b", "c"]
+    assert len(await _transactions(pool)) == 1
+
+
+async def test_a_shutdown_during_the_window_applies_the_writes_in_hand(pool: asyncpg.Pool) -> None:
+    writer = BackgroundWriter(pool, window_s=30)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as running:
+            running.start_soon(writer.run)
+            assert writer.submit("l1", _note("in hand"))
+            await anyio.wait_all_tasks_blocked()  # the writer took it and waits for more
+            assert writer.pending == 0
+            running.cancel_scope.cancel()
+    await writer.drain()
+    assert await _written(pool) == ["in hand"]
