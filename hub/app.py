@@ -214,6 +214,7 @@ def _lifespan(settings: Settings, metrics: Metrics, mcp: McpMount) -> Any:
                 dispatch = registry.remote = ReplicaDispatch(
                     bus, registry, replica, settings.bus, settings.inference
                 )
+                metrics.watch_replicas(dispatch.view)
                 record = ReplicaRecord(
                     db.pool,
                     replica,

@@ -20,6 +20,7 @@ from hub.config import ServerSettings
 
 if TYPE_CHECKING:
     from hub.bookkeeping import BackgroundWriter
+    from hub.replica_view import CapacityView
     from inference.registry import WorkerRegistry
 
 
@@ -87,6 +88,31 @@ class _BookkeepingLosses(Collector):
         yield dropped
 
 
+class _ReplicaSnapshots(Collector):
+    """Other replicas' capacity snapshots applied and refused, read from the view at scrape time.
+
+    A refused snapshot (a value out of range, a forged replica id) is logged as
+    ``replica_capacity_unreadable``; a rising count is a replica sending garbage.
+    """
+
+    def __init__(self) -> None:
+        self.view: CapacityView | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if self.view is None:
+            return
+        yield CounterMetricFamily(
+            "iamine_replica_snapshots_applied",
+            "Capacity snapshots of other hub replicas applied to this replica's view.",
+            value=self.view.updates,
+        )
+        yield CounterMetricFamily(
+            "iamine_replica_snapshots_refused",
+            "Capacity snapshots of other hub replicas refused as malformed (logged).",
+            value=self.view.refused,
+        )
+
+
 class Metrics:
     """The hub's Prometheus collectors, on a registry of its own."""
 
@@ -127,6 +153,8 @@ class Metrics:
         )
         self._bookkeeping_losses = _BookkeepingLosses()
         self.registry.register(self._bookkeeping_losses)
+        self._replica_snapshots = _ReplicaSnapshots()
+        self.registry.register(self._replica_snapshots)
         self.exclusions = Counter(
             "iamine_worker_exclusions_total",
             "Workers excluded, by reason.",
@@ -201,6 +229,10 @@ class Metrics:
         self._bookkeeping_losses.writer = writer
         self.queue_depth.set_function(lambda: len(registry.queue))
         self._workers = registry
+
+    def watch_replicas(self, view: CapacityView) -> None:
+        """Export the counts of the replica capacity view (only a hub on the bus has one)."""
+        self._replica_snapshots.view = view
 
     def collect_workers(self) -> None:
         """Refresh the per-worker gauges (called before each scrape)."""

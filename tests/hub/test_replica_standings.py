@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from hub.observability import Metrics
 from hub.replica_standings import RemoteStandings
 from hub.replica_view import MAX_SKEW_S, CapacityView, Choice
 from inference.pool_config import PoolConfig
@@ -242,3 +243,14 @@ def test_a_silent_replicas_workers_leave_the_standings_and_the_pools_totals() ->
     assert view.standings.speed("x") is None and view.standings.served("x") == 0.0
     cpu = view.standings.classes(())["cpu"]
     assert list(cpu.speeds) == [] and cpu.unmeasured == 1
+
+
+def test_refused_and_applied_snapshots_are_exported_as_counters() -> None:
+    view, metrics = Clocks().view(), Metrics()
+    assert metrics.registry.get_sample_value("iamine_replica_snapshots_refused_total") is None
+    metrics.watch_replicas(view)
+    view.apply({"replica": "b" * 32, "workers": []})
+    view.apply({"replica": "not an id", "workers": []})
+    view.apply({"replica": "c" * 32, "workers": [{"id": "w", "slots": -1}]})
+    assert metrics.registry.get_sample_value("iamine_replica_snapshots_applied_total") == 1
+    assert metrics.registry.get_sample_value("iamine_replica_snapshots_refused_total") == 2
