@@ -12,89 +12,19 @@ conversation turns). The row is scaled and rounded to unsigned bytes (``Quantize
 where the CPU has it) and by the column's scale, and a last ``Mul`` applies the row's: 2.1 to
 2.3 times the texts per CPU second of the float32 model.
 
-ONNX files are protocol buffers. The ``onnx`` package is not a dependency, so the few messages
-the rewrite reads and writes are declared here (field numbers from ``onnx.proto``); every other
-field is kept as it was read.
+The model is read and written with the ``onnx`` package (its protocol buffer classes and
+node and tensor helpers): the rewrite touches only the products and keeps every other part of
+the file as it was read.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
-from google.protobuf import (  # type: ignore[import-untyped]
-    descriptor_pb2,
-    descriptor_pool,
-    message_factory,
-)
+import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from onnx import helper, numpy_helper
 
-_FIELD = descriptor_pb2.FieldDescriptorProto
-_PACKAGE = "iamine_onnx_subset"
-_STRING, _INT64, _INT32, _BYTES = (
-    _FIELD.TYPE_STRING,
-    _FIELD.TYPE_INT64,
-    _FIELD.TYPE_INT32,
-    _FIELD.TYPE_BYTES,
-)
-_MESSAGES: dict[str, list[tuple[str, int, int, str]]] = {
-    # message: [(field, number, type, message type or "")]
-    "Tensor": [
-        ("dims", 1, _INT64, ""),
-        ("data_type", 2, _INT32, ""),
-        ("name", 8, _STRING, ""),
-        ("raw_data", 9, _BYTES, ""),
-    ],
-    "Attribute": [
-        ("name", 1, _STRING, ""),
-        ("i", 3, _INT64, ""),
-        ("ints", 8, _INT64, ""),
-        ("type", 20, _INT32, ""),
-    ],
-    "Node": [
-        ("input", 1, _STRING, ""),
-        ("output", 2, _STRING, ""),
-        ("name", 3, _STRING, ""),
-        ("op_type", 4, _STRING, ""),
-        ("attribute", 5, _FIELD.TYPE_MESSAGE, "Attribute"),
-        ("domain", 7, _STRING, ""),
-    ],
-    "Graph": [
-        ("node", 1, _FIELD.TYPE_MESSAGE, "Node"),
-        ("initializer", 5, _FIELD.TYPE_MESSAGE, "Tensor"),
-    ],
-    "OperatorSetId": [("domain", 1, _STRING, ""), ("version", 2, _INT64, "")],
-    "Model": [
-        ("graph", 7, _FIELD.TYPE_MESSAGE, "Graph"),
-        ("opset_import", 8, _FIELD.TYPE_MESSAGE, "OperatorSetId"),
-    ],
-}
-_REPEATED = {"dims", "ints", "input", "output", "attribute", "node", "initializer", "opset_import"}
-_FLOAT, _UINT8, _INT8 = 1, 2, 3  # TensorProto.DataType
-_ATTRIBUTE_INT, _ATTRIBUTE_INTS = 2, 7  # AttributeProto.AttributeType
 _ZERO_POINT = 128  # the quantized rows are unsigned: -127..127 shifted to 1..255
-
-
-def _message_classes() -> dict[str, Any]:
-    """The subset's message classes by name (built on each call: a few microseconds)."""
-    file = descriptor_pb2.FileDescriptorProto(name=f"{_PACKAGE}.proto", package=_PACKAGE)
-    for name, fields in _MESSAGES.items():
-        message = file.message_type.add(name=name)
-        for field, number, kind, type_name in fields:
-            added = message.field.add(
-                name=field,
-                number=number,
-                type=kind,
-                label=_FIELD.LABEL_REPEATED if field in _REPEATED else _FIELD.LABEL_OPTIONAL,
-            )
-            if type_name:
-                added.type_name = f".{_PACKAGE}.{type_name}"
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{name}"))
-        for name in _MESSAGES
-    }
 
 
 def int8_activations(model: bytes) -> bytes:
@@ -105,8 +35,7 @@ def int8_activations(model: bytes) -> bytes:
     writes them; the embedding tables (gathered, not multiplied) stay float. Bytes that are
     no ONNX model, or a model without such products, are a :class:`ValueError`.
     """
-    classes = _message_classes()
-    parsed = classes["Model"]()
+    parsed = onnx.ModelProto()
     try:
         parsed.ParseFromString(model)
     except DecodeError as exc:
@@ -126,10 +55,7 @@ def int8_activations(model: bytes) -> bytes:
         ("int8_one", np.array(1.0, np.float32)),
         ("int8_zero_point", np.array(_ZERO_POINT, np.uint8)),
     ):
-        tensor = graph.initializer.add(
-            name=name, data_type=_UINT8 if value.dtype == np.uint8 else _FLOAT
-        )
-        tensor.raw_data = value.tobytes()
+        graph.initializer.append(numpy_helper.from_array(value, name))
     tensors = {t.name: t for t in graph.initializer}
     del graph.node[:]
     for node, product in zip(nodes, products, strict=True):
@@ -143,14 +69,14 @@ def int8_activations(model: bytes) -> bytes:
             tensors[column_scale].CopyFrom(tensors[scale])
             tensors[column_scale].name = column_scale
             del tensors[column_scale].dims[0]  # [1, N] -> [N]
-        graph.node.extend(_integer_product(classes["Node"], node, quantized, column_scale))
+        graph.node.extend(_integer_product(node, quantized, column_scale))
     if not any(o.domain == "com.microsoft" for o in parsed.opset_import):
         parsed.opset_import.add(domain="com.microsoft", version=1)
     serialized: bytes = parsed.SerializeToString()
     return serialized
 
 
-def _int8_weights(graph: Any) -> dict[str, tuple[str, str]]:
+def _int8_weights(graph: onnx.GraphProto) -> dict[str, tuple[str, str]]:
     """Each float weight the graph computes as ``Mul(Cast(W_q), scale)``: (``W_q``, scale)."""
     tensors = {t.name: t for t in graph.initializer}
     casts = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Cast"}
@@ -162,7 +88,7 @@ def _int8_weights(graph: Any) -> dict[str, tuple[str, str]]:
         if (
             quantized is not None
             and scale is not None
-            and quantized.data_type == _INT8
+            and quantized.data_type == onnx.TensorProto.INT8
             and len(quantized.dims) == 2
             and list(scale.dims) == [1, quantized.dims[1]]
         ):
@@ -170,17 +96,17 @@ def _int8_weights(graph: Any) -> dict[str, tuple[str, str]]:
     return weights
 
 
-def _integer_product(node_class: Any, product: Any, quantized: str, column_scale: str) -> list[Any]:
+def _integer_product(
+    product: onnx.NodeProto, quantized: str, column_scale: str
+) -> list[onnx.NodeProto]:
     """The nodes computing ``product`` (``X @ W``) with ``X`` quantized per row."""
     x, out = product.input[0], product.output[0]
 
-    def node(op: str, inputs: list[str], output: str, **attributes: int | list[int]) -> Any:
-        made = node_class(op_type=op, input=inputs, output=[output], name=output)
-        for key, value in attributes.items():
-            if isinstance(value, list):
-                made.attribute.add(name=key, ints=value, type=_ATTRIBUTE_INTS)
-            else:
-                made.attribute.add(name=key, i=value, type=_ATTRIBUTE_INT)
+    def node(
+        op: str, inputs: list[str], output: str, **attributes: int | list[int]
+    ) -> onnx.NodeProto:
+        made: onnx.NodeProto = helper.make_node(op, inputs, [output], name=output)
+        made.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
         return made
 
     p = f"{out}/int8"
