@@ -315,14 +315,11 @@ class Ledger:
         """
         if _joined(conn) is not None:
             return await self._hold_and_end(conn, job_id, user_id, expected_cost, then)
-        marked = _shared.set(_Shared(conn))
         try:
-            async with conn.transaction():
+            async with group_transaction(conn):  # a group of one
                 return await self._hold_and_end(conn, job_id, user_id, expected_cost, then)
         except asyncpg.UniqueViolationError:
             pass
-        finally:
-            _shared.reset(marked)
         return await self.hold(conn, job_id, user_id, expected_cost), await then()
 
     async def _hold_and_end[T](
