@@ -24,6 +24,7 @@ from hub.auth import TokenResolver
 from hub.billing import Billing
 from hub.bookkeeping import BackgroundWriter
 from hub.bus import NatsBus
+from hub.chat_path import HubApp
 from hub.config import Settings
 from hub.db import connect_once, open_database
 from hub.embedded import DataDirLock
@@ -268,12 +269,15 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the hub's ASGI app; resources are opened by the lifespan, not here."""
     metrics = Metrics()
     mcp = McpMount(settings)
-    app = FastAPI(
+    app = HubApp(
         title="iamine hub",
         version="0.1.0",
         summary="OpenAI-compatible API and MCP memory server of a cooperative AI pool.",
         lifespan=_lifespan(settings, metrics, mcp),
         responses=ERROR_RESPONSES,
+        # Metrics are Prometheus' (/metrics): FastAPI's OpenTelemetry hooks stay off, else every
+        # request asks the environment whether a provider is configured (3 % of the hub's CPU).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     # Routes are matched in order, router by router: the chat path first (matching a chat
@@ -310,6 +314,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(clients.router)
     mount_web(app)
     mcp.attach(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.server.max_body_bytes)
+    max_body_bytes = settings.server.max_body_bytes
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.serve_chat_directly(
+        chat.router,
+        lambda route: RequestContextMiddleware(BodyLimitMiddleware(route, max_body_bytes), metrics),
+    )
     return app

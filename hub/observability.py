@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
+import orjson
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -35,11 +36,19 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+def _json_line(event: Any, **options: Any) -> str:
+    """One log event as JSON text, by orjson: the standard encoder was 2 % of the hub's CPU
+    under load (an access line per request). ``options["default"]`` is structlog's fallback
+    for values JSON cannot hold (their ``repr``); UUIDs and datetimes are written as text."""
+    fallback = options.get("default")
+    return orjson.dumps(event, default=fallback, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
 def configure_logging(settings: ServerSettings) -> None:
     """Route structlog and stdlib logging to stderr as JSON (or console) lines."""
     level = getattr(logging, settings.log_level.upper())
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_json_line)
         if settings.log_format == "json"
         else structlog.dev.ConsoleRenderer()
     )
