@@ -4,7 +4,10 @@ Requests hand writes (L1 messages, L2 conversation turns, worker exclusions) to
 :class:`BackgroundWriter`, which runs them in one transaction per batch. A batch is what is
 queued once ``window_s`` passed after its first write (a group commit: at one client a chat's
 three writes were a transaction of their own, and its BEGIN and COMMIT a tenth of the hub's
-CPU); the batch in hand is applied even when shutdown interrupts the wait.
+CPU); the batch in hand is applied even when shutdown interrupts the wait. A write that is
+plain rows of one statement (:class:`Rows`: a conversation's exchange count, L1 messages) is
+merged with the batch's other rows of that statement into one ``executemany``: one round trip
+for the batch instead of one per chat.
 The lifespan drains the queue before the pool closes, so a clean shutdown loses nothing. A batch
 that fails is retried once write by write; a write that still fails is *lost*: logged with its
 kind and counted (``iamine_bookkeeping_lost_total{kind}``).
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -33,9 +36,33 @@ Write = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class Rows:
+    """A write that is only rows for one SQL statement (its arguments, one tuple per row)."""
+
+    sql: str
+    rows: Sequence[Sequence[object]]
+
+
+@dataclass(frozen=True)
 class _Item:
     kind: str
-    write: Write
+    write: Write | Rows
+
+
+async def _write_all(conn: asyncpg.Connection, items: Sequence[_Item]) -> None:
+    """Apply ``items`` on ``conn``: the rows first, one ``executemany`` per statement in the
+    order the statements first appear, then the other writes in their order. Rows go first
+    because a later write may need them (an L2 turn's conversation row), never the reverse."""
+    statements: dict[str, list[Sequence[object]]] = {}
+    for item in items:
+        if isinstance(item.write, Rows):
+            statements.setdefault(item.write.sql, []).extend(item.write.rows)
+    for sql, rows in statements.items():
+        if rows:
+            await conn.executemany(sql, rows)
+    for item in items:
+        if not isinstance(item.write, Rows):
+            await item.write(conn)
 
 
 class BackgroundWriter:
@@ -70,7 +97,7 @@ class BackgroundWriter:
         """Most writes the queue holds."""
         return self._queue.maxsize
 
-    def submit(self, kind: str, write: Write) -> bool:
+    def submit(self, kind: str, write: Write | Rows) -> bool:
         """Queue a write and return at once; False when the queue is full and it was dropped."""
         try:
             self._queue.put_nowait(_Item(kind, write))
@@ -108,15 +135,14 @@ class BackgroundWriter:
     async def _apply(self, items: list[_Item]) -> None:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                for item in items:
-                    await item.write(conn)
+                await _write_all(conn, items)
             return
         except Exception as exc:
             log.warning("bookkeeping_batch_failed", error=repr(exc), items=len(items))
         for item in items:
             try:
                 async with self._pool.acquire() as conn:
-                    await item.write(conn)
+                    await _write_all(conn, [item])
             except Exception as exc:
                 self.lost[item.kind] += 1
                 log.error("bookkeeping_write_lost", kind=item.kind, error=repr(exc))

@@ -26,6 +26,7 @@ import structlog
 from federation.client import utc_now
 from federation.overflow import ChatPeerStep, PeerCharge
 from hub.auth import Principal
+from hub.bookkeeping import Rows
 from hub.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from hub.openai_schema import Answer, ChatCompletionRequest, NamedToolChoice
 from hub.preferences import Preferences
@@ -48,7 +49,7 @@ from inference.protocol import Chunk, Done, Job
 from inference.registry import WorkerRegistry
 from memory import l1, l2
 from memory.compaction import CompactionRequest
-from memory.conversations import record_exchange
+from memory.conversations import RECORD_EXCHANGE_SQL, exchange_row
 
 log = structlog.get_logger()
 
@@ -305,11 +306,8 @@ async def record_events(
     principal = caller.principal
     user_id = principal.user_id
     if user_id is not None:
-        at = datetime.now(UTC)
-        state.writer.submit(
-            "conversation",
-            lambda conn: record_exchange(conn, user_id, caller.conversation_id, at),
-        )
+        counted = exchange_row(user_id, caller.conversation_id, datetime.now(UTC))
+        state.writer.submit("conversation", Rows(RECORD_EXCHANGE_SQL, [counted]))
     answer = Answer()
     try:
         async for event in events:
@@ -344,13 +342,8 @@ def remember_exchange(
     memory = state.settings.memory
     messages = [*l2.new_messages(request), answer]
     if memory.l1_enabled:
-
-        async def write_l1(conn: asyncpg.Connection) -> None:
-            await l1.append_messages(
-                conn, user_id, conversation_id, messages, now=now, ttl_s=memory.l1_ttl_s
-            )
-
-        state.writer.submit("l1", write_l1)
+        rows = l1.message_rows(user_id, conversation_id, messages, now=now, ttl_s=memory.l1_ttl_s)
+        state.writer.submit("l1", Rows(l1.APPEND_SQL, rows))
 
     async def write_l2(conn: asyncpg.Connection) -> None:
         outcome = await l2.record_turn(

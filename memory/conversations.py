@@ -55,19 +55,25 @@ def is_valid_conversation_id(value: str) -> bool:
     return CONVERSATION_ID.match(value) is not None
 
 
+RECORD_EXCHANGE_SQL = (
+    "INSERT INTO conversations (user_id, id, created_at, last_active_at, exchanges) "
+    "VALUES ($1, $2, $3, $3, 1) ON CONFLICT (user_id, id) DO UPDATE "
+    "SET last_active_at = greatest(conversations.last_active_at, EXCLUDED.last_active_at), "
+    "exchanges = conversations.exchanges + 1"
+)
+
+
+def exchange_row(user_id: UUID, conversation_id: str, at: datetime) -> tuple[UUID, str, datetime]:
+    """The arguments of :data:`RECORD_EXCHANGE_SQL` for one exchange (the hub's bookkeeping
+    runs a batch's exchanges as one ``executemany``)."""
+    return (user_id, conversation_id, at)
+
+
 async def record_exchange(
     conn: asyncpg.Connection, user_id: UUID, conversation_id: str, at: datetime
 ) -> None:
     """Create the conversation if new and count one more exchange in it."""
-    await conn.execute(
-        "INSERT INTO conversations (user_id, id, created_at, last_active_at, exchanges) "
-        "VALUES ($1, $2, $3, $3, 1) ON CONFLICT (user_id, id) DO UPDATE "
-        "SET last_active_at = greatest(conversations.last_active_at, EXCLUDED.last_active_at), "
-        "exchanges = conversations.exchanges + 1",
-        user_id,
-        conversation_id,
-        at,
-    )
+    await conn.execute(RECORD_EXCHANGE_SQL, *exchange_row(user_id, conversation_id, at))
 
 
 _SELECT = (

@@ -30,6 +30,30 @@ class L1Message:
     expires_at: datetime
 
 
+APPEND_SQL = (
+    "INSERT INTO l1_messages (user_id, conversation_id, role, message, created_at, expires_at) "
+    "VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
+)
+
+
+def message_rows(
+    user_id: UUID,
+    conversation_id: str,
+    messages: Sequence[dict[str, Any]],
+    *,
+    now: datetime,
+    ttl_s: int,
+) -> list[tuple[UUID, str, str, str, datetime, datetime]]:
+    """The arguments of :data:`APPEND_SQL` for ``messages`` (raw JSON, in order), expiring
+    ``ttl_s`` seconds after ``now``: the hub's bookkeeping runs a batch's rows as one
+    ``executemany``."""
+    expires = now + timedelta(seconds=ttl_s)
+    return [
+        (user_id, conversation_id, str(m.get("role", "")), json.dumps(m), now, expires)
+        for m in messages
+    ]
+
+
 async def append_messages(
     conn: asyncpg.Connection,
     user_id: UUID,
@@ -42,16 +66,9 @@ async def append_messages(
     """Append messages (raw JSON, in order) that expire ``ttl_s`` seconds after ``now``."""
     if not messages:
         return 0
-    expires = now + timedelta(seconds=ttl_s)
-    await conn.executemany(
-        "INSERT INTO l1_messages (user_id, conversation_id, role, message, created_at, "
-        "expires_at) VALUES ($1, $2, $3, $4::jsonb, $5, $6)",
-        [
-            (user_id, conversation_id, str(m.get("role", "")), json.dumps(m), now, expires)
-            for m in messages
-        ],
-    )
-    return len(messages)
+    rows = message_rows(user_id, conversation_id, messages, now=now, ttl_s=ttl_s)
+    await conn.executemany(APPEND_SQL, rows)
+    return len(rows)
 
 
 async def list_messages(

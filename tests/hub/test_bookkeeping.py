@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from prometheus_client import generate_latest
 
-from hub.bookkeeping import BackgroundWriter
+from hub.bookkeeping import BackgroundWriter, Rows
 from hub.observability import Metrics
 from inference.registry import WorkerRegistry
 from inference.settings import InferenceSettings
@@ -134,3 +134,37 @@ async def test_a_shutdown_during_the_window_applies_the_writes_in_hand(pool: asy
             running.cancel_scope.cancel()
     await writer.drain()
     assert await _written(pool) == ["in hand"]
+
+
+INSERT = "INSERT INTO notes_written (text) VALUES ($1)"
+
+
+async def test_rows_of_one_statement_land_together_before_the_other_writes(
+    pool: asyncpg.Pool,
+) -> None:
+    seen: list[list[str]] = []
+
+    async def reads_first(conn: asyncpg.Connection) -> None:
+        seen.append([r["text"] for r in await conn.fetch("SELECT text FROM notes_written")])
+
+    writer = BackgroundWriter(pool)
+    writer.submit("l1", Rows(INSERT, [("a",), ("b",)]))
+    writer.submit("l2", reads_first)  # submitted between rows: runs after all of them
+    writer.submit("l1", Rows(INSERT, [("c",)]))
+    writer.submit("conversation", Rows(INSERT, []))
+    await writer.drain()
+    assert await _written(pool) == ["a", "b", "c"]
+    assert sorted(seen[0]) == ["a", "b", "c"]
+    assert len(await _transactions(pool)) == 1
+
+
+async def test_rows_that_fail_are_retried_alone_and_only_they_are_lost(
+    pool: asyncpg.Pool,
+) -> None:
+    writer = BackgroundWriter(pool)
+    writer.submit("l1", Rows(INSERT, [("kept",)]))
+    writer.submit("conversation", Rows(INSERT, [(None,)]))  # NOT NULL: fails, the batch too
+    writer.submit("l1", Rows(INSERT, [("also kept",)]))
+    await writer.drain()
+    assert await _written(pool) == ["also kept", "kept"]
+    assert writer.lost == {"conversation": 1}
