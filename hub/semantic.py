@@ -6,9 +6,10 @@ with memory on, the last user message is embedded (about 5 ms; twice, in one bat
 names someone: notes are searched without the names, :func:`memory.recall.note_query_text`),
 then on one connection the data key is unwrapped (one primary-key lookup) and one search
 statement (:func:`memory.recall.recall`) finds facts and notes: the user's own, and those of
-the shared namespaces they are subscribed to (checked in that statement). The injected message
-quotes them as reference data, each labelled in words (never a user, token or namespace id: the
-worker reads it).
+the shared namespaces they are subscribed to (checked in that statement; whether the notes'
+keyword side is BM25 is asked once per hub, :meth:`SemanticMemory.notes_bm25`). The injected
+message quotes them as reference data, each labelled in words (never a user, token or namespace
+id: the worker reads it).
 A recall that cannot run (model not installed, a database error) never fails the chat: it
 injects nothing, and says so in the log.
 """
@@ -41,7 +42,14 @@ from memory.extraction import (
 )
 from memory.keys import UserKey, open_key
 from memory.l2 import load_preferences
-from memory.recall import Injection, RecallQuery, context_message, query_vectors, recall
+from memory.recall import (
+    Injection,
+    RecallQuery,
+    context_message,
+    has_bm25,
+    query_vectors,
+    recall,
+)
 from memory.settings import MemorySettings
 
 log = structlog.get_logger()
@@ -125,6 +133,17 @@ class SemanticMemory:
         self.miner = miner
         self.opt_in = OptInCache(settings.recall_cache_ttl_s)
         self._warned_missing = False
+        self._bm25: bool | None = None
+
+    async def notes_bm25(self, conn: asyncpg.Connection) -> bool:
+        """Whether the database has the notes' BM25 index (:func:`memory.recall.has_bm25`).
+
+        Asked on the first search, then kept: only the migrations, which run before the hub
+        serves, create or drop it; a round trip per search spared.
+        """
+        if self._bm25 is None:
+            self._bm25 = await has_bm25(conn)
+        return self._bm25
 
     async def memory_on(self, user_id: UUID) -> bool:
         """Whether the user turned memory on (cached)."""
@@ -153,7 +172,7 @@ class SemanticMemory:
             search = RecallQuery(query, vector, note_vector=note_vector, facts=n, notes=n)
             async with self.pool.acquire() as conn:
                 key = await _key(conn, principal, user_id, token)
-                found = await recall(conn, key, user_id, search)
+                found = await recall(conn, key, user_id, search, bm25=await self.notes_bm25(conn))
         except EmbeddingModelMissing as exc:
             if not self._warned_missing:  # once, not on every chat
                 log.warning("chat_recall_skipped", code=exc.code, error=exc.message)

@@ -443,12 +443,20 @@ def recall_statement(
 
 
 async def recall(
-    conn: asyncpg.Connection, key: UserKey | None, user_id: UUID, query: RecallQuery
+    conn: asyncpg.Connection,
+    key: UserKey | None,
+    user_id: UUID,
+    query: RecallQuery,
+    *,
+    bm25: bool | None = None,
 ) -> Recall:
     """Search the user's current facts and readable notes; ``key`` None skips facts.
 
-    Raises ``ValueError`` when ``query.facts`` is outside ``0..MAX_SEARCH_K``. Facts alone
-    (``notes=0``) are searched by a statement of their own (:func:`memory.facts.search_facts`).
+    ``bm25`` says whether the database has the notes' BM25 index (:func:`has_bm25`), for a
+    caller that keeps the answer (the hub asks once: only the migrations at startup create the
+    index); None asks the database, one more round trip. Raises ``ValueError`` when
+    ``query.facts`` is outside ``0..MAX_SEARCH_K``. Facts alone (``notes=0``) are searched by a
+    statement of their own (:func:`memory.facts.search_facts`).
     """
     settings = search_settings(query.facts)
     if query.notes == 0:
@@ -459,7 +467,10 @@ async def recall(
         )
         return Recall(facts=[FactHit(f, s) for f, s in found if f.text is not None])
     facts = query.facts if key is not None and query.vector is not None else 0
-    bm25 = query.mode is not SearchMode.VECTOR and await has_bm25(conn)
+    if query.mode is SearchMode.VECTOR:
+        bm25 = False
+    elif bm25 is None:
+        bm25 = await has_bm25(conn)
     sql, arguments = recall_statement(user_id, query, facts=facts, bm25=bm25)
     async with conn.transaction():
         # pg_search plans its scan from the query's values (a generic plan is refused: the

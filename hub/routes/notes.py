@@ -294,7 +294,8 @@ async def search_notes(
             since=since, until=until,
         )  # fmt: skip
         async with semantic.pool.acquire() as conn:
-            found = await recall(conn, None, caller.user_id, search)
+            bm25 = await semantic.notes_bm25(conn)
+            found = await recall(conn, None, caller.user_id, search, bm25=bm25)
         return {"object": "list", "data": [hit_body(h) for h in found.notes]}
     async with semantic.pool.acquire() as conn:
         listed = await notes.list_notes(

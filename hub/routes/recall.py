@@ -43,7 +43,8 @@ async def recall_memory(
     )
     async with semantic.pool.acquire() as conn:
         key = await open_key(conn, caller.user_id, caller.token_id, caller.token)
-        found = await recall(conn, key, caller.user_id, search)
+        bm25 = await semantic.notes_bm25(conn)
+        found = await recall(conn, key, caller.user_id, search, bm25=bm25)
     return {
         "object": "memory.recall",
         "query": query,
