@@ -344,6 +344,10 @@ def remember_exchange(
     if memory.l1_enabled:
         rows = l1.message_rows(user_id, conversation_id, messages, now=now, ttl_s=memory.l1_ttl_s)
         state.writer.submit("l1", Rows(l1.APPEND_SQL, rows))
+    if state.semantic is not None and state.semantic.opt_in.get(user_id) is False:
+        # Memory known to be off (this chat's recall just checked): no L2 write to queue, nor
+        # its query of the opt-in. Unknown or on, the write checks the opt-in again itself.
+        return
 
     async def write_l2(conn: asyncpg.Connection) -> None:
         outcome = await l2.record_turn(

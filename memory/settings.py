@@ -107,8 +107,9 @@ class MemorySettings(BaseModel):
         5.0,
         ge=0,
         description=(
-            "Seconds the chat path caches a user's memory opt-in; a change through this hub's "
-            "API applies at once, one made through another hub process within this bound."
+            "Seconds the chat path caches a user's memory opt-in (recall; the L2 write of a "
+            "user with memory off is not queued); a change through this hub's API applies at "
+            "once, one made through another hub process within this bound."
         ),
     )
     facts_dedup_similarity: float = Field(
