@@ -13,9 +13,12 @@ own embedded PostgreSQL and model folder in a temporary directory. Prints one JS
 recall@10 per kind of question where the set names kinds, and each mode's search p50 / p95;
 ``--pad N`` first stores N more notes of the same user outside every question's scope, to time
 searches over a large store, and each mode's p50 / p95 over all of the user's notes then,
-without the conversation's tag, as a chat's recall searches).
+without the conversation's tag, as a chat's recall searches); ``--explain`` adds each mode's
+planning and execution time as PostgreSQL reports them (``EXPLAIN (ANALYZE)`` of the same
+statement, under the same settings): what a search costs the server, round trips left out.
 
-Run: ``python bench/memory_recall.py [--set PATH] [--split test] [--tune] [--baseline] [--pad N]``
+Run: ``python bench/memory_recall.py [--set PATH] [--split test] [--tune] [--baseline] [--pad N]
+[--explain]``
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -54,6 +58,8 @@ from memory.recall import (
     has_bm25,
     query_vectors,
     recall,
+    recall_settings,
+    recall_statement,
 )
 
 DEFAULT_SET = Path(__file__).resolve().parent.parent / "tests/memory/data/recall_set.json"
@@ -61,6 +67,8 @@ CUTOFFS = (1, 5, 10)
 BATCH = 256  # notes embedded and stored per statement
 PAD_BATCH = 1000
 BASELINE = Fusion(vector=1.0, keyword=1.0, k=60)  # plain reciprocal-rank fusion
+PLANNING = re.compile(r"Planning Time: ([0-9.]+) ms")
+EXECUTION = re.compile(r"Execution Time: ([0-9.]+) ms")
 
 
 def contexts(turns: list[dict[str, Any]], window: int) -> list[str]:
@@ -190,6 +198,44 @@ async def unscoped(
     }
 
 
+async def server_times(
+    conn: asyncpg.Connection,
+    user_id: UUID,
+    questions: list[dict[str, Any]],
+    vectors: list[tuple[Vector, Vector]],
+    mode: SearchMode,
+    *,
+    bm25: bool,
+) -> dict[str, float]:
+    """Planning and execution p50 / p95 of each question's search within its conversation, in
+    ms, from ``EXPLAIN (ANALYZE)`` of the statement :func:`recall` runs, under its settings."""
+    planning: list[float] = []
+    execution: list[float] = []
+    for item, (vector, note_vector) in zip(questions, vectors, strict=True):
+        keyword = mode is SearchMode.KEYWORD
+        query = RecallQuery(
+            item["question"],
+            None if keyword else vector,
+            note_vector=None if keyword else note_vector,
+            facts=0,
+            notes=max(CUTOFFS),
+            mode=mode,
+            tags=(item["conversation"],) if "conversation" in item else (),
+        )
+        on_bm25 = bm25 and mode is not SearchMode.VECTOR
+        sql, arguments = recall_statement(user_id, query, facts=0, bm25=on_bm25)
+        async with conn.transaction():
+            await conn.execute(recall_settings(query.facts, bm25=on_bm25))
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE) {sql}", *arguments))
+        planning.append(float(PLANNING.findall(plan)[0]) / 1000)
+        execution.append(float(EXECUTION.findall(plan)[0]) / 1000)
+    return {
+        f"{side}_{name}_ms": round(1000 * value, 1)
+        for side, values in (("plan", planning), ("exec", execution))
+        for name, value in percentiles(values).items()
+    }
+
+
 async def pad(
     conn: asyncpg.Connection, user_id: UUID, turns: list[dict[str, Any]], count: int
 ) -> None:
@@ -270,6 +316,11 @@ async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) ->
                 conn, user.id, ids, questions, asked, mode, fusion, bm25=bm25
             )
             | (await unscoped(conn, user.id, questions, asked, mode, bm25=bm25) if args.pad else {})
+            | (
+                await server_times(conn, user.id, questions, asked, mode, bm25=bm25)
+                if args.explain
+                else {}
+            )
             for mode in (SearchMode.KEYWORD, SearchMode.VECTOR, SearchMode.HYBRID)
         }
     finally:
@@ -302,6 +353,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--tune", action="store_true", help="Choose the fusion on the tune split first."
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="Also report planning and execution times (EXPLAIN ANALYZE).",
     )
     parser.add_argument(
         "--baseline",

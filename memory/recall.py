@@ -442,6 +442,19 @@ def recall_statement(
     return (RECALL_BM25_SQL if bm25 and keyword_side else RECALL_SQL), arguments
 
 
+def recall_settings(facts: int, *, bm25: bool) -> str:
+    """The ``SET LOCAL`` statements :func:`recall` sends, in one round trip, before its statement.
+
+    :func:`memory.facts.search_settings` for ``facts`` (a custom plan for the user at hand, the
+    HNSW scan's settings), and with the BM25 side one process: pg_search plans its scan from
+    the query's values (a generic plan is refused, hence the custom plans), and its parallel
+    scan crashes the worker (pg_search 0.21.14). They act when the statement is planned, so
+    they cannot ride with it: a statement with parameters is a message of its own.
+    """
+    parallel = "; SET LOCAL max_parallel_workers_per_gather = 0" if bm25 else ""
+    return search_settings(facts) + parallel
+
+
 async def recall(
     conn: asyncpg.Connection,
     key: UserKey | None,
@@ -458,7 +471,7 @@ async def recall(
     ``query.facts`` is outside ``0..MAX_SEARCH_K``. Facts alone (``notes=0``) are searched by a
     statement of their own (:func:`memory.facts.search_facts`).
     """
-    settings = search_settings(query.facts)
+    search_settings(query.facts)  # a k out of range is refused before any round trip
     if query.notes == 0:
         if key is None or query.vector is None:
             return Recall()
@@ -473,11 +486,7 @@ async def recall(
         bm25 = await has_bm25(conn)
     sql, arguments = recall_statement(user_id, query, facts=facts, bm25=bm25)
     async with conn.transaction():
-        # pg_search plans its scan from the query's values (a generic plan is refused: the
-        # settings force custom plans), and its parallel scan crashes the worker (pg_search
-        # 0.21.14): one process. One round trip for all of them.
-        parallel = "; SET LOCAL max_parallel_workers_per_gather = 0" if bm25 else ""
-        await conn.execute(settings + parallel)
+        await conn.execute(recall_settings(query.facts, bm25=bm25))
         rows = await conn.fetch(sql, *arguments)
     fact_hits = [
         FactHit(fact_from_row(r, key), float(r["similarity"]))
