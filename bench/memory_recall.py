@@ -16,6 +16,8 @@ searches over a large store, and each mode's p50 / p95 over all of the user's no
 without the conversation's tag, as a chat's recall searches); ``--explain`` adds each mode's
 planning and execution time as PostgreSQL reports them (``EXPLAIN (ANALYZE)`` of the same
 statement, under the same settings): what a search costs the server, round trips left out.
+The line names the BM25 index's segment count before and after the searches: pg_search merges
+the segments the inserts wrote in the background, and the keyword side's time follows the count.
 
 Run: ``python bench/memory_recall.py [--set PATH] [--split test] [--tune] [--baseline] [--pad N]
 [--explain]``
@@ -253,6 +255,13 @@ async def pad(
         await add_notes(conn, user_id, batch, list(vectors), now=datetime.now(UTC))
 
 
+async def bm25_segments(conn: asyncpg.Connection) -> int:
+    """How many segments the notes' BM25 index holds: each insert writes one, pg_search merges
+    them in the background, and the keyword side opens every one (its time follows the count)."""
+    count: int = await conn.fetchval("SELECT count(*) FROM paradedb.index_info('notes_bm25_idx')")
+    return count
+
+
 async def tune(
     conn: asyncpg.Connection,
     user_id: UUID,
@@ -311,6 +320,7 @@ async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) ->
                 conn, user.id, ids, tuning, [by_question[q["question"]] for q in tuning], bm25=bm25
             )
         asked = [by_question[q["question"]] for q in questions]
+        segments = [await bm25_segments(conn)] if bm25 else []
         results = {
             mode.value: await evaluate(
                 conn, user.id, ids, questions, asked, mode, fusion, bm25=bm25
@@ -323,12 +333,14 @@ async def run(uri: str, model_dir: Path, labelled: dict[str, Any], args: Any) ->
             )
             for mode in (SearchMode.KEYWORD, SearchMode.VECTOR, SearchMode.HYBRID)
         }
+        segments += [await bm25_segments(conn)] if bm25 else []
     finally:
         await conn.close()
     return {
         "turns": len(labelled["turns"]),
         "questions": len(questions),
         "keyword_side": "bm25" if bm25 else "full_text",
+        "bm25_segments": segments,  # before the searches, after them
         "window": args.window,
         "fusion": asdict(fusion),
         "ingest_s": round(ingest_s, 3),
