@@ -162,7 +162,10 @@ async def note_list(request: Request, user: WebUserDep, q: str = "") -> HTMLResp
             vector = await semantic.embedder.embed_one(note_query_text(query)) if semantic else None
             mode = SearchMode.HYBRID if vector is not None else SearchMode.KEYWORD
             search = RecallQuery(query, vector, facts=0, notes=20, mode=mode)
-            found = [hit.note for hit in (await recall(conn, None, user_id, search)).notes]
+            bm25 = await semantic.notes_bm25(conn) if semantic else None
+            found = [
+                hit.note for hit in (await recall(conn, None, user_id, search, bm25=bm25)).notes
+            ]
         else:
             found = await notes.list_notes(conn, user_id, limit=50)
     return render(request, "notes.html", {"notes": found, "q": query})
