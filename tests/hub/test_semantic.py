@@ -18,7 +18,7 @@ from pgvector.asyncpg import register_vector
 from hub.auth import Principal
 from hub.semantic import OptInCache, SemanticMemory
 from memory.embeddings import Embedder
-from memory.recall import CONTEXT_FOOTER, CONTEXT_HEADER, Injection
+from memory.recall import CONTEXT_FOOTER, CONTEXT_HEADER, Injection, has_bm25
 from memory.settings import MemorySettings
 from tests.hub.conftest import LiveHub
 from tests.hub.raw_worker import answer, raw_worker, receive
@@ -201,3 +201,18 @@ async def test_the_job_a_worker_receives_carries_no_user_token_or_namespace_id(
         assert str(secret) not in frame and secret.hex not in frame
     assert UUID_TEXT.findall(frame.replace(job["job_id"], "")) == []
     assert "From your notes:\n> Home: Which city?" in job["messages"][0]["content"]
+
+
+async def test_the_hub_asks_once_whether_the_notes_bm25_index_exists(
+    database_url: str, tmp_path: Path
+) -> None:
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        semantic = SemanticMemory(pool, MemorySettings(), Embedder(tmp_path / "none"), None)
+        async with pool.acquire() as conn:
+            assert await semantic.notes_bm25(conn) is True
+            transaction = conn.transaction()
+            await transaction.start()
+            await conn.execute("DROP INDEX notes_bm25_idx")
+            assert await has_bm25(conn) is False
+            assert await semantic.notes_bm25(conn) is True  # kept: no round trip per search
+            await transaction.rollback()
