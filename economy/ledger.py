@@ -60,7 +60,6 @@ from economy.transfers import (
     Leg,
     NewTransfer,
     Transfer,
-    TransferBatch,
     TransferKind,
     check_amount,
     check_key,
@@ -89,8 +88,6 @@ class _Shared:
     """Accounts locked in it, their totals kept current by each write: locked once, not again."""
     ended: set[str] = field(default_factory=set)
     """Jobs whose hold written in it was posted or voided in it."""
-    batch: TransferBatch = field(default_factory=TransferBatch)
-    """Its transfers, written together just before it commits (one round trip for all)."""
 
 
 _shared: ContextVar[_Shared | None] = ContextVar("ledger_shared", default=None)
@@ -100,18 +97,15 @@ _shared: ContextVar[_Shared | None] = ContextVar("ledger_shared", default=None)
 async def group_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
     """One transaction that several jobs' :meth:`Ledger.hold_then` calls join: a group commit.
 
-    Each job's transfers are the ones it would write alone; the group commits once, locks
+    Each job's transfers are the ones it would write alone; the group commits once, and locks
     each account once (the clearing and fee accounts every job touches, a worker's earnings
-    shared by its jobs), and writes its transfers in one round trip just before the commit
-    (:class:`~economy.transfers.TransferBatch`). Any failure rolls the whole group back: the caller applies its jobs
+    shared by its jobs). Any failure rolls the whole group back: the caller applies its jobs
     one by one then, so one bad job cannot cost the others their transfers.
     """
-    shared = _Shared(conn)
-    marked = _shared.set(shared)
+    marked = _shared.set(_Shared(conn))
     try:
         async with conn.transaction():
             yield
-            await shared.batch.flush(conn)
     finally:
         _shared.reset(marked)
 
@@ -120,16 +114,6 @@ def _joined(conn: asyncpg.Connection) -> _Shared | None:
     """The shared transaction this connection is in, if any."""
     shared = _shared.get()
     return shared if shared is not None and shared.conn is conn else None
-
-
-async def _write(
-    conn: asyncpg.Connection, accounts: dict[AccountKey, Account], new: NewTransfer, now: datetime
-) -> Transfer:
-    """Write a transfer now, or in a shared transaction queue it for the commit (its batch)."""
-    shared = _joined(conn)
-    if shared is None:
-        return await write_transfer(conn, accounts, new, now)
-    return await shared.batch.add(conn, accounts, new, now)
 
 
 def _transaction(conn: asyncpg.Connection) -> AbstractAsyncContextManager[object]:
@@ -306,7 +290,7 @@ class Ledger:
                     expires_at=expires_at,
                     holds=None if shared is not None else user,
                 )
-                written = await _write(conn, accounts, new, now)
+                written = await write_transfer(conn, accounts, new, now)
                 if shared is not None:
                     shared.holds[job_id] = written
                 return written
@@ -438,7 +422,7 @@ class Ledger:
                 new = NewTransfer(
                     key, TransferKind.POST, legs, cost, request, job_id=job_id, pending_id=hold.id
                 )
-                return await _write(conn, accounts, new, now)
+                return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.POST, request, attempt)
 
@@ -480,7 +464,7 @@ class Ledger:
                 new = NewTransfer(
                     key, TransferKind.POST, legs, amount, request, job_id=job_id, pending_id=hold.id
                 )
-                return await _write(conn, accounts, new, now)
+                return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.POST, request, attempt)
 
@@ -513,7 +497,7 @@ class Ledger:
                     pending_id=hold.id,
                     memo=memo,
                 )
-                return await _write(conn, accounts, new, now)
+                return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.VOID, {}, attempt)
 
@@ -543,7 +527,7 @@ class Ledger:
                 job_id=hold.job_id,
                 pending_id=hold.id,
             )
-            await _write(conn, accounts, new, now)
+            await write_transfer(conn, accounts, new, now)
         return len(rows)
 
     async def expire_holds(self, conn: asyncpg.Connection, *, limit: int = 500) -> int:
@@ -606,7 +590,7 @@ class Ledger:
                     Leg(credit, Side.CREDIT, Phase.POSTED, amount),
                 ]
                 new = NewTransfer(key, kind, legs, amount, request, memo=memo)
-                return await _write(conn, accounts, new, now)
+                return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, kind, request, attempt)
 
@@ -729,7 +713,7 @@ class Ledger:
                 new = NewTransfer(
                     key, kind, legs, amount, request, reverses_id=transfer_id, memo=memo
                 )
-                return await _write(conn, accounts, new, now)
+                return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.REVERSAL, request, attempt)
 
@@ -772,7 +756,7 @@ class Ledger:
                     Leg(owner, Side.CREDIT, Phase.POSTED, share),
                 ]
                 new = NewTransfer(key, kind, legs, share, request, job_id=post.job_id)
-                return await _write(conn, accounts, new, now)
+                return await write_transfer(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.SETTLE, request, attempt)
 

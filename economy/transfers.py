@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -194,11 +193,9 @@ async def entries_of(conn: asyncpg.Connection, transfer_id: int) -> list[tuple[L
 
 _WRITE = """
 WITH t AS (
-    INSERT INTO ledger_transfers (id, key, kind, job_id, pending_id, reverses_id, amount, funded,
+    INSERT INTO ledger_transfers (key, kind, job_id, pending_id, reverses_id, amount, funded,
                                   expires_at, request, memo, created_at)
-    OVERRIDING SYSTEM VALUE
-    VALUES (coalesce($24::bigint, nextval(pg_get_serial_sequence('ledger_transfers', 'id'))),
-            $1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) RETURNING *
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) RETURNING *
 ), entries AS (
     INSERT INTO revenue_ledger (transfer_id, account_id, side, phase, amount, balance_after,
                                 pending_after, created_at)
@@ -221,11 +218,15 @@ SELECT * FROM t
 """
 
 
-def _arguments(
-    accounts: dict[AccountKey, Account], new: NewTransfer, now: datetime, transfer_id: int | None
-) -> list[object]:
-    """The arguments of :data:`_WRITE` for ``new``, its legs applied to ``accounts`` (whose
-    totals after it are what the statement stores). ``transfer_id`` None: the next identity."""
+async def write_transfer(
+    conn: asyncpg.Connection, accounts: dict[AccountKey, Account], new: NewTransfer, now: datetime
+) -> Transfer:
+    """Write a transfer, its entries and the new account totals in one statement.
+
+    ``accounts`` must be locked by the caller's transaction. Zero legs are skipped; a hold also
+    enters the open-hold index. The database checks at commit that the entries sum to zero per
+    phase.
+    """
     entries: list[tuple[int, str, str, int, int, int]] = []
     touched: dict[int, Account] = {}
     for leg in new.legs:
@@ -246,7 +247,8 @@ def _arguments(
         )
     columns = list(zip(*entries, strict=True)) if entries else [()] * 6
     changed = list(touched.values())
-    return [
+    row = await conn.fetchrow(
+        _WRITE,
         new.key,
         new.kind.value,
         new.job_id,
@@ -265,78 +267,5 @@ def _arguments(
         [a.debits_pending for a in changed],
         [a.credits_pending for a in changed],
         None if new.holds is None else accounts[new.holds].id,
-        transfer_id,
-    ]
-
-
-async def write_transfer(
-    conn: asyncpg.Connection, accounts: dict[AccountKey, Account], new: NewTransfer, now: datetime
-) -> Transfer:
-    """Write a transfer, its entries and the new account totals in one statement.
-
-    ``accounts`` must be locked by the caller's transaction. Zero legs are skipped; a hold also
-    enters the open-hold index. The database checks at commit that the entries sum to zero per
-    phase.
-    """
-    row = await conn.fetchrow(_WRITE, *_arguments(accounts, new, now, None))
+    )
     return Transfer.from_row(row)
-
-
-# Ids taken from the transfers' identity at once by a batch that runs out: a group of chats
-# writes two transfers each (hold and post), and the ledger's group holds at most 64 chats.
-_ID_BLOCK = 128
-
-
-class TransferBatch:
-    """Transfers of one transaction, written together when it is about to commit.
-
-    Each transfer's statement is the one :func:`write_transfer` runs; they go in one
-    ``executemany`` (one round trip for all instead of one each). A transfer's id is taken
-    from the table's identity beforehand (a block at a time), so the transfer can be answered
-    at once and a later one can name it (a post's hold). Nothing in the transaction may read a
-    batched transfer back from the database before :meth:`flush`; what the database checks
-    (unique keys, one resolution per hold, balanced entries) it checks at the flush.
-    """
-
-    def __init__(self) -> None:
-        self._rows: list[list[object]] = []
-        self._ids: deque[int] = deque()
-
-    async def add(
-        self,
-        conn: asyncpg.Connection,
-        accounts: dict[AccountKey, Account],
-        new: NewTransfer,
-        now: datetime,
-    ) -> Transfer:
-        """Queue ``new`` (its legs applied to ``accounts`` now) and return it as it will be."""
-        if not self._ids:
-            self._ids.extend(
-                await conn.fetchval(
-                    "SELECT array_agg(n ORDER BY n) FROM (SELECT nextval(pg_get_serial_sequence("
-                    "'ledger_transfers', 'id')) AS n FROM generate_series(1, $1)) AS ids",
-                    _ID_BLOCK,
-                )
-            )
-        transfer_id = self._ids.popleft()
-        self._rows.append(_arguments(accounts, new, now, transfer_id))
-        return Transfer(
-            id=transfer_id,
-            key=new.key,
-            kind=new.kind,
-            amount=new.amount,
-            request=new.request,
-            job_id=new.job_id,
-            pending_id=new.pending_id,
-            reverses_id=new.reverses_id,
-            funded=new.funded,
-            expires_at=new.expires_at,
-            memo=new.memo,
-            created_at=now,
-        )
-
-    async def flush(self, conn: asyncpg.Connection) -> None:
-        """Write the queued transfers, in the order they were added."""
-        rows, self._rows = self._rows, []
-        if rows:
-            await conn.executemany(_WRITE, rows)

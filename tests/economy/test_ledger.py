@@ -30,7 +30,7 @@ from economy.errors import (
 )
 from economy.ledger import HoldState, Ledger, group_transaction
 from economy.pricing import Usage
-from economy.transfers import TransferKind, find_transfer
+from economy.transfers import TransferKind
 from economy.verify import verify
 from tests.economy.conftest import FakeClock
 
@@ -518,39 +518,4 @@ async def test_a_group_whose_job_leaves_its_hold_open_writes_nothing(
     with pytest.raises(ValueError, match="left job g-3's hold open"):
         await group()
     assert await xmins(conn, "g-3") == {} and await xmins(conn, "g-4") == {}
-    assert (await verify(conn)).ok
-
-
-async def test_a_groups_transfers_are_answered_at_once_and_written_as_answered_at_commit(
-    conn: asyncpg.Connection, ledger: Ledger
-) -> None:
-    await funded_alice(conn, ledger)
-    async with group_transaction(conn):
-        hold, posted = await ledger.hold_then(
-            conn, "g-5", ALICE, 5_000, lambda: ledger.post(conn, "g-5", USAGE, OWNER)
-        )
-        # queued for the commit, one round trip for the group's transfers: not written yet
-        assert await xmins(conn, "g-5") == {}
-    assert hold.id < posted.id and posted.pending_id == hold.id
-    assert await find_transfer(conn, hold.key) == hold
-    assert await find_transfer(conn, posted.key) == posted
-    assert await balance(conn, AccountKey.user(ALICE)) == 48_000
-    assert (await verify(conn)).ok
-
-
-async def test_a_group_whose_transfers_the_database_refuses_at_commit_writes_nothing(
-    conn: asyncpg.Connection, ledger: Ledger
-) -> None:
-    async def group() -> None:
-        async with group_transaction(conn):
-            await ledger.hold_then(
-                conn, "g-6", ALICE, 1_000, lambda: ledger.void(conn, "g-6", memo="x")
-            )
-            await ledger.hold_then(  # the same job again: its keys exist, refused at the flush
-                conn, "g-6", ALICE, 1_000, lambda: ledger.void(conn, "g-6", memo="x")
-            )
-
-    with pytest.raises(asyncpg.UniqueViolationError):
-        await group()
-    assert await xmins(conn, "g-6") == {}
     assert (await verify(conn)).ok
