@@ -2,12 +2,13 @@
 
 Every chat passed through Starlette's error and exception middleware, FastAPI's exit-stack
 middleware, the router and the route's request-response wrapper before reaching the endpoint,
-and each response message back out through their ``send`` wrappers: about a third of the hub's
-CPU per plain chat at 50 clients (bench/README.md, "Fifth round"). :class:`HubApp` hands that
-one route to the same endpoint function directly, wrapped in the hub's own two middlewares
-(request id, access log, metrics; body limit) and answered through the app's own exception
-handlers, so a chat's responses, errors, headers, logs and metrics are exactly those of the
-routed path. Every other request, and the OpenAPI description of this one, is FastAPI's.
+and each response message back out through their ``send`` wrappers: between uvicorn and the
+endpoint, 39 % of the hub's samples at 50 clients plain, 17 % once this path was taken
+(bench/README.md, "Fifth round"). :class:`HubApp` hands that one route to the same endpoint
+function directly, wrapped in the hub's own two middlewares (request id, access log, metrics;
+body limit) and answered through the app's own exception handlers, so a chat's responses,
+errors, headers, logs and metrics are exactly those of the routed path. Every other request,
+and the OpenAPI description of this one, is FastAPI's.
 """
 
 from __future__ import annotations
