@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient
 
 from hub.app import create_app
 from hub.errors import HubError
-from hub.replica_dispatch import Back, HandOff
+from hub.replica_serve import Back, HandOff
 from hub.replicas import REPLICA_ID_FILE
 from inference.protocol import Job, SamplingParams
 from tests.conftest import TEMPLATE_DB, database_uri, query_rows, run_sql
