@@ -278,13 +278,15 @@ def test_a_chat_queued_where_no_worker_serves_its_model_waits_for_a_slot_elsewhe
         )
         started: list[str] = []
         with ThreadPoolExecutor(13) as threads:
-            streams = [threads.submit(_stream, pool.client("A"), 60, started) for _ in range(12)]
+            # 6 s streams: the slots stay busy well past queue_wait_s after C's chat is queued,
+            # however long the replicas take to see every slot busy on a loaded machine
+            streams = [threads.submit(_stream, pool.client("A"), 120, started) for _ in range(12)]
             wait_until(lambda: len(started) == 12, 30, "every slot to be busy")
             wait_until(partial(_all_busy, pool), 10, "every replica to see every slot busy")
             raw = pool.client("C").chat.completions.with_raw_response.create(
                 model=MODEL, messages=[{"role": "user", "content": "wait"}], max_tokens=2
             )
-            assert [f.result(timeout=60) for f in streams] == [expected_text(60)] * 12
+            assert [f.result(timeout=60) for f in streams] == [expected_text(120)] * 12
         assert raw.headers["x-iamine-route"] == "replica"
         assert int(raw.headers["x-iamine-queue-ms"]) > 1000  # it waited past queue_wait_s
         assert raw.parse().choices[0].message.content == expected_text(2)
