@@ -122,7 +122,8 @@ class Fusion:
     for a question about the present ("where does she live now?", :func:`asks_current`), is
     added in proportion to how late a candidate was said (``said_at``, else ``created_at``) by
     rank among the candidates: 0 for the earliest, ``recent`` for the latest, so that of two
-    statements of a changing fact the later one leads.
+    statements of a changing fact the later one leads. Candidates said at the same moment (a
+    batch written at once) share their rank: an order among them would be the ids', random.
     """
 
     vector: float = 1.0
@@ -224,7 +225,7 @@ note_fused AS MATERIALIZED (
             WHERE (d.y = 0 OR extract(year FROM n.said_at) = d.y)
               AND (d.m = 0 OR extract(month FROM n.said_at) = d.m)
             ) THEN $23 ELSE 0 END
-        + $24::float8 * percent_rank() OVER (ORDER BY coalesce(n.said_at, n.created_at), n.id)
+        + $24::float8 * percent_rank() OVER (ORDER BY coalesce(n.said_at, n.created_at))
             AS score
     FROM (
         SELECT coalesce(v.id, k.id) AS id, v.r AS vector_rank, k.r AS keyword_rank,

@@ -473,3 +473,22 @@ async def test_a_question_about_the_present_prefers_the_later_of_two_statements(
     assert [n.id for n in await _search(vconn, embedder, alice, past)] == [
         n.id for n in await _search(vconn, embedder, alice, past, fusion=unaware)
     ]
+
+
+async def test_notes_written_at_the_same_moment_get_the_same_recency_for_a_present_question(
+    vconn: asyncpg.Connection, embedder: Embedder, alice: Member
+) -> None:
+    """A batch shares one timestamp: a question about the present must not order it by id
+    (random), which once moved an answer out of the top 5 between two runs of the same set."""
+    labelled = json.loads(LABELLED.read_text())
+    await _ingest(vconn, embedder, alice, labelled["turns"])
+    text = "Who should I contact about an incident right now?"
+    assert asks_current(text)
+    vector, note_vector = await query_vectors(embedder, text)
+    found: dict[float, list[tuple[UUID, float]]] = {}
+    for fusion in (FUSION, replace(FUSION, recent=0.0)):
+        query = RecallQuery(text, vector, note_vector=note_vector, facts=0, notes=10, fusion=fusion)
+        hits = (await recall(vconn, None, alice.user_id, query)).notes
+        found[fusion.recent] = [(h.note.id, h.score) for h in hits]
+    assert len(found[FUSION.recent]) == 10
+    assert found[FUSION.recent] == found[0.0]
