@@ -60,6 +60,8 @@ from economy.transfers import (
     Leg,
     NewTransfer,
     Transfer,
+    TransferBatch,
+    TransferIds,
     TransferKind,
     check_amount,
     check_key,
@@ -82,6 +84,8 @@ class _Shared:
     """
 
     conn: asyncpg.Connection
+    batch: TransferBatch
+    """Its transfers, written in one statement just before it commits."""
     holds: dict[str, Transfer] = field(default_factory=dict)
     """Holds written in it, by job id: the post or void that follows needs not read them back."""
     accounts: dict[AccountKey, Account] = field(default_factory=dict)
@@ -93,27 +97,20 @@ class _Shared:
 _shared: ContextVar[_Shared | None] = ContextVar("ledger_shared", default=None)
 
 
-@asynccontextmanager
-async def group_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    """One transaction that several jobs' :meth:`Ledger.hold_then` calls join: a group commit.
-
-    Each job's transfers are the ones it would write alone; the group commits once, and locks
-    each account once (the clearing and fee accounts every job touches, a worker's earnings
-    shared by its jobs). Any failure rolls the whole group back: the caller applies its jobs
-    one by one then, so one bad job cannot cost the others their transfers.
-    """
-    marked = _shared.set(_Shared(conn))
-    try:
-        async with conn.transaction():
-            yield
-    finally:
-        _shared.reset(marked)
-
-
 def _joined(conn: asyncpg.Connection) -> _Shared | None:
     """The shared transaction this connection is in, if any."""
     shared = _shared.get()
     return shared if shared is not None and shared.conn is conn else None
+
+
+async def _write(
+    conn: asyncpg.Connection, accounts: dict[AccountKey, Account], new: NewTransfer, now: datetime
+) -> Transfer:
+    """Write a transfer now, or in a shared transaction queue it for the commit (its batch)."""
+    shared = _joined(conn)
+    if shared is None:
+        return await write_transfer(conn, accounts, new, now)
+    return await shared.batch.add(conn, accounts, new, now)
 
 
 def _transaction(conn: asyncpg.Connection) -> AbstractAsyncContextManager[object]:
@@ -183,10 +180,32 @@ class Ledger:
         self._clock = clock
         # Accounts seen opened: never deleted, so a hit skips the opening insert.
         self._opened: set[AccountKey] = set()
+        # Ids for the transfers of shared transactions (one database per ledger, as above).
+        self._ids = TransferIds()
 
     def now(self) -> datetime:
         """The ledger's clock now (settlement windows and disputes read it too)."""
         return self._clock()
+
+    @asynccontextmanager
+    async def group_transaction(self, conn: asyncpg.Connection) -> AsyncIterator[None]:
+        """One transaction that several jobs' :meth:`hold_then` calls join: a group commit.
+
+        Each job's transfers are the ones it would write alone; the group commits once, locks
+        each account once (the clearing and fee accounts every job touches, a worker's earnings
+        shared by its jobs) and writes its transfers in one statement just before the commit
+        (:class:`~economy.transfers.TransferBatch`: each account's totals once, not once per
+        transfer). Any failure rolls the whole group back: the caller applies its jobs one by
+        one then, so one bad job cannot cost the others their transfers.
+        """
+        shared = _Shared(conn, TransferBatch(self._ids))
+        marked = _shared.set(shared)
+        try:
+            async with conn.transaction():
+                yield
+                await shared.batch.flush(conn)
+        finally:
+            _shared.reset(marked)
 
     async def _lock(
         self, conn: asyncpg.Connection, keys: list[AccountKey], *, create: bool
@@ -290,7 +309,7 @@ class Ledger:
                     expires_at=expires_at,
                     holds=None if shared is not None else user,
                 )
-                written = await write_transfer(conn, accounts, new, now)
+                written = await _write(conn, accounts, new, now)
                 if shared is not None:
                     shared.holds[job_id] = written
                 return written
@@ -310,13 +329,13 @@ class Ledger:
         For a job that ended before its hold was written: one commit instead of two, the same
         transfers as :meth:`hold` then ``then()``, which must post or void the hold. Should
         either exist already (a retry after a lost answer), each is applied again on its own,
-        idempotently. Inside :func:`group_transaction` it joins the group's transaction, and a
+        idempotently. Inside :meth:`group_transaction` it joins the group's transaction, and a
         hold or ending that exists already fails the group (whose caller then goes job by job).
         """
         if _joined(conn) is not None:
             return await self._hold_and_end(conn, job_id, user_id, expected_cost, then)
         try:
-            async with group_transaction(conn):  # a group of one
+            async with self.group_transaction(conn):  # a group of one
                 return await self._hold_and_end(conn, job_id, user_id, expected_cost, then)
         except asyncpg.UniqueViolationError:
             pass
@@ -422,7 +441,7 @@ class Ledger:
                 new = NewTransfer(
                     key, TransferKind.POST, legs, cost, request, job_id=job_id, pending_id=hold.id
                 )
-                return await write_transfer(conn, accounts, new, now)
+                return await _write(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.POST, request, attempt)
 
@@ -464,7 +483,7 @@ class Ledger:
                 new = NewTransfer(
                     key, TransferKind.POST, legs, amount, request, job_id=job_id, pending_id=hold.id
                 )
-                return await write_transfer(conn, accounts, new, now)
+                return await _write(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.POST, request, attempt)
 
@@ -497,7 +516,7 @@ class Ledger:
                     pending_id=hold.id,
                     memo=memo,
                 )
-                return await write_transfer(conn, accounts, new, now)
+                return await _write(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.VOID, {}, attempt)
 
@@ -527,7 +546,7 @@ class Ledger:
                 job_id=hold.job_id,
                 pending_id=hold.id,
             )
-            await write_transfer(conn, accounts, new, now)
+            await _write(conn, accounts, new, now)
         return len(rows)
 
     async def expire_holds(self, conn: asyncpg.Connection, *, limit: int = 500) -> int:
@@ -590,7 +609,7 @@ class Ledger:
                     Leg(credit, Side.CREDIT, Phase.POSTED, amount),
                 ]
                 new = NewTransfer(key, kind, legs, amount, request, memo=memo)
-                return await write_transfer(conn, accounts, new, now)
+                return await _write(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, kind, request, attempt)
 
@@ -713,7 +732,7 @@ class Ledger:
                 new = NewTransfer(
                     key, kind, legs, amount, request, reverses_id=transfer_id, memo=memo
                 )
-                return await write_transfer(conn, accounts, new, now)
+                return await _write(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.REVERSAL, request, attempt)
 
@@ -756,7 +775,7 @@ class Ledger:
                     Leg(owner, Side.CREDIT, Phase.POSTED, share),
                 ]
                 new = NewTransfer(key, kind, legs, share, request, job_id=post.job_id)
-                return await write_transfer(conn, accounts, new, now)
+                return await _write(conn, accounts, new, now)
 
         return await self._idempotent(conn, key, TransferKind.SETTLE, request, attempt)
 

@@ -14,7 +14,7 @@ the chat's job id, so it happens exactly once whatever the failover, retries or 
   same transfers, one commit instead of two, and no ledger work while the answer streams.
   These self-contained operations are also **committed in groups**: one writer gathers what
   arrives within ``group_window_s`` (at most ``group_size``) and applies it in one transaction
-  (:func:`economy.ledger.group_transaction`); a group that fails is applied again job by job.
+  (:meth:`economy.ledger.Ledger.group_transaction`); a group that fails is applied again job by job.
 
 The usage posted is bounded by what the hub saw: completion tokens are at most the chunks it
 relayed (a chunk is at least one token), prompt tokens at most the UTF-8 bytes of the prompt it
@@ -46,7 +46,7 @@ import structlog
 
 from economy.accounts import AccountKey
 from economy.errors import LedgerError
-from economy.ledger import Clock, Ledger, group_transaction
+from economy.ledger import Clock, Ledger
 from economy.pricing import LedgerPolicy, Usage
 from federation.overflow import PeerCharge
 from hub.config import EconomySettings
@@ -404,7 +404,7 @@ class Billing:
         if len(ops) > 1:
             self._metrics.ledger_group_size.observe(len(ops))
             try:
-                async with self._pool.acquire() as conn, group_transaction(conn):
+                async with self._pool.acquire() as conn, self._ledger.group_transaction(conn):
                     for op in ops:
                         await op.run(conn)
             # Whatever one job raised, its group is applied again job by job, where it is

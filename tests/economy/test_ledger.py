@@ -28,11 +28,18 @@ from economy.errors import (
     NotReversible,
     TransferNotFound,
 )
-from economy.ledger import HoldState, Ledger, group_transaction
+from economy.ledger import HoldState, Ledger
 from economy.pricing import Usage
-from economy.transfers import TransferKind
+from economy.transfers import (
+    NewTransfer,
+    Transfer,
+    TransferBatch,
+    TransferIds,
+    TransferKind,
+    find_transfer,
+)
 from economy.verify import verify
-from tests.economy.conftest import FakeClock
+from tests.economy.conftest import START, FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -485,7 +492,7 @@ async def test_a_group_commits_several_jobs_holds_and_endings_in_one_transaction
     conn: asyncpg.Connection, ledger: Ledger
 ) -> None:
     await funded_alice(conn, ledger)
-    async with group_transaction(conn):
+    async with ledger.group_transaction(conn):
         await ledger.hold_then(
             conn, "g-1", ALICE, 5_000, lambda: ledger.post(conn, "g-1", USAGE, OWNER)
         )
@@ -509,7 +516,7 @@ async def test_a_group_whose_job_leaves_its_hold_open_writes_nothing(
         return None
 
     async def group() -> None:
-        async with group_transaction(conn):
+        async with ledger.group_transaction(conn):
             await ledger.hold_then(
                 conn, "g-4", ALICE, 1_000, lambda: ledger.void(conn, "g-4", memo="x")
             )
@@ -519,3 +526,67 @@ async def test_a_group_whose_job_leaves_its_hold_open_writes_nothing(
         await group()
     assert await xmins(conn, "g-3") == {} and await xmins(conn, "g-4") == {}
     assert (await verify(conn)).ok
+
+
+async def test_a_groups_transfers_are_answered_at_once_and_written_as_answered_at_commit(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    await funded_alice(conn, ledger)
+    async with ledger.group_transaction(conn):
+        hold, posted = await ledger.hold_then(
+            conn, "g-5", ALICE, 5_000, lambda: ledger.post(conn, "g-5", USAGE, OWNER)
+        )
+        # queued for the commit, one round trip for the group's transfers: not written yet
+        assert await xmins(conn, "g-5") == {}
+    assert hold.id < posted.id and posted.pending_id == hold.id
+    assert await find_transfer(conn, hold.key) == hold
+    assert await find_transfer(conn, posted.key) == posted
+    assert await balance(conn, AccountKey.user(ALICE)) == 48_000
+    assert (await verify(conn)).ok
+
+
+async def test_a_group_whose_transfers_the_database_refuses_at_commit_writes_nothing(
+    conn: asyncpg.Connection, ledger: Ledger
+) -> None:
+    async def group() -> None:
+        async with ledger.group_transaction(conn):
+            await ledger.hold_then(
+                conn, "g-6", ALICE, 1_000, lambda: ledger.void(conn, "g-6", memo="x")
+            )
+            await ledger.hold_then(  # the same job again: its keys exist, refused at the flush
+                conn, "g-6", ALICE, 1_000, lambda: ledger.void(conn, "g-6", memo="x")
+            )
+
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await group()
+    assert await xmins(conn, "g-6") == {}
+    assert (await verify(conn)).ok
+
+
+async def test_ids_taken_ahead_for_groups_never_meet_the_ones_the_identity_gives(
+    conn: asyncpg.Connection, ledger: Ledger, clock: FakeClock
+) -> None:
+    await funded_alice(conn, ledger)
+    other = Ledger(ledger.policy, clock)  # a new policy's ledger: its own block of ids
+    for n, book in enumerate((ledger, other, ledger)):
+        job = f"ids-{n}"
+
+        async def post(book: Ledger = book, job: str = job) -> Transfer:
+            return await book.post(conn, job, USAGE, OWNER)
+
+        async with book.group_transaction(conn):
+            await book.hold_then(conn, job, ALICE, 1_000, post)
+        await ledger.hold(conn, f"alone-{n}", ALICE, 1_000)  # the identity's next id
+        await ledger.void(conn, f"alone-{n}")
+    ids = [r["id"] for r in await conn.fetch("SELECT id FROM ledger_transfers")]
+    assert len(ids) == len(set(ids)) == 1 + 3 * 4
+    assert await balance(conn, AccountKey.user(ALICE)) == 50_000 - 3 * 2_000
+    assert (await verify(conn)).ok
+
+
+async def test_a_batch_refuses_a_hold_that_would_stay_open(conn: asyncpg.Connection) -> None:
+    hold = NewTransfer(
+        "hold:open", TransferKind.HOLD, [], 1_000, job_id="open", holds=AccountKey.user(ALICE)
+    )
+    with pytest.raises(ValueError, match="a batch writes no open hold"):
+        await TransferBatch(TransferIds()).add(conn, {}, hold, START)
