@@ -231,18 +231,21 @@ async def drive(
     stream: bool,
     tokens: int,
     on_done: Callable[[], None],
+    min_s: float = 0.0,
 ) -> list[Sample]:
-    """Run ``requests`` chats, one simulated user per client, each user one chat at a time."""
+    """Run ``requests`` chats, one simulated user per client, each user one chat at a time;
+    more while fewer than ``min_s`` seconds have passed."""
     url = f"{route.base_url}/v1/chat/completions"
     headers = {**route.headers, "content-type": "application/json"}
     body, expected = request_body(tokens, stream), expected_text(tokens)
     once = stream_once if stream else plain_once
     samples: list[Sample] = []
     remaining = requests
+    until = time.perf_counter() + min_s
 
     async def user(client: httpx.AsyncClient) -> None:
         nonlocal remaining
-        while remaining > 0:
+        while remaining > 0 or time.perf_counter() < until:
             remaining -= 1
             samples.append(await once(client, url, headers, body, expected))
             on_done()
@@ -290,7 +293,9 @@ async def measure(
         others_before = sum(cpu_seconds(procs()) for procs in background)
         client_before = time.process_time()
         started = time.perf_counter()
-        samples = await drive(clients, route, requests, stream, plan.tokens, advance)
+        samples = await drive(
+            clients, route, requests, stream, plan.tokens, advance, plan.min_seconds
+        )
         wall = time.perf_counter() - started
         cpu = {
             name: (cpu_seconds(procs()) - before[name]) / wall
@@ -399,6 +404,9 @@ class Plan:
     tokens: int
     requests: int | None
     quick: bool
+    min_seconds: float = 2.0
+    """A level is measured for at least this long: CPU times tick in hundredths of a second
+    per process, and 200 plain chats through the hub take a fifth of one."""
 
     def requests_at(self, concurrency: int) -> int:
         """Measured requests at a level (enough for a p99 at low concurrency)."""
@@ -500,6 +508,7 @@ async def run(
             "loadavg_1m_before": load_before,
         },
         "tokens": plan.tokens,
+        "min_seconds": plan.min_seconds,
         "modes": plan.modes,
         "levels": results,
         "litellm": litellm_info,
@@ -513,6 +522,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modes", default="stream,plain", help="stream, plain or both")
     parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
     parser.add_argument("--requests", type=int, help="measured requests per level and path")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="measure each level and path for at least this long (0 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM path")
     parser.add_argument(
@@ -534,6 +549,7 @@ def main() -> None:
         tokens=args.tokens,
         requests=args.requests,
         quick=args.quick,
+        min_seconds=0.0 if args.quick else args.min_seconds,
     )
     workdir = Path(tempfile.mkdtemp(prefix="iamine-bench-"))
     try:
