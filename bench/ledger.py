@@ -9,6 +9,11 @@ runs on a fresh database in a temporary directory:
   ``--users`` users and a few worker owners. Every job locks the clearing account and the pool
   fee, so this measures the ledger's hot rows under contention (TigerBeetle's hot-account case).
 
+- **grouped**: the chat path's own writes: each job held and posted in one
+  :meth:`Ledger.hold_then`, ``--group`` of them per :meth:`Ledger.group_transaction` (the hub's
+  group commit), for each group size; wall time and the PostgreSQL backend's CPU per job
+  (``psutil``), the cost the hub path pays per chat.
+
 Then ``verify`` recomputes the books (its time is reported too) and must find nothing wrong.
 
 Last, **the chat path**: two live hubs on the same database, one with the ledger on
@@ -38,6 +43,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from services import (
@@ -62,6 +68,8 @@ from inference import identity
 
 USAGE = Usage("bench-model", 600, 200)
 OWNERS = [uuid.UUID(int=1_000 + i) for i in range(4)]
+WORKERS = [uuid.UUID(int=2_000 + i) for i in range(4)]  # a worker record each, as the hub posts
+GROUP_SIZES = [1, 4, 64]
 STUB_MODEL = "stub"
 STUB_TOKENS = 8
 WARMUP = 20
@@ -134,6 +142,45 @@ async def concurrent(
     }
 
 
+async def grouped(
+    uri: str, ledger: Ledger, jobs: int, sizes: list[int], progress: Progress
+) -> dict[str, dict[str, float]]:
+    """``jobs`` jobs through ``hold_then`` in groups of each size: ms per job, wall and CPU."""
+    people = [uuid.uuid4() for _ in range(50)]
+    results: dict[str, dict[str, float]] = {}
+    conn = await asyncpg.connect(uri)
+    try:
+        backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
+        for size in sizes:
+            task = progress.add_task(f"groups of {size}", total=jobs)
+            cpu_before, started, done = _cpu(backend), time.perf_counter(), 0
+            while done < jobs:
+                async with ledger.group_transaction(conn):
+                    for n in range(done, min(done + size, jobs)):
+                        job = f"grp{size}-{n}"
+
+                        async def post(job: str = job, n: int = n) -> object:
+                            owner, worker = OWNERS[n % 4], WORKERS[n % 4]
+                            return await ledger.post(conn, job, USAGE, owner, worker_id=worker)
+
+                        await ledger.hold_then(conn, job, people[n % len(people)], 5_000, post)
+                progress.advance(task, min(size, jobs - done))
+                done += size
+            elapsed = time.perf_counter() - started
+            results[str(size)] = {
+                "ms_per_job": round(elapsed * 1e3 / jobs, 3),
+                "postgres_cpu_ms_per_job": round((_cpu(backend) - cpu_before) * 1e3 / jobs, 3),
+            }
+    finally:
+        await conn.close()
+    return results
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 async def run(
     uri: str, jobs: int, concurrency: int, users: int, chats: int, workdir: Path
 ) -> dict[str, Any]:
@@ -148,6 +195,7 @@ async def run(
     with Progress(*columns, TimeElapsedColumn(), console=Console(stderr=True)) as progress:
         seq = await sequential(uri, ledger, jobs // 4, progress)
         con = await concurrent(uri, ledger, jobs, concurrency, users, progress)
+        groups = await grouped(uri, ledger, jobs, GROUP_SIZES, progress)
     conn = await asyncpg.connect(uri)
     try:
         started = time.perf_counter()
@@ -160,6 +208,7 @@ async def run(
     return {
         "sequential": seq,
         "concurrent": con,
+        "grouped": groups,
         "verify_s": round(verify_s, 3),
         "verify_ok": report.ok,
         "entries": report.entries,
