@@ -65,8 +65,9 @@ from inference.link import (
     WorkerLink,
     output_allowance,
 )
+from inference.placement import ModelSummary
 from inference.protocol import Cancel, Chunk, Done, Error, Frame, Hardware, Job
-from inference.registry import ModelSummary, WorkerRegistry
+from inference.registry import WorkerRegistry
 from inference.router import Candidate, ClassTotals, Waiter
 from inference.settings import InferenceSettings
 

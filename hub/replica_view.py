@@ -44,8 +44,9 @@ from pydantic import BaseModel, Field, ValidationError
 from hub.bus import NatsBus
 from hub.replica_standings import RemoteStandings
 from inference.link import WorkerLink
+from inference.placement import ModelSummary
 from inference.protocol import Hardware, ModelInfo
-from inference.registry import UNMEASURED_TOKENS_PER_S, ModelSummary, WorkerRegistry
+from inference.registry import UNMEASURED_TOKENS_PER_S, WorkerRegistry
 from inference.router import HALF_LIFE_S, MAX_CHARGE, DeficitRouter
 
 log = structlog.get_logger()

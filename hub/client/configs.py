@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.registry import ModelSummary
+from inference.placement import ModelSummary
 
 TOKEN_ENV = "IAMINE_TOKEN"  # noqa: S105 (the name of the variable, not a token)
 PROVIDER_ID = "iamine"

@@ -21,7 +21,7 @@ from hub.openai_schema import ChatCompletionRequest, completion_body, completion
 from hub.relay import SSEResponse, sse_events
 from hub.review import AutoReview, last_user_text
 from hub.state import HubState
-from inference.registry import ModelSummary
+from inference.placement import ModelSummary
 from memory.conversations import is_valid_conversation_id, new_conversation_id
 
 router = APIRouter(prefix="/v1", tags=["openai"])
