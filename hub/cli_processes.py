@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, cast
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from hub.config import ServerSettings
@@ -61,6 +62,18 @@ def worker(
         int | None,
         typer.Option(min=256, help="Context size in tokens (default: the model's trained one)."),
     ] = None,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            envvar="IAMINE_WORKER_LOG_FORMAT",
+            help="Log lines on stderr: console (readable) or json (one object a line, as the "
+            "hub writes them; the hub's local worker follows the hub's).",
+        ),
+    ] = "console",
+    log_level: Annotated[
+        str,
+        typer.Option(envvar="IAMINE_WORKER_LOG_LEVEL", help="debug, info, warning or error."),
+    ] = "info",
 ) -> None:
     """Serve a model to a hub: llama.cpp in-process, or an upstream server with --upstream."""
     import socket
@@ -70,7 +83,14 @@ def worker(
     from inference.upstream import UpstreamEngine
     from inference.worker import detect_hardware, detect_machine_hardware, run_worker
 
-    configure_logging(ServerSettings(log_format="console", log_level="info"))
+    try:
+        logging = ServerSettings(log_format=log_format, log_level=log_level)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = "--" + str(first["loc"][0]).replace("_", "-")
+        err_console.print(f"[bold red]error:[/] {option} {first['input']!r}: {first['msg']}")
+        raise typer.Exit(2) from None
+    configure_logging(logging)
     worker_name = name or socket.gethostname()
     if hardware not in ("auto", "gpu", "cpu"):
         err_console.print(f"[bold red]error:[/] --hardware is gpu, cpu or auto, not {hardware!r}")

@@ -105,6 +105,11 @@ def worker_command(settings: Settings) -> list[str]:
         LOCAL_WORKER_NAME,
         "--slots",
         str(inference.local_worker_slots),
+        # One stream, one format: the worker's lines join the hub's on the same stderr.
+        "--log-format",
+        settings.server.log_format,
+        "--log-level",
+        settings.server.log_level,
     ]
     if inference.local_worker_context is not None:
         command += ["--context", str(inference.local_worker_context)]
