@@ -247,6 +247,23 @@ def _apply(
     return entries
 
 
+def _header(new: NewTransfer, now: datetime) -> tuple[object, ...]:
+    """A transfer's own columns, in the order both statements take them (its id aside)."""
+    return (
+        new.key,
+        new.kind.value,
+        new.job_id,
+        new.pending_id,
+        new.reverses_id,
+        new.amount,
+        new.funded,
+        new.expires_at,
+        json.dumps(new.request),
+        new.memo,
+        now,
+    )
+
+
 def _totals(touched: dict[int, Account]) -> list[list[int]]:
     """The new totals of the accounts changed, as the statements' five arrays."""
     changed = list(touched.values())
@@ -273,17 +290,7 @@ async def write_transfer(
     columns = list(zip(*entries, strict=True)) if entries else [()] * 6
     row = await conn.fetchrow(
         _WRITE,
-        new.key,
-        new.kind.value,
-        new.job_id,
-        new.pending_id,
-        new.reverses_id,
-        new.amount,
-        new.funded,
-        new.expires_at,
-        json.dumps(new.request),
-        new.memo,
-        now,
+        *_header(new, now),
         *(list(column) for column in columns),
         *_totals(touched),
         None if new.holds is None else accounts[new.holds].id,
@@ -386,22 +393,7 @@ class TransferBatch:
         transfer_id = await self._ids.take(conn)
         for entry in _apply(accounts, new, self._touched):
             self._entries.append((transfer_id, *entry, now))
-        self._transfers.append(
-            (
-                transfer_id,
-                new.key,
-                new.kind.value,
-                new.job_id,
-                new.pending_id,
-                new.reverses_id,
-                new.amount,
-                new.funded,
-                new.expires_at,
-                json.dumps(new.request),
-                new.memo,
-                now,
-            )
-        )
+        self._transfers.append((transfer_id, *_header(new, now)))
         return Transfer(
             id=transfer_id,
             key=new.key,
