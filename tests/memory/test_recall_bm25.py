@@ -14,7 +14,7 @@ import pytest
 
 from memory.embeddings import Embedder
 from memory.namespaces import create_namespace, subscribe, unsubscribe
-from memory.notes import NewNote, add_notes, delete_note
+from memory.notes import NewNote, add_note, add_notes, delete_note
 from memory.recall import RecallQuery, SearchMode, has_bm25, recall, recall_statement
 from tests.memory.conftest import NOW, Member, new_member
 
@@ -153,3 +153,30 @@ async def test_the_bm25_scan_applies_the_callers_filters_and_keeps_the_best_k_it
     [tantivy] = [line for line in details if line.startswith("Tantivy Query:")]
     assert "owner_id" in tantivy and "heap_filter" not in tantivy
     assert not any(line.startswith("Filter:") for line in details)
+
+
+async def test_notes_written_one_at_a_time_keep_few_index_segments(
+    vconn: asyncpg.Connection, embedder: Embedder, alice: Member
+) -> None:
+    """Each write adds a segment that every keyword search opens; pg_search merges them as they
+    are written (migration 022), where before 200 single writes stayed 200 segments."""
+
+    async def segments() -> tuple[int, int]:
+        """The index's segments, and the notes they hold."""
+        row = await vconn.fetchrow(
+            "SELECT count(*), sum(num_docs) FROM paradedb.index_info('notes_bm25_idx')"
+        )
+        return int(row[0]), int(row[1] or 0)
+
+    assert await vconn.fetchval("SELECT paradedb.layer_sizes('notes_bm25_idx')")
+    before, held = await segments()
+    vector = await embedder.embed_one("a note about a topic")
+    for n in range(200):
+        text = f"Note {n} on topic {n % 7}: a sentence of about the length a note has."
+        await add_note(
+            vconn, alice.user_id, NewNote(f"user:{alice.user_id}", text), vector, now=NOW
+        )
+    after, now_held = await segments()
+    assert after - before < 30
+    assert now_held - held == 200  # merged, none lost
+    assert len(await _keyword(vconn, alice, "Note 137 on topic 4", notes=1)) == 1
