@@ -84,13 +84,13 @@ def worker(
     from inference.worker import detect_hardware, detect_machine_hardware, run_worker
 
     try:
-        logging = ServerSettings(log_format=log_format, log_level=log_level)
+        log_settings = ServerSettings(log_format=log_format, log_level=log_level)
     except ValidationError as exc:
         first = exc.errors()[0]
         option = "--" + str(first["loc"][0]).replace("_", "-")
         err_console.print(f"[bold red]error:[/] {option} {first['input']!r}: {first['msg']}")
         raise typer.Exit(2) from None
-    configure_logging(logging)
+    configure_logging(log_settings)
     worker_name = name or socket.gethostname()
     if hardware not in ("auto", "gpu", "cpu"):
         err_console.print(f"[bold red]error:[/] --hardware is gpu, cpu or auto, not {hardware!r}")
